@@ -1,0 +1,179 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* Go net/http server probes.
+ *
+ * Two hits per request, no more: an entry probe on net/http.serverHandler.ServeHTTP remembers
+ * the start time and the *Request / ResponseWriter pointers by goroutine, and a plain uprobe
+ * on each RET instruction of the same function (never a uretprobe: Go moves goroutine stacks)
+ * reads everything else and emits one event. Nothing here ever writes user memory. */
+
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "sonde_events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+/* The PID filter: only processes user space selected have an entry, and the value tells
+ * the offsets of that process's Go binary. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, struct go_offsets);
+} pid_offsets SEC(".maps");
+
+struct inflight_key {
+    __u32 pid;
+    __u32 _pad;
+    __u64 goroutine;
+};
+
+struct inflight {
+    __u64 start_ns;
+    __u64 req;
+    __u64 rw_data;
+};
+
+/* Bounded: a handler that panics never reaches a RET, and its entry is evicted in time. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct inflight_key);
+    __type(value, struct inflight);
+} server_inflight SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 4 << 20);
+} events SEC(".maps");
+
+/* Index 0: events dropped because the ring buffer was full. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} lost_events SEC(".maps");
+
+/* User space drains on a short timer; wake it early only when this much is waiting, so the
+ * application's thread never pays a wake-up per request. */
+#define WAKEUP_THRESHOLD (1 << 20)
+
+/* Go ABIInternal on amd64: R14 holds the current goroutine (g). */
+#define GO_G(ctx) ((__u64)(ctx)->r14)
+
+static __always_inline __u64 read_u64(__u64 addr)
+{
+    __u64 v = 0;
+    bpf_probe_read_user(&v, sizeof(v), (void *)addr);
+    return v;
+}
+
+/* Copies a Go string (pointer, length) into dst, returns the full length. */
+static __always_inline __u64 read_go_string(char *dst, __u32 cap, __u64 str_addr)
+{
+    __u64 hdr[2] = {0, 0};
+    if (bpf_probe_read_user(hdr, sizeof(hdr), (void *)str_addr) != 0)
+        return 0;
+    __u64 len = hdr[1];
+    __u64 n = len < cap ? len : cap;
+    if (n > 0 && hdr[0] != 0)
+        bpf_probe_read_user(dst, n, (void *)hdr[0]);
+    return len;
+}
+
+static __always_inline void count_lost(void)
+{
+    __u32 zero = 0;
+    __u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
+    if (lost)
+        *lost += 1;
+}
+
+SEC("uprobe")
+int server_handler_entry(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+        return 0;
+
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    /* serverHandler.ServeHTTP(rw ResponseWriter, req *Request): receiver in RAX, the
+     * interface in RBX (itab) and RCX (data), req in RDI. */
+    struct inflight v = {
+        .start_ns = bpf_ktime_get_ns(),
+        .req = (__u64)ctx->rdi,
+        .rw_data = (__u64)ctx->rcx,
+    };
+    bpf_map_update_elem(&server_inflight, &key, &v, BPF_ANY);
+    return 0;
+}
+
+SEC("uprobe")
+int server_handler_return(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    if (!off)
+        return 0;
+
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    struct inflight *found = bpf_map_lookup_elem(&server_inflight, &key);
+    if (!found)
+        return 0;
+    struct inflight v = *found;
+    bpf_map_delete_elem(&server_inflight, &key);
+
+    struct http_request_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        count_lost();
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->kind = SONDE_EVENT_HTTP_SERVER;
+    e->pid = pid;
+    e->start_ns = v.start_ns;
+    e->end_ns = bpf_ktime_get_ns();
+    e->goroutine = key.goroutine;
+
+    __u64 req = v.req;
+    __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + off->request_method);
+    e->method_len = len < SONDE_METHOD_MAX ? len : SONDE_METHOD_MAX;
+
+    __u64 url = read_u64(req + off->request_url);
+    if (url) {
+        len = read_go_string(e->path, SONDE_PATH_MAX, url + off->url_path);
+        if (len > SONDE_PATH_MAX) {
+            e->flags |= SONDE_FLAG_PATH_TRUNCATED;
+            len = SONDE_PATH_MAX;
+        }
+        e->path_len = len;
+    }
+    len = read_go_string(e->remote, SONDE_REMOTE_MAX, req + off->request_remote_addr);
+    e->remote_len = len < SONDE_REMOTE_MAX ? len : SONDE_REMOTE_MAX;
+    e->request_content_length = (__s64)read_u64(req + off->request_content_length);
+
+    /* Which ResponseWriter is it? An HTTP/1 *response points back at the request; an
+     * HTTP/2 *http2responseWriter reaches it through its state. No itab symbols needed,
+     * so this works on stripped binaries too. */
+    __u64 rw = v.rw_data;
+    if (rw && read_u64(rw + off->response_req) == req) {
+        e->status = (__u32)read_u64(rw + off->response_status);
+        e->response_written = (__s64)read_u64(rw + off->response_written);
+    } else if (rw) {
+        __u64 rws = read_u64(rw + off->h2rw_rws);
+        if (rws && read_u64(rws + off->rws_req) == req) {
+            e->flags |= SONDE_FLAG_HTTP2;
+            e->status = (__u32)read_u64(rws + off->rws_status);
+            e->response_written = (__s64)read_u64(rws + off->rws_wrote_bytes);
+        }
+    }
+
+    __u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
+                     ? BPF_RB_FORCE_WAKEUP
+                     : BPF_RB_NO_WAKEUP;
+    bpf_ringbuf_submit(e, wake);
+    return 0;
+}

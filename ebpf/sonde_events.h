@@ -1,0 +1,53 @@
+/* Every record that crosses from the kernel to sonde, defined once.
+ * src/collect/event.rs mirrors this file; its test fails if sizes or offsets drift. */
+#ifndef SONDE_EVENTS_H
+#define SONDE_EVENTS_H
+
+#define SONDE_METHOD_MAX 16
+#define SONDE_PATH_MAX 128
+#define SONDE_REMOTE_MAX 48
+
+enum sonde_event_kind {
+    SONDE_EVENT_HTTP_SERVER = 1,
+};
+
+/* flags */
+#define SONDE_FLAG_PATH_TRUNCATED 0x1
+#define SONDE_FLAG_HTTP2 0x2
+
+/* Struct field offsets of one Go binary, written by user space per selected PID.
+ * The value of the pid filter map: a PID without an entry emits nothing. */
+struct go_offsets {
+    __u32 request_method;         /* net/http.Request.Method (string) */
+    __u32 request_url;            /* net/http.Request.URL (*url.URL) */
+    __u32 request_content_length; /* net/http.Request.ContentLength (int64) */
+    __u32 request_remote_addr;    /* net/http.Request.RemoteAddr (string) */
+    __u32 url_path;               /* net/url.URL.Path (string) */
+    __u32 response_req;           /* net/http.response.req (*Request) */
+    __u32 response_status;        /* net/http.response.status (int) */
+    __u32 response_written;       /* net/http.response.written (int64) */
+    __u32 h2rw_rws;               /* net/http.http2responseWriter.rws */
+    __u32 rws_req;                /* net/http.http2responseWriterState.req */
+    __u32 rws_status;             /* net/http.http2responseWriterState.status */
+    __u32 rws_wrote_bytes;        /* net/http.http2responseWriterState.wroteBytes */
+};
+
+struct http_request_event {
+    __u8 kind;         /* enum sonde_event_kind */
+    __u8 flags;        /* SONDE_FLAG_* */
+    __u8 method_len;
+    __u8 remote_len;
+    __u32 pid;         /* tgid */
+    __u64 start_ns;    /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+    __u64 end_ns;
+    __u64 goroutine;
+    __s64 request_content_length;
+    __s64 response_written;
+    __u32 status;
+    __u32 path_len;    /* bytes copied into path */
+    char method[SONDE_METHOD_MAX];
+    char path[SONDE_PATH_MAX];
+    char remote[SONDE_REMOTE_MAX];
+};
+
+#endif

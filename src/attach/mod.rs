@@ -1,0 +1,199 @@
+//! Owns every kernel object: the loaded programs, their uprobe links and the maps.
+//!
+//! Uprobes are attached per selected process (`UProbeScope::OneProcess`), so a process that
+//! is not selected never traps into a probe even when it runs the very same file; the
+//! `pid_offsets` map is both the in-kernel PID filter and the offsets of each process.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::UProbe;
+use aya::Ebpf;
+use thiserror::Error;
+
+use crate::ebpf_abi::GoOffsetsAbi;
+use crate::inspect::{ProbePlan, ProbeRole};
+
+/// The compiled C programs, embedded at build time.
+static SONDE_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sonde.bpf.o"));
+
+const ENTRY_PROGRAM: &str = "server_handler_entry";
+const RETURN_PROGRAM: &str = "server_handler_return";
+
+#[derive(Debug, Error)]
+pub enum AttachError {
+    #[error("cannot load the BPF programs: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("BPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("BPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("BPF object has no {0}")]
+    Missing(&'static str),
+    #[error("pid {pid}: attaching {symbol} at file offset {offset:#x} failed: {source}")]
+    Uprobe {
+        pid: u32,
+        symbol: String,
+        offset: u64,
+        source: aya::programs::ProgramError,
+    },
+    #[error("pid 0 cannot be instrumented")]
+    InvalidPid,
+}
+
+/// Links of one instrumented process, so they can be detached when it goes away.
+struct ProcessLinks {
+    entry: Vec<UProbeLinkId>,
+    ret: Vec<UProbeLinkId>,
+}
+
+pub struct Attacher {
+    ebpf: Ebpf,
+    processes: HashMap<u32, ProcessLinks>,
+}
+
+fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
+    ebpf.program_mut(name)
+        .ok_or(AttachError::Missing(name))?
+        .try_into()
+        .map_err(|source| AttachError::Program { name, source })
+}
+
+impl Attacher {
+    /// Loads the programs into the kernel (verifier included); attaches nothing yet.
+    pub fn load() -> Result<Self, AttachError> {
+        crate::kernel::raise_memlock();
+        let mut ebpf = Ebpf::load(SONDE_BPF)?;
+        for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+            uprobe(&mut ebpf, name)?
+                .load()
+                .map_err(|source| AttachError::Program { name, source })?;
+        }
+        Ok(Attacher {
+            ebpf,
+            processes: HashMap::new(),
+        })
+    }
+
+    /// The event ring buffer; can be taken once.
+    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self.ebpf.take_map("events").ok_or(AttachError::Missing("events"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map { name: "events", source })
+    }
+
+    /// The per-CPU counter of events the kernel dropped because the ring buffer was full.
+    pub fn take_lost_counter(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("lost_events")
+            .ok_or(AttachError::Missing("lost_events"))?;
+        PerCpuArray::try_from(map).map_err(|source| AttachError::Map {
+            name: "lost_events",
+            source,
+        })
+    }
+
+    pub fn is_attached(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
+    }
+
+    pub fn attached_count(&self) -> usize {
+        self.processes.len()
+    }
+
+    /// Attaches the plan's probes to one process. On error nothing stays attached.
+    pub fn attach_process(&mut self, pid: u32, plan: &ProbePlan) -> Result<usize, AttachError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::InvalidPid)?);
+        // The kernel resolves the magic link to the binary's inode, across mount namespaces.
+        let target = format!("/proc/{pid}/exe");
+        let mut links = ProcessLinks {
+            entry: Vec::new(),
+            ret: Vec::new(),
+        };
+        let result = (|| {
+            for probe in &plan.probes {
+                let (entry_prog, ret_prog) = match probe.role {
+                    ProbeRole::HttpServerHandler => (ENTRY_PROGRAM, RETURN_PROGRAM),
+                };
+                let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
+                    uprobe(ebpf, prog)?
+                        .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target, scope)
+                        .map_err(|source| AttachError::Uprobe {
+                            pid,
+                            symbol: probe.symbol.clone(),
+                            offset,
+                            source,
+                        })
+                };
+                // RETs first: an entry without a return would leave in-flight state behind.
+                for &off in &probe.ret_offsets {
+                    links.ret.push(attach(&mut self.ebpf, ret_prog, off)?);
+                }
+                links.entry.push(attach(&mut self.ebpf, entry_prog, probe.entry_offset)?);
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.detach_links(links);
+            return Err(e);
+        }
+        let count = links.entry.len() + links.ret.len();
+        let offsets = GoOffsetsAbi::from(&plan.offsets);
+        if let Err(source) = self.pid_filter().and_then(|mut m| {
+            m.insert(pid, offsets, 0)
+                .map_err(|source| AttachError::Map { name: "pid_offsets", source })
+        }) {
+            self.detach_links(links);
+            return Err(source);
+        }
+        self.processes.insert(pid, links);
+        Ok(count)
+    }
+
+    /// Removes a process from the filter and detaches its links. Unknown PIDs are ignored.
+    pub fn detach_process(&mut self, pid: u32) {
+        if let Ok(mut m) = self.pid_filter() {
+            // Absent already is fine: the process may never have been fully attached.
+            let _ = m.remove(&pid);
+        }
+        if let Some(links) = self.processes.remove(&pid) {
+            self.detach_links(links);
+        }
+    }
+
+    pub fn attached_pids(&self) -> Vec<u32> {
+        self.processes.keys().copied().collect()
+    }
+
+    fn detach_links(&mut self, links: ProcessLinks) {
+        for (prog, ids) in [(ENTRY_PROGRAM, links.entry), (RETURN_PROGRAM, links.ret)] {
+            if let Ok(p) = uprobe(&mut self.ebpf, prog) {
+                for id in ids {
+                    // The process may be gone, in which case the kernel already dropped it.
+                    if let Err(e) = p.detach(id) {
+                        tracing::debug!("detaching a {prog} link: {e}");
+                    }
+                }
+            }
+        }
+    }
+
+    fn pid_filter(&mut self) -> Result<BpfHashMap<&mut MapData, u32, GoOffsetsAbi>, AttachError> {
+        let map = self
+            .ebpf
+            .map_mut("pid_offsets")
+            .ok_or(AttachError::Missing("pid_offsets"))?;
+        BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+            name: "pid_offsets",
+            source,
+        })
+    }
+}

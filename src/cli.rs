@@ -1,0 +1,136 @@
+//! Command line: `sonde` (run the agent), `sonde inspect`, `sonde check`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+
+
+
+/// Exit code for bad configuration or usage, before anything is attached.
+pub const EXIT_CONFIG: i32 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "sonde",
+    version,
+    about = "RED metrics for every Go service on this host, from eBPF uprobes: no code change, no restart",
+    long_about = "Runs the agent when no command is given. Every setting is a YAML key in --config \
+                  and an environment variable SONDE_<KEY> (BEYLA_<KEY> is accepted too), e.g.\n\n  \
+                  SONDE_PROMETHEUS_PORT=9400 SONDE_OPEN_PORT=8080 sonde\n\n\
+                  Keys: prometheus_port, prometheus_path, open_port, executable_name, service_name, \
+                  service_namespace, metrics_report_target, metrics_report_peer, metrics_naming \
+                  (semconv|beyla-v1|beyla-v0), routes_patterns, routes_unmatched, log_level, print_traces."
+)]
+struct Cli {
+    /// YAML configuration file (also SONDE_CONFIG); the environment overrides it.
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the agent (the default).
+    Run,
+    /// Show the probe plan of a Go binary, or why it cannot be instrumented.
+    Inspect {
+        /// A process id (its /proc/<pid>/exe is read) or the path of an executable.
+        target: String,
+    },
+    /// Show what this kernel and these privileges allow.
+    Check,
+}
+
+pub fn run() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
+            let _ = e.print();
+            return code;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Inspect { target } => {
+            init_logging("warn");
+            inspect(&target)
+        }
+        Command::Check => {
+            init_logging("warn");
+            check()
+        }
+        Command::Run => {
+            let config = match Config::from_env_and_file(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sonde: configuration error: {e}");
+                    return EXIT_CONFIG;
+                }
+            };
+            init_logging(&config.log_level);
+            crate::agent::run(config)
+        }
+    }
+}
+
+/// `SONDE_LOG_LEVEL` (or the configured level) sets the level; `RUST_LOG`-style directives work.
+fn init_logging(default_level: &str) {
+    let filter = std::env::var("SONDE_LOG_LEVEL")
+        .ok()
+        .map(|s| s.to_lowercase())
+        .unwrap_or_else(|| default_level.to_lowercase());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn inspect(target: &str) -> i32 {
+    let path = match target.parse::<u32>() {
+        Ok(pid) => PathBuf::from(format!("/proc/{pid}/exe")),
+        Err(_) => PathBuf::from(target),
+    };
+    match crate::inspect::inspect(&path) {
+        Ok(plan) => {
+            print!("{}", crate::inspect::render(&plan));
+            0
+        }
+        Err(e) => {
+            println!("{}: cannot be instrumented: {e}", path.display());
+            1
+        }
+    }
+}
+
+fn check() -> i32 {
+    match crate::kernel::ensure_tracefs() {
+        Ok(true) => println!("mounted tracefs at /sys/kernel/tracing"),
+        Ok(false) => {}
+        Err(e) => println!("warning: {e}"),
+    }
+    let features = crate::kernel::detect();
+    print!("{}", crate::kernel::render(&features));
+    match crate::kernel::can_run_go_probes(&features) {
+        Ok(()) => {
+            match crate::attach::Attacher::load() {
+                Ok(_) => println!("BPF programs load and pass the verifier: yes"),
+                Err(e) => {
+                    println!("BPF programs load and pass the verifier: no ({e})");
+                    return 1;
+                }
+            }
+            println!("Go HTTP server probes: available");
+            0
+        }
+        Err(why) => {
+            println!("Go HTTP server probes: unavailable: {why}");
+            1
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Raw kernel records → typed `Request`s. Pure: tested without a kernel.
+
+use std::net::{IpAddr, SocketAddr};
+
+use super::{Request, RequestKind};
+use crate::ebpf_abi::{self, HttpRequestEvent};
+
+/// Why a record was not turned into a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event")]
+    Short(usize),
+    #[error("unknown event kind {0}")]
+    UnknownKind(u8),
+}
+
+fn text(bytes: &[u8], len: usize) -> String {
+    String::from_utf8_lossy(&bytes[..len.min(bytes.len())]).into_owned()
+}
+
+/// Go's `Request.RemoteAddr` is "ip:port" or "[ipv6]:port".
+pub fn parse_peer(remote: &str) -> Option<IpAddr> {
+    remote
+        .parse::<SocketAddr>()
+        .map(|s| s.ip())
+        .or_else(|_| remote.parse::<IpAddr>())
+        .ok()
+}
+
+pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+    let e = HttpRequestEvent::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+    if e.kind != ebpf_abi::EVENT_HTTP_SERVER {
+        return Err(DecodeError::UnknownKind(e.kind));
+    }
+    let status = match e.status {
+        // The handler wrote nothing and never called WriteHeader: net/http answers 200.
+        0 => 200,
+        s => u16::try_from(s).unwrap_or(0),
+    };
+    Ok(Request {
+        kind: RequestKind::HttpServer,
+        pid: e.pid,
+        start_ns: e.start_ns,
+        end_ns: e.end_ns.max(e.start_ns),
+        method: text(&e.method, e.method_len as usize),
+        path: text(&e.path, e.path_len as usize),
+        path_truncated: e.flags & ebpf_abi::FLAG_PATH_TRUNCATED != 0,
+        status,
+        // -1 means unknown length (chunked): no body size can be claimed.
+        request_body_bytes: e.request_content_length.max(0) as u64,
+        response_body_bytes: e.response_written.max(0) as u64,
+        peer: parse_peer(&text(&e.remote, e.remote_len as usize)),
+        http2: e.flags & ebpf_abi::FLAG_HTTP2 != 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ebpf_abi::{METHOD_MAX, PATH_MAX, REMOTE_MAX};
+
+    fn event(method: &str, path: &str, remote: &str, status: u32) -> Vec<u8> {
+        let mut e = HttpRequestEvent {
+            kind: ebpf_abi::EVENT_HTTP_SERVER,
+            flags: 0,
+            method_len: method.len() as u8,
+            remote_len: remote.len() as u8,
+            pid: 42,
+            start_ns: 1_000,
+            end_ns: 3_000,
+            goroutine: 7,
+            request_content_length: -1,
+            response_written: 12,
+            status,
+            path_len: path.len() as u32,
+            method: [0; METHOD_MAX],
+            path: [0; PATH_MAX],
+            remote: [0; REMOTE_MAX],
+        };
+        e.method[..method.len()].copy_from_slice(method.as_bytes());
+        e.path[..path.len()].copy_from_slice(path.as_bytes());
+        e.remote[..remote.len()].copy_from_slice(remote.as_bytes());
+        // SAFETY: reading a POD struct as bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const HttpRequestEvent).cast::<u8>(),
+                std::mem::size_of::<HttpRequestEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_a_server_request() {
+        let r = decode(&event("POST", "/users/7", "127.0.0.1:5555", 201)).unwrap();
+        assert_eq!(r.method, "POST");
+        assert_eq!(r.path, "/users/7");
+        assert_eq!(r.status, 201);
+        assert_eq!(r.peer, Some("127.0.0.1".parse().unwrap()));
+        assert_eq!(r.request_body_bytes, 0);
+        assert_eq!(r.response_body_bytes, 12);
+        assert_eq!(r.duration_seconds(), 2e-6);
+    }
+
+    #[test]
+    fn implicit_status_is_200_and_ipv6_peers_parse() {
+        let r = decode(&event("GET", "/", "[::1]:80", 0)).unwrap();
+        assert_eq!(r.status, 200);
+        assert_eq!(r.peer, Some("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn rejects_short_and_unknown_records() {
+        assert_eq!(decode(&[1, 2, 3]), Err(DecodeError::Short(3)));
+        let mut b = event("GET", "/", "", 200);
+        b[0] = 99;
+        assert_eq!(decode(&b), Err(DecodeError::UnknownKind(99)));
+    }
+}

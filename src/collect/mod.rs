@@ -1,0 +1,37 @@
+//! Reads kernel events and turns raw records into typed `Request` values.
+
+use std::net::IpAddr;
+
+/// One finished request, as observed in the kernel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Request {
+    pub kind: RequestKind,
+    pub pid: u32,
+    /// CLOCK_MONOTONIC nanoseconds.
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub method: String,
+    /// URL path, never the query string.
+    pub path: String,
+    pub path_truncated: bool,
+    pub status: u16,
+    pub request_body_bytes: u64,
+    pub response_body_bytes: u64,
+    /// The client's address for server requests.
+    pub peer: Option<IpAddr>,
+    pub http2: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestKind {
+    HttpServer,
+}
+
+impl Request {
+    pub fn duration_seconds(&self) -> f64 {
+        self.end_ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+}
+
+pub mod event;
+pub mod reader;

