@@ -155,16 +155,17 @@ int server_handler_return(struct pt_regs *ctx)
     e->remote_len = len < SONDE_REMOTE_MAX ? len : SONDE_REMOTE_MAX;
     e->request_content_length = (__s64)read_u64(req + off->request_content_length);
 
-    /* Which ResponseWriter is it? An HTTP/1 *response points back at the request; an
-     * HTTP/2 *http2responseWriter reaches it through its state. No itab symbols needed,
-     * so this works on stripped binaries too. */
+    /* Which ResponseWriter is it? Only two kinds reach serverHandler.ServeHTTP: HTTP/1's
+     * *response, which points back at the request, and HTTP/2's writer, whose first word is
+     * its state (Go 1.27 rebuilds the *Request for HTTP/2, so nothing there points back).
+     * No itab symbols needed, so this works on stripped binaries too. */
     __u64 rw = v.rw_data;
     if (rw && read_u64(rw + off->response_req) == req) {
         e->status = (__u32)read_u64(rw + off->response_status);
         e->response_written = (__s64)read_u64(rw + off->response_written);
     } else if (rw) {
         __u64 rws = read_u64(rw + off->h2rw_rws);
-        if (rws && read_u64(rws + off->rws_req) == req) {
+        if (rws) {
             e->flags |= SONDE_FLAG_HTTP2;
             e->status = (__u32)read_u64(rws + off->rws_status);
             e->response_written = (__s64)read_u64(rws + off->rws_wrote_bytes);

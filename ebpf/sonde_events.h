@@ -27,7 +27,6 @@ struct go_offsets {
     __u32 response_status;        /* net/http.response.status (int) */
     __u32 response_written;       /* net/http.response.written (int64) */
     __u32 h2rw_rws;               /* net/http.http2responseWriter.rws */
-    __u32 rws_req;                /* net/http.http2responseWriterState.req */
     __u32 rws_status;             /* net/http.http2responseWriterState.status */
     __u32 rws_wrote_bytes;        /* net/http.http2responseWriterState.wroteBytes */
 };

@@ -96,6 +96,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     if !config.has_selector() {
         return Err(AgentError::NoSelector);
     }
+    if let Some(file) = &config.config_file {
+        tracing::info!("configuration read from {}", file.display());
+    }
     let routes = RouteMatcher::new(&config.routes_patterns, &config.routes_unmatched)
         .map_err(|e| AgentError::Routes(e.to_string()))?;
     let features = crate::kernel::detect();
@@ -192,7 +195,7 @@ fn discovery_loop(
     stop: Arc<AtomicBool>,
 ) {
     let mut tracker = Tracker::new(selector);
-    let mut plans = PlanCache::new();
+    let plans = PlanCache::new();
     // Processes whose attach failed, with the attempts made so far.
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {

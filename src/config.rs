@@ -1,9 +1,9 @@
 //! Configuration: defaults < YAML file (`--config` / `SONDE_CONFIG`) < environment.
 //!
-//! OWNER: config helper. The types below are the contract other stages use; keep their
-//! names and meaning, add fields freely.
 
-use std::path::PathBuf;
+
+
+use std::path::{Path, PathBuf};
 
 /// Which metric names and label names the Prometheus exporter uses (DESIGN.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -65,5 +65,305 @@ impl Default for Config {
             print_traces: false,
             config_file: None,
         }
+    }
+}
+
+/// A configuration value that could not be used; names the key as the user wrote it.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("invalid value {value:?} for {key}: {expected}")]
+    Invalid {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+    #[error("unknown key {key:?} in {file}")]
+    UnknownKey { key: String, file: String },
+    #[error("cannot read {file}: {reason}")]
+    File { file: String, reason: String },
+}
+
+/// Every key, with its YAML name. Environment names are `SONDE_<UPPER>` / `BEYLA_<UPPER>`.
+const KEYS: &[&str] = &[
+    "prometheus_port",
+    "prometheus_path",
+    "open_port",
+    "executable_name",
+    "service_name",
+    "service_namespace",
+    "metrics_report_target",
+    "metrics_report_peer",
+    "metrics_naming",
+    "routes_patterns",
+    "routes_unmatched",
+    "log_level",
+    "print_traces",
+];
+
+/// Beyla's first versions read these without a prefix.
+const BARE_ALIASES: &[&str] = &["open_port", "executable_name", "print_traces"];
+
+impl Config {
+    /// Reads `SONDE_CONFIG` / the given file and the process environment.
+    pub fn from_env_and_file(file: Option<&Path>) -> Result<Config, ConfigError> {
+        let env_file = std::env::var_os("SONDE_CONFIG").map(PathBuf::from);
+        let file = file.map(Path::to_path_buf).or(env_file);
+        Config::load(file.as_deref(), &|k| std::env::var(k).ok())
+    }
+
+    /// Defaults < YAML file < environment (`SONDE_` over `BEYLA_` over bare legacy names).
+    pub fn load(
+        file: Option<&Path>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut c = Config {
+            config_file: file.map(Path::to_path_buf),
+            ..Config::default()
+        };
+        if let Some(path) = file {
+            let shown = path.display().to_string();
+            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+                file: shown.clone(),
+                reason: e.to_string(),
+            })?;
+            let doc: serde_yaml::Value =
+                serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
+                    file: shown.clone(),
+                    reason: e.to_string(),
+                })?;
+            let map = match doc {
+                serde_yaml::Value::Mapping(m) => m,
+                serde_yaml::Value::Null => Default::default(),
+                _ => {
+                    return Err(ConfigError::File {
+                        file: shown,
+                        reason: "expected a mapping of keys to values".into(),
+                    })
+                }
+            };
+            for (k, v) in map {
+                let key = k.as_str().unwrap_or_default().to_string();
+                if !KEYS.contains(&key.as_str()) {
+                    return Err(ConfigError::UnknownKey { key, file: shown });
+                }
+                let value = match v {
+                    serde_yaml::Value::Sequence(items) => items
+                        .iter()
+                        .map(yaml_scalar)
+                        .collect::<Vec<_>>()
+                        .join(","),
+                    other => yaml_scalar(&other),
+                };
+                c.set(&key, &format!("{key} (in {shown})"), &value)?;
+            }
+        }
+        for key in KEYS {
+            let upper = key.to_uppercase();
+            let mut names = vec![format!("SONDE_{upper}"), format!("BEYLA_{upper}")];
+            if BARE_ALIASES.contains(key) {
+                names.push(upper.clone());
+            }
+            if let Some((name, value)) = names.iter().find_map(|n| env(n).map(|v| (n, v))) {
+                c.set(key, name, &value)?;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether anything selects processes to instrument.
+    pub fn has_selector(&self) -> bool {
+        self.open_port.is_some() || self.executable_name.is_some()
+    }
+
+    fn set(&mut self, key: &str, shown: &str, value: &str) -> Result<(), ConfigError> {
+        let bad = |expected: &'static str| ConfigError::Invalid {
+            key: shown.to_string(),
+            value: value.to_string(),
+            expected,
+        };
+        let v = value.trim();
+        match key {
+            "prometheus_port" => {
+                let port: u16 = v.parse().map_err(|_| bad("a port number from 1 to 65535"))?;
+                if port == 0 {
+                    return Err(bad("a port number from 1 to 65535"));
+                }
+                self.prometheus_port = Some(port);
+            }
+            "prometheus_path" => {
+                if !v.starts_with('/') {
+                    return Err(bad("a path starting with '/'"));
+                }
+                self.prometheus_path = v.to_string();
+            }
+            "open_port" => {
+                self.open_port = Some(
+                    PortSet::parse(v)
+                        .ok_or_else(|| bad("a port, a range like 8000-8999, or a comma list"))?,
+                )
+            }
+            "executable_name" => {
+                self.executable_name =
+                    Some(regex::Regex::new(v).map_err(|_| bad("a regular expression"))?)
+            }
+            "service_name" => self.service_name = Some(v.to_string()),
+            "service_namespace" => self.service_namespace = Some(v.to_string()),
+            "metrics_report_target" => {
+                self.metrics_report_target = parse_bool(v).ok_or_else(|| bad("true or false"))?
+            }
+            "metrics_report_peer" => {
+                self.metrics_report_peer = parse_bool(v).ok_or_else(|| bad("true or false"))?
+            }
+            "print_traces" => {
+                self.print_traces = parse_bool(v).ok_or_else(|| bad("true or false"))?
+            }
+            "metrics_naming" => {
+                self.metrics_naming = match v.to_ascii_lowercase().as_str() {
+                    "semconv" => MetricsNaming::Semconv,
+                    "beyla-v1" | "beyla_v1" => MetricsNaming::BeylaV1,
+                    "beyla-v0" | "beyla_v0" => MetricsNaming::BeylaV0,
+                    _ => return Err(bad("semconv, beyla-v1 or beyla-v0")),
+                }
+            }
+            "routes_patterns" => {
+                let patterns: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect();
+                if patterns.iter().any(|p| !p.starts_with('/')) {
+                    return Err(bad("a comma list of paths like /users/{id}"));
+                }
+                self.routes_patterns = patterns;
+            }
+            "routes_unmatched" => {
+                if v.is_empty() {
+                    return Err(bad("a route such as /**"));
+                }
+                self.routes_unmatched = v.to_string();
+            }
+            "log_level" => {
+                let l = v.to_ascii_lowercase();
+                if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
+                    return Err(bad("error, warn, info, debug or trace"));
+                }
+                self.log_level = l;
+            }
+            _ => unreachable!("keys come from KEYS"),
+        }
+        Ok(())
+    }
+}
+
+impl PortSet {
+    /// `8080`, `8000-8999,443`; `None` for anything else.
+    pub fn parse(s: &str) -> Option<PortSet> {
+        let mut ranges = Vec::new();
+        for part in s.split(',').map(str::trim) {
+            let (lo, hi) = match part.split_once('-') {
+                Some((a, b)) => (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?),
+                None => {
+                    let p = part.parse::<u16>().ok()?;
+                    (p, p)
+                }
+            };
+            if lo == 0 || hi < lo {
+                return None;
+            }
+            ranges.push((lo, hi));
+        }
+        (!ranges.is_empty()).then_some(PortSet { ranges })
+    }
+}
+
+fn parse_bool(v: &str) -> Option<bool> {
+    match v.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Some(true),
+        "false" | "0" | "no" | "off" => Some(false),
+        _ => None,
+    }
+}
+
+fn yaml_scalar(v: &serde_yaml::Value) -> String {
+    match v {
+        serde_yaml::Value::String(s) => s.clone(),
+        serde_yaml::Value::Bool(b) => b.to_string(),
+        serde_yaml::Value::Number(n) => n.to_string(),
+        serde_yaml::Value::Null => String::new(),
+        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> =
+            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::load(None, &|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn beyla_seed_command_line_works() {
+        let c = load(&[("BEYLA_PROMETHEUS_PORT", "9400"), ("OPEN_PORT", "8080")]).unwrap();
+        assert_eq!(c.prometheus_port, Some(9400));
+        assert!(c.open_port.unwrap().contains(8080));
+    }
+
+    #[test]
+    fn sonde_wins_over_beyla_over_bare() {
+        let c = load(&[("SONDE_OPEN_PORT", "1"), ("BEYLA_OPEN_PORT", "2"), ("OPEN_PORT", "3")])
+            .unwrap();
+        assert_eq!(c.open_port.unwrap().ranges, vec![(1, 1)]);
+    }
+
+    #[test]
+    fn port_lists_and_ranges() {
+        let p = PortSet::parse("8000-8999, 443").unwrap();
+        assert!(p.contains(8500) && p.contains(443) && !p.contains(80));
+        for bad in ["", "0", "80a", "9-1", "70000", "1,,2"] {
+            assert!(PortSet::parse(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key_and_value() {
+        let e = load(&[("SONDE_OPEN_PORT", "80a")]).unwrap_err().to_string();
+        assert!(e.contains("SONDE_OPEN_PORT") && e.contains("80a"), "{e}");
+        let e = load(&[("BEYLA_METRICS_NAMING", "v9")]).unwrap_err().to_string();
+        assert!(e.contains("BEYLA_METRICS_NAMING"), "{e}");
+        let e = load(&[("SONDE_PROMETHEUS_PORT", "0")]).unwrap_err().to_string();
+        assert!(e.contains("SONDE_PROMETHEUS_PORT"), "{e}");
+        assert!(load(&[("SONDE_EXECUTABLE_NAME", "(")]).is_err());
+        assert!(load(&[("SONDE_METRICS_REPORT_PEER", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn yaml_then_env() {
+        let dir = std::env::temp_dir().join(format!("sonde-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.yaml");
+        std::fs::write(
+            &f,
+            "prometheus_port: 9000\nopen_port: 8080\nmetrics_naming: beyla-v0\n\
+             routes_patterns: [\"/users/{id}\", \"/items/{id}\"]\nlog_level: DEBUG\n",
+        )
+        .unwrap();
+        let env: HashMap<&str, &str> = [("SONDE_PROMETHEUS_PORT", "9400")].into();
+        let c = Config::load(Some(&f), &|k| env.get(k).map(|s| s.to_string())).unwrap();
+        assert_eq!(c.prometheus_port, Some(9400));
+        assert_eq!(c.metrics_naming, MetricsNaming::BeylaV0);
+        assert_eq!(c.routes_patterns, vec!["/users/{id}", "/items/{id}"]);
+        assert_eq!(c.log_level, "debug");
+        std::fs::write(&f, "open_prot: 8080\n").unwrap();
+        let e = Config::load(Some(&f), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("open_prot"), "{e}");
+        std::fs::write(&f, "open_port: nope\n").unwrap();
+        let e = Config::load(Some(&f), &|_| None).unwrap_err().to_string();
+        assert!(e.contains("open_port (in "), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -24,7 +24,6 @@ pub struct GoOffsetsAbi {
     pub response_status: u32,
     pub response_written: u32,
     pub h2rw_rws: u32,
-    pub rws_req: u32,
     pub rws_status: u32,
     pub rws_wrote_bytes: u32,
 }
@@ -44,7 +43,6 @@ impl From<&GoOffsets> for GoOffsetsAbi {
             response_status: o.response_status,
             response_written: o.response_written,
             h2rw_rws: o.h2rw_rws,
-            rws_req: o.rws_req,
             rws_status: o.rws_status,
             rws_wrote_bytes: o.rws_wrote_bytes,
         }
@@ -114,7 +112,7 @@ mod tests {
         }
         check!("go_offsets", GoOffsetsAbi, [request_method, request_url, request_content_length,
             request_remote_addr, url_path, response_req, response_status, response_written,
-            h2rw_rws, rws_req, rws_status, rws_wrote_bytes]);
+            h2rw_rws, rws_status, rws_wrote_bytes]);
         check!("http_request_event", HttpRequestEvent, [kind, flags, method_len, remote_len, pid,
             start_ns, end_ns, goroutine, request_content_length, response_written, status,
             path_len, method, path, remote]);

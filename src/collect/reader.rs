@@ -22,8 +22,11 @@ pub struct Reader {
 
 impl Reader {
     pub fn new(ring: RingBuf<MapData>, lost: PerCpuArray<MapData, u64>) -> std::io::Result<Self> {
+        // SAFETY: the ring buffer owns its map fd; it stays open, and the same, for as long
+        // as the AsyncFd owns the ring buffer.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
         Ok(Reader {
-            ring: AsyncFd::with_interest(ring, Interest::READABLE)?,
+            ring,
             lost,
             decode_errors: 0,
         })

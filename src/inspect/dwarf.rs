@@ -1,4 +1,10 @@
-//! STUB written by inspect-core so the crate compiles; the inspect-offsets helper replaces it.
+//! Struct field offsets from a Go binary's DWARF (present unless built with `-w` or stripped).
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+
+use gimli::{AttributeValue, EndianSlice, LittleEndian};
+use object::{Object, ObjectSection};
 
 use super::GoOffsets;
 
@@ -6,9 +12,143 @@ use super::GoOffsets;
 pub enum DwarfError {
     #[error("DWARF: {0}")]
     Parse(String),
+    #[error("DWARF has no field {0}")]
+    MissingField(String),
 }
 
-/// Struct field offsets from the binary's DWARF; `None` when it has none.
-pub fn offsets(_file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
-    Ok(None)
+impl From<gimli::Error> for DwarfError {
+    fn from(e: gimli::Error) -> Self {
+        DwarfError::Parse(e.to_string())
+    }
+}
+
+/// The structs and fields the kernel programs read.
+const WANTED: &[(&str, &[&str])] = &[
+    ("net/http.Request", &["Method", "URL", "ContentLength", "RemoteAddr"]),
+    ("net/url.URL", &["Path"]),
+    ("net/http.response", &["req", "status", "written"]),
+    ("net/http.http2responseWriter", &["rws"]),
+    ("net/http.http2responseWriterState", &["status", "wroteBytes"]),
+];
+
+/// Go 1.27 moved the HTTP/2 server out of net/http's bundle into an internal package.
+const RENAMED: &[(&str, &str)] = &[
+    ("net/http/internal/http2.responseWriter", "net/http.http2responseWriter"),
+    ("net/http/internal/http2.responseWriterState", "net/http.http2responseWriterState"),
+];
+
+/// A bound on the entries walked, so a hostile binary cannot keep us here.
+const MAX_ENTRIES: usize = 20_000_000;
+
+/// Struct field offsets from the binary's DWARF; `None` when it has no DWARF.
+pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
+    if file.section_by_name(".debug_info").is_none() && file.section_by_name(".zdebug_info").is_none()
+    {
+        return Ok(None);
+    }
+    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, DwarfError> {
+        let name = id.name();
+        let section = file.section_by_name(name).or_else(|| {
+            // Go before 1.20 wrote zlib-compressed `.zdebug_*` sections.
+            name.strip_prefix(".debug_")
+                .and_then(|rest| file.section_by_name(&format!(".zdebug_{rest}")))
+        });
+        match section {
+            Some(s) => s.uncompressed_data().map_err(|e| DwarfError::Parse(format!("{name}: {e}"))),
+            None => Ok(Cow::Borrowed(&[][..])),
+        }
+    };
+    let owned = gimli::DwarfSections::load(load)?;
+    let dwarf = owned.borrow(|s| EndianSlice::new(s, LittleEndian));
+
+    let mut found: HashMap<(&str, &str), u32> = HashMap::new();
+    let mut entries_seen = 0usize;
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut cursor = unit.entries();
+        // The struct we are inside of, with its depth.
+        let mut current: Option<(&str, &[&str], isize)> = None;
+        while let Some(entry) = cursor.next_dfs()? {
+            entries_seen += 1;
+            if entries_seen > MAX_ENTRIES {
+                return Err(DwarfError::Parse("too many DWARF entries".into()));
+            }
+            let depth = entry.depth();
+            if let Some((_, _, d)) = current {
+                if depth <= d {
+                    current = None;
+                }
+            }
+            match entry.tag() {
+                gimli::DW_TAG_structure_type => {
+                    let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
+                        continue;
+                    };
+                    let name = dwarf.attr_string(&unit, name)?;
+                    let name = std::str::from_utf8(name.slice()).unwrap_or("");
+                    let name = RENAMED
+                        .iter()
+                        .find(|(new, _)| *new == name)
+                        .map_or(name, |(_, old)| old);
+                    current = WANTED
+                        .iter()
+                        .find(|(s, _)| *s == name)
+                        .map(|(s, fields)| (*s, *fields, depth));
+                }
+                gimli::DW_TAG_member => {
+                    let Some((strukt, fields, _)) = current else {
+                        continue;
+                    };
+                    let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
+                        continue;
+                    };
+                    let name = dwarf.attr_string(&unit, name)?;
+                    let name = std::str::from_utf8(name.slice()).unwrap_or("");
+                    let Some(field) = fields.iter().find(|f| **f == name) else {
+                        continue;
+                    };
+                    let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
+                        Some(AttributeValue::Udata(v)) => v,
+                        Some(AttributeValue::Data1(v)) => v.into(),
+                        Some(AttributeValue::Data2(v)) => v.into(),
+                        Some(AttributeValue::Data4(v)) => v.into(),
+                        Some(AttributeValue::Data8(v)) => v,
+                        Some(AttributeValue::Sdata(v)) => v as u64,
+                        _ => continue,
+                    };
+                    if let Ok(offset) = u32::try_from(offset) {
+                        found.insert((strukt, field), offset);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if found.len() == WANTED.iter().map(|(_, f)| f.len()).sum::<usize>() {
+            break;
+        }
+    }
+    let get = |s: &str, f: &str| {
+        found
+            .get(&(s, f))
+            .copied()
+            .ok_or_else(|| DwarfError::MissingField(format!("{s}.{f}")))
+    };
+    // A binary that has DWARF but no net/http (not a web server) has nothing for us.
+    if !found.keys().any(|(s, _)| *s == "net/http.Request") {
+        return Err(DwarfError::MissingField("net/http.Request".into()));
+    }
+    Ok(Some(GoOffsets {
+        request_method: get("net/http.Request", "Method")?,
+        request_url: get("net/http.Request", "URL")?,
+        request_content_length: get("net/http.Request", "ContentLength")?,
+        request_remote_addr: get("net/http.Request", "RemoteAddr")?,
+        url_path: get("net/url.URL", "Path")?,
+        response_req: get("net/http.response", "req")?,
+        response_status: get("net/http.response", "status")?,
+        response_written: get("net/http.response", "written")?,
+        h2rw_rws: get("net/http.http2responseWriter", "rws")?,
+        rws_status: get("net/http.http2responseWriterState", "status")?,
+        rws_wrote_bytes: get("net/http.http2responseWriterState", "wroteBytes")?,
+    }))
 }

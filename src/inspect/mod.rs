@@ -83,7 +83,6 @@ pub struct GoOffsets {
     pub response_status: u32,
     pub response_written: u32,
     pub h2rw_rws: u32,
-    pub rws_req: u32,
     pub rws_status: u32,
     pub rws_wrote_bytes: u32,
 }
@@ -440,7 +439,6 @@ pub fn render(plan: &ProbePlan) -> String {
         ("http.response.status", o.response_status),
         ("http.response.written", o.response_written),
         ("http.http2responseWriter.rws", o.h2rw_rws),
-        ("http.http2responseWriterState.req", o.rws_req),
         ("http.http2responseWriterState.status", o.rws_status),
         (
             "http.http2responseWriterState.wroteBytes",

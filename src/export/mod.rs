@@ -1,0 +1,374 @@
+//! Prometheus export: histograms per naming, agent health, the scrape endpoint.
+//!
+//! The text is rendered by our own small writer instead of metrics-exporter-prometheus: the
+//! output must reproduce Beyla's exactly (label order, `le` formatting, HELP texts), and a
+//! per-request record is one short lock and a few additions.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use thiserror::Error;
+
+use crate::config::{Config, MetricsNaming};
+use crate::enrich::EnrichedRequest;
+
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+pub const SIZE_BUCKETS: &[f64] = &[
+    0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
+];
+
+#[derive(Debug, Error)]
+pub enum ExportError {
+    #[error("cannot listen on port {port}: {source}")]
+    Bind { port: u16, source: std::io::Error },
+}
+
+/// Names and label names of one naming scheme.
+struct Names {
+    duration: &'static str,
+    duration_help: &'static str,
+    request_size: &'static str,
+    request_size_help: &'static str,
+    /// semconv only.
+    response_size: Option<(&'static str, &'static str)>,
+    method: &'static str,
+    status: &'static str,
+    url_path: &'static str,
+    peer: &'static str,
+    namespace: bool,
+}
+
+fn names(naming: MetricsNaming) -> Names {
+    match naming {
+        MetricsNaming::Semconv => Names {
+            duration: "http_server_request_duration_seconds",
+            duration_help: "Duration of HTTP server requests.",
+            request_size: "http_server_request_body_size_bytes",
+            request_size_help: "Size of HTTP server request bodies.",
+            response_size: Some((
+                "http_server_response_body_size_bytes",
+                "Size of HTTP server response bodies.",
+            )),
+            method: "http_request_method",
+            status: "http_response_status_code",
+            url_path: "url_path",
+            peer: "client_address",
+            namespace: true,
+        },
+        MetricsNaming::BeylaV1 | MetricsNaming::BeylaV0 => {
+            let v0 = naming == MetricsNaming::BeylaV0;
+            Names {
+                duration: "http_server_duration_seconds",
+                duration_help: "duration of HTTP service calls from the server side, in seconds",
+                request_size: "http_server_request_size_bytes",
+                request_size_help:
+                    "size, in bytes, of the HTTP request body as received at the server side",
+                response_size: None,
+                method: if v0 { "http_method" } else { "http_request_method" },
+                status: if v0 { "http_status_code" } else { "http_response_status_code" },
+                url_path: if v0 { "http_target" } else { "url_path" },
+                peer: if v0 { "net_sock_peer_addr" } else { "client_address" },
+                namespace: !v0,
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Histogram {
+    /// Non-cumulative counts per bucket; the last slot is +Inf.
+    counts: Vec<u64>,
+    sum: f64,
+    count: u64,
+}
+
+impl Histogram {
+    fn new(bounds: &[f64]) -> Self {
+        Histogram { counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
+    }
+
+    fn observe(&mut self, bounds: &[f64], v: f64) {
+        let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
+        self.counts[i] += 1;
+        self.sum += v;
+        self.count += 1;
+    }
+}
+
+/// Label set, sorted by name: the order Prometheus clients print.
+type Labels = Vec<(&'static str, String)>;
+
+struct Family {
+    name: &'static str,
+    help: &'static str,
+    bounds: &'static [f64],
+    series: BTreeMap<Labels, Histogram>,
+}
+
+impl Family {
+    fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Self {
+        Family { name, help, bounds, series: BTreeMap::new() }
+    }
+
+    fn observe(&mut self, labels: &Labels, v: f64) {
+        let bounds = self.bounds;
+        if let Some(h) = self.series.get_mut(labels) {
+            h.observe(bounds, v);
+        } else {
+            let mut h = Histogram::new(bounds);
+            h.observe(bounds, v);
+            self.series.insert(labels.clone(), h);
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        if self.series.is_empty() {
+            return;
+        }
+        let _ = writeln!(out, "# HELP {} {}", self.name, self.help);
+        let _ = writeln!(out, "# TYPE {} histogram", self.name);
+        for (labels, h) in &self.series {
+            let mut base = String::new();
+            for (k, v) in labels {
+                let _ = write!(base, "{k}=\"{}\",", escape(v));
+            }
+            let mut cumulative = 0;
+            for (i, c) in h.counts.iter().enumerate() {
+                cumulative += c;
+                let le = match self.bounds.get(i) {
+                    Some(b) => format!("{b}"),
+                    None => "+Inf".to_string(),
+                };
+                let _ = writeln!(out, "{}_bucket{{{base}le=\"{le}\"}} {cumulative}", self.name);
+            }
+            let plain = base.trim_end_matches(',');
+            let _ = writeln!(out, "{}_sum{{{plain}}} {}", self.name, h.sum);
+            let _ = writeln!(out, "{}_count{{{plain}}} {}", self.name, h.count);
+        }
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+/// Counters about sonde itself, shared by every stage.
+#[derive(Default)]
+pub struct Health {
+    instrumented: AtomicU64,
+    attach_errors: AtomicU64,
+    events: AtomicU64,
+    lost: AtomicU64,
+    skipped: Mutex<BTreeMap<&'static str, u64>>,
+}
+
+impl Health {
+    pub fn set_instrumented_processes(&self, n: u64) {
+        self.instrumented.store(n, Ordering::Relaxed);
+    }
+    pub fn inc_attach_errors(&self) {
+        self.attach_errors.fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_events_lost(&self, n: u64) {
+        self.lost.fetch_add(n, Ordering::Relaxed);
+    }
+    pub fn inc_skipped(&self, reason: &'static str) {
+        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+    }
+
+    fn render(&self, out: &mut String) {
+        let mut metric = |name: &str, kind: &str, help: &str, body: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{body}");
+        };
+        metric(
+            "sonde_build_info",
+            "gauge",
+            "sonde's version.",
+            format!("sonde_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        );
+        let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        metric(
+            "sonde_instrumented_processes",
+            "gauge",
+            "Processes with probes attached now.",
+            format!("sonde_instrumented_processes {}", g(&self.instrumented)),
+        );
+        metric(
+            "sonde_attach_errors_total",
+            "counter",
+            "Processes sonde failed to attach probes to.",
+            format!("sonde_attach_errors_total {}", g(&self.attach_errors)),
+        );
+        metric(
+            "sonde_events_total",
+            "counter",
+            "Requests received from the kernel.",
+            format!("sonde_events_total {}", g(&self.events)),
+        );
+        metric(
+            "sonde_events_lost_total",
+            "counter",
+            "Requests the kernel dropped because the ring buffer was full.",
+            format!("sonde_events_lost_total {}", g(&self.lost)),
+        );
+        let skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
+        if !skipped.is_empty() {
+            let body = skipped
+                .iter()
+                .map(|(r, n)| format!("sonde_skipped_binaries_total{{reason=\"{r}\"}} {n}"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            metric(
+                "sonde_skipped_binaries_total",
+                "counter",
+                "Selected processes not instrumented, by reason.",
+                body,
+            );
+        }
+    }
+}
+
+struct Families {
+    duration: Family,
+    request_size: Family,
+    response_size: Option<Family>,
+}
+
+pub struct Exporter {
+    names: Names,
+    report_target: bool,
+    report_peer: bool,
+    families: Mutex<Families>,
+    health: Health,
+    /// Labels of each identity are built once, not per request.
+    _cache: Mutex<HashMap<String, ()>>,
+}
+
+impl Exporter {
+    pub fn new(config: &Config) -> Self {
+        Self::with(config.metrics_naming, config.metrics_report_target, config.metrics_report_peer)
+    }
+
+    pub fn with(naming: MetricsNaming, report_target: bool, report_peer: bool) -> Self {
+        let names = names(naming);
+        let families = Families {
+            duration: Family::new(names.duration, names.duration_help, DURATION_BUCKETS),
+            request_size: Family::new(names.request_size, names.request_size_help, SIZE_BUCKETS),
+            response_size: names.response_size.map(|(n, h)| Family::new(n, h, SIZE_BUCKETS)),
+        };
+        Exporter {
+            names,
+            report_target,
+            report_peer,
+            families: Mutex::new(families),
+            health: Health::default(),
+            _cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn health(&self) -> &Health {
+        &self.health
+    }
+
+    fn labels(&self, r: &EnrichedRequest) -> Labels {
+        let n = &self.names;
+        let mut l: Labels = vec![
+            (n.method, r.request.method.clone()),
+            (n.status, r.request.status.to_string()),
+            ("http_route", r.route.clone()),
+            ("service_name", r.identity.service_name.clone()),
+        ];
+        if n.namespace {
+            l.push(("service_namespace", r.identity.service_namespace.clone()));
+        }
+        if let Some(c) = &r.identity.container_name {
+            l.push(("container_name", c.clone()));
+        }
+        if self.report_target {
+            l.push((n.url_path, r.request.path.clone()));
+        }
+        if self.report_peer {
+            let peer = r.request.peer.map(|p| p.to_string()).unwrap_or_default();
+            l.push((n.peer, peer));
+        }
+        l.sort();
+        l
+    }
+
+    pub fn record(&self, r: &EnrichedRequest) {
+        let labels = self.labels(r);
+        self.health.events.fetch_add(1, Ordering::Relaxed);
+        let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        f.duration.observe(&labels, r.request.duration_seconds());
+        f.request_size.observe(&labels, r.request.request_body_bytes as f64);
+        if let Some(resp) = f.response_size.as_mut() {
+            resp.observe(&labels, r.request.response_body_bytes as f64);
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        {
+            let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
+            f.duration.render(&mut out);
+            f.request_size.render(&mut out);
+            if let Some(resp) = &f.response_size {
+                resp.render(&mut out);
+            }
+        }
+        self.health.render(&mut out);
+        out
+    }
+}
+
+/// One line per request for `print_traces`.
+pub fn print_trace_line(r: &EnrichedRequest) -> String {
+    let q = &r.request;
+    format!(
+        "{:.3}ms {} {} {} ({}) peer={} service={} pid={}{}",
+        q.duration_seconds() * 1e3,
+        q.method,
+        q.status,
+        q.path,
+        r.route,
+        q.peer.map(|p| p.to_string()).unwrap_or_default(),
+        r.identity.service_name,
+        q.pid,
+        if q.http2 { " h2" } else { "" },
+    )
+}
+
+/// Binds the scrape port first, so a used port is a clear error instead of a panic.
+pub async fn bind(port: u16) -> Result<tokio::net::TcpListener, ExportError> {
+    tokio::net::TcpListener::bind(("0.0.0.0", port))
+        .await
+        .map_err(|source| ExportError::Bind { port, source })
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, exporter: Arc<Exporter>, path: String) {
+    use warp::Filter;
+    let segments: Vec<String> =
+        path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let route = warp::get()
+        .and(warp::path::full())
+        .and_then(move |full: warp::path::FullPath| {
+            let exporter = exporter.clone();
+            let wanted = segments.clone();
+            async move {
+                let got: Vec<&str> = full.as_str().split('/').filter(|s| !s.is_empty()).collect();
+                if got != wanted {
+                    return Err(warp::reject::not_found());
+                }
+                Ok::<_, warp::Rejection>(warp::reply::with_header(
+                    exporter.render(),
+                    "content-type",
+                    "text/plain; version=0.0.4; charset=utf-8",
+                ))
+            }
+        });
+    warp::serve(route).incoming(listener).run().await;
+}
