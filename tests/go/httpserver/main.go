@@ -1,0 +1,94 @@
+// A deterministic target for sonde's integration tests: the request decides the status and
+// the size of the response, so a test knows exactly what sonde must report.
+//
+//	/status/{code}?size=N  status code, then N bytes of body
+//	/echo                  200, as many bytes as the request body had
+//	/implicit              a body written without WriteHeader (net/http sends 200)
+//	/slow?ms=N             sleeps N ms, then 200 with no body
+//
+// Builds with Go 1.19 to 1.27 and the standard library only.
+package main
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+func handle(w http.ResponseWriter, r *http.Request) {
+	size, _ := strconv.Atoi(r.URL.Query().Get("size"))
+	switch {
+	case strings.HasPrefix(r.URL.Path, "/status/"):
+		code, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/status/"))
+		if err != nil || code < 100 || code > 599 {
+			code = 400
+		}
+		io.Copy(io.Discard, r.Body)
+		w.WriteHeader(code)
+		w.Write([]byte(strings.Repeat("x", size)))
+	case r.URL.Path == "/echo":
+		n, _ := io.Copy(io.Discard, r.Body)
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte(strings.Repeat("e", int(n))))
+	case r.URL.Path == "/implicit":
+		w.Write([]byte("implicit 200"))
+	case r.URL.Path == "/slow":
+		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
+		time.Sleep(time.Duration(ms) * time.Millisecond)
+		w.WriteHeader(http.StatusOK)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func selfSigned() tls.Certificate {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		log.Fatal(err)
+	}
+	tmpl := x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		Subject:      pkix.Name{CommonName: "localhost"},
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(24 * time.Hour),
+		DNSNames:     []string{"localhost"},
+		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
+	if err != nil {
+		log.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func main() {
+	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	useTLS := flag.Bool("tls", false, "serve TLS with a self-signed certificate (HTTP/2 via ALPN)")
+	flag.Parse()
+	ln, err := net.Listen("tcp", *addr)
+	if err != nil {
+		log.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(handle)}
+	fmt.Printf("listening on %s\n", ln.Addr())
+	os.Stdout.Sync()
+	if *useTLS {
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned()}, NextProtos: []string{"h2", "http/1.1"}}
+		log.Fatal(srv.ServeTLS(ln, "", ""))
+	}
+	log.Fatal(srv.Serve(ln))
+}

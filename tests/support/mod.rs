@@ -1,0 +1,326 @@
+//! Helpers for the integration tests: real processes, real sockets, cleaned up by PID.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// CI sets SONDE_REQUIRE_INTEGRATION=1: there, a test that cannot run fails instead of skipping.
+fn required() -> bool {
+    std::env::var("SONDE_REQUIRE_INTEGRATION").is_ok_and(|v| v == "1")
+}
+
+fn skip(test: &str, why: &str) -> bool {
+    if required() {
+        panic!("{test}: cannot run: {why} (SONDE_REQUIRE_INTEGRATION=1)");
+    }
+    eprintln!("SKIP {test}: {why}");
+    false
+}
+
+/// Whether this test can load BPF programs here; says why not when it cannot.
+pub fn require_root_or_skip(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return skip(test, "needs root to load BPF programs");
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe").exists() {
+        let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+        return skip(test, &format!("kernel {} has no uprobes", release.trim()));
+    }
+    true
+}
+
+#[derive(Debug, Clone)]
+pub struct GoTarget {
+    pub version: String,
+    pub linkage: String,
+    pub stripped: bool,
+    pub path: PathBuf,
+}
+
+impl GoTarget {
+    /// The file name, which is also the service name sonde gives it.
+    pub fn name(&self) -> String {
+        self.path.file_name().unwrap().to_string_lossy().into_owned()
+    }
+}
+
+/// Builds (once per test process) and lists every Go test server of the matrix.
+pub fn go_targets() -> Vec<GoTarget> {
+    static BUILT: OnceLock<Vec<GoTarget>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let out = repo().join("target/go-targets");
+            let st = Command::new("bash")
+                .arg(repo().join("scripts/build-go-targets.sh"))
+                .arg(&out)
+                .status()
+                .expect("run scripts/build-go-targets.sh");
+            assert!(st.success(), "scripts/build-go-targets.sh failed");
+            let mut v: Vec<GoTarget> = std::fs::read_dir(&out)
+                .unwrap()
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let rest = name.strip_prefix("httpserver-")?;
+                    let parts: Vec<&str> = rest.split('-').collect();
+                    (parts.len() == 3).then(|| GoTarget {
+                        version: parts[0].to_string(),
+                        linkage: parts[1].to_string(),
+                        stripped: parts[2] == "stripped",
+                        path: e.path(),
+                    })
+                })
+                .collect();
+            v.sort_by(|a, b| a.path.cmp(&b.path));
+            v
+        })
+        .clone()
+}
+
+/// A child process killed (by its PID only) when the guard drops.
+pub struct ChildGuard {
+    pub child: Child,
+}
+
+impl ChildGuard {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A port nothing listens on now.
+pub fn free_port() -> u16 {
+    static USED: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut used = USED.lock().unwrap();
+        if !used.contains(&port) {
+            used.push(port);
+            return port;
+        }
+    }
+}
+
+/// Starts a Go test server on 127.0.0.1:port and waits until it listens.
+pub fn spawn_go_server(path: &Path, port: u16, tls: bool) -> ChildGuard {
+    let mut cmd = Command::new(path);
+    cmd.arg("-addr").arg(format!("127.0.0.1:{port}"));
+    if tls {
+        cmd.arg("-tls");
+    }
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("listening on"), "{}: {line}", path.display());
+    ChildGuard { child }
+}
+
+/// sonde running as a child, its stderr in a file the test can read.
+pub struct SondeGuard {
+    pub guard: ChildGuard,
+    pub log_path: PathBuf,
+}
+
+impl SondeGuard {
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn wait_for_log(&self, needle: &str, timeout: Duration) -> bool {
+        let t = Instant::now();
+        while t.elapsed() < timeout {
+            if self.log().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.guard.pid()
+    }
+
+    /// Stops sonde with SIGTERM and returns its exit code.
+    pub fn stop(mut self) -> Option<i32> {
+        // SAFETY: signalling our own child by PID.
+        unsafe { libc::kill(self.guard.pid() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(st)) = self.guard.child.try_wait() {
+                return st.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+pub fn sonde_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sonde")
+}
+
+/// Starts sonde with exactly these environment variables (plus PATH), stderr to a log file.
+pub fn spawn_sonde(env: &[(&str, &str)]) -> SondeGuard {
+    let dir = repo().join("target/test-logs");
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join(format!(
+        "sonde-{}-{}.log",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos() ^ (free_port() as u128)
+    ));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut cmd = Command::new(sonde_bin());
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("SONDE_LOG_LEVEL", "info");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("start sonde");
+    SondeGuard {
+        guard: ChildGuard { child },
+        log_path,
+    }
+}
+
+/// One HTTP/1.1 request on its own connection; returns (status, body length).
+pub fn http(method: &str, url: &str, body_len: usize) -> (u16, usize) {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = TcpStream::connect(host).unwrap_or_else(|e| panic!("connect {host}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let body = vec![b'b'; body_len];
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    parse_response(&resp).unwrap_or_else(|| panic!("bad response to {method} {url}"))
+}
+
+/// (status, body length) of a whole `Connection: close` response with Content-Length or
+/// chunked body as Go writes them.
+fn parse_response(resp: &[u8]) -> Option<(u16, usize)> {
+    let text = String::from_utf8_lossy(resp);
+    let head_end = text.find("\r\n\r\n")?;
+    let status = text.get(9..12)?.parse().ok()?;
+    Some((status, resp.len() - head_end - 4))
+}
+
+/// GET http://127.0.0.1:port/metrics.
+pub fn scrape(port: u16) -> String {
+    scrape_path(port, "/metrics")
+}
+
+pub fn scrape_path(port: u16, path: &str) -> String {
+    let mut s = match TcpStream::connect(("127.0.0.1", port)) {
+        Ok(s) => s,
+        Err(_) => return String::new(),
+    };
+    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    match resp.find("\r\n\r\n") {
+        Some(i) => resp[i + 4..].to_string(),
+        None => String::new(),
+    }
+}
+
+/// Parses one series line: (name, labels, value).
+fn parse_series(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+    if line.starts_with('#') || line.is_empty() {
+        return None;
+    }
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value.parse().ok()?;
+    let (name, labels) = match series.find('{') {
+        Some(i) => (&series[..i], &series[i + 1..series.len() - 1]),
+        None => (series, ""),
+    };
+    let mut out = Vec::new();
+    let mut rest = labels;
+    while let Some(eq) = rest.find("=\"") {
+        let key = rest[..eq].trim_start_matches(',').to_string();
+        let after = &rest[eq + 2..];
+        let mut end = 0;
+        let bytes = after.as_bytes();
+        while end < bytes.len() && !(bytes[end] == b'"' && (end == 0 || bytes[end - 1] != b'\\')) {
+            end += 1;
+        }
+        out.push((key, after[..end].to_string()));
+        rest = &after[(end + 1).min(after.len())..];
+    }
+    Some((name, out, value))
+}
+
+/// The value of the one series named `name` whose labels include all of `labels`; the sum
+/// when several series match (e.g. a label left out on purpose).
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let mut total = None;
+    for line in text.lines() {
+        let Some((n, ls, v)) = parse_series(line) else {
+            continue;
+        };
+        if n != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, want)| ls.iter().any(|(lk, lv)| lk == k && lv == want))
+        {
+            total = Some(total.unwrap_or(0.0) + v);
+        }
+    }
+    total
+}
+
+/// Polls /metrics until the series reaches `want` or the timeout passes.
+pub fn wait_for_metric(
+    port: u16,
+    name: &str,
+    labels: &[(&str, &str)],
+    want: f64,
+    timeout: Duration,
+) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if metric_value(&scrape(port), name, labels) == Some(want) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
