@@ -10,6 +10,42 @@ use std::time::Duration;
 
 use support::*;
 
+/// A persistent HTTP/1.1 connection, as a load generator keeps them.
+struct KeepAlive {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl KeepAlive {
+    fn connect(port: u16) -> Self {
+        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        KeepAlive { reader: std::io::BufReader::new(s) }
+    }
+
+    fn request(&mut self, method: &str, path: &str, body: usize) -> (u16, usize) {
+        use std::io::{BufRead, Read, Write};
+        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {body}\r\n\r\n{}", "b".repeat(body));
+        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
+        let mut status = 0;
+        let mut len = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            self.reader.read_line(&mut line).unwrap();
+            if line.starts_with("HTTP/1.1 ") {
+                status = line[9..12].parse().unwrap();
+            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            } else if line == "\r\n" {
+                break;
+            }
+        }
+        let mut buf = vec![0; len];
+        self.reader.read_exact(&mut buf).unwrap();
+        (status, len)
+    }
+}
+
 /// One request of the fixed mix: method, path, request body bytes.
 const MIX: &[(&str, &str, usize)] = &[
     ("GET", "/status/200?size=10", 0),
@@ -123,4 +159,345 @@ fn go_matrix_exact_metrics() {
         assert_mix(&text, &service, implicit_body);
     }
     assert_eq!(metric_value(&text, "sonde_events_lost_total", &[]), Some(0.0));
+}
+
+/// The newest static build, for tests that need one real server.
+fn one_target() -> support::GoTarget {
+    go_targets()
+        .into_iter()
+        .filter(|t| t.linkage == "static" && !t.stripped)
+        .next_back()
+        .expect("a static Go target")
+}
+
+fn start_pair(
+    env: &[(&str, &str)],
+    tls: bool,
+) -> (support::GoTarget, u16, ChildGuard, u16, SondeGuard) {
+    let t = one_target();
+    let port = free_port();
+    let server = spawn_go_server(&t.path, port, tls);
+    let prom = free_port();
+    let mut all = vec![
+        ("SONDE_OPEN_PORT".to_string(), port.to_string()),
+        ("SONDE_PROMETHEUS_PORT".to_string(), prom.to_string()),
+    ];
+    all.extend(env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let sonde = spawn_sonde(&refs);
+    assert!(
+        wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(15)),
+        "not instrumented:\n{}",
+        sonde.log()
+    );
+    (t, port, server, prom, sonde)
+}
+
+/// The seed walkthrough, section 5: Beyla's first names and labels, line for line.
+#[test]
+fn beyla_v0_output_matches_the_walkthrough() {
+    if !require_root_or_skip("beyla_v0_output_matches_the_walkthrough") {
+        return;
+    }
+    let (t, port, _server, prom, _sonde) =
+        start_pair(&[("BEYLA_METRICS_NAMING", "beyla-v0")], false);
+    for _ in 0..6 {
+        http("GET", &format!("http://127.0.0.1:{port}/slow?ms=60"), 0);
+    }
+    http("GET", &format!("http://127.0.0.1:{port}/status/500"), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let text = scrape(prom);
+    let svc = t.name();
+    let base = format!(
+        "http_method=\"GET\",http_route=\"/**\",http_status_code=\"200\",service_name=\"{svc}\""
+    );
+    let mut expected = vec![
+        "# HELP http_server_duration_seconds duration of HTTP service calls from the server side, in seconds".to_string(),
+        "# TYPE http_server_duration_seconds histogram".to_string(),
+    ];
+    for (le, n) in [
+        ("0", 0), ("0.005", 0), ("0.01", 0), ("0.025", 0), ("0.05", 0), ("0.075", 6),
+        ("0.1", 6), ("0.25", 6), ("0.5", 6), ("0.75", 6), ("1", 6), ("2.5", 6), ("5", 6),
+        ("7.5", 6), ("10", 6), ("+Inf", 6),
+    ] {
+        expected.push(format!("http_server_duration_seconds_bucket{{{base},le=\"{le}\"}} {n}"));
+    }
+    let lines: Vec<&str> = text.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| *l == expected[0])
+        .unwrap_or_else(|| panic!("no HELP line:\n{text}"));
+    assert_eq!(&lines[start..start + expected.len()], expected.as_slice(), "\n{text}");
+    assert!(text.contains(&format!("http_server_duration_seconds_count{{{base}}} 6\n")));
+    assert!(text.contains(
+        "# HELP http_server_request_size_bytes size, in bytes, of the HTTP request body as received at the server side\n# TYPE http_server_request_size_bytes histogram\n"
+    ));
+    for (le, n) in [("0", 6), ("32", 6), ("8192", 6), ("+Inf", 6)] {
+        let line = format!("http_server_request_size_bytes_bucket{{{base},le=\"{le}\"}} {n}\n");
+        assert!(text.contains(&line), "missing {line}\n{text}");
+    }
+    assert!(text.contains(&format!("http_server_request_size_bytes_sum{{{base}}} 0\n")));
+    let err = base.replace("\"200\"", "\"500\"");
+    assert!(text.contains(&format!("http_server_duration_seconds_count{{{err}}} 1\n")));
+    // beyla-v0 had neither the namespace nor the semconv names.
+    assert!(!text.contains("service_namespace") && !text.contains("http_request_method"));
+}
+
+/// The seed walkthrough, section 6: beyla-v1 names with url_path and client_address.
+#[test]
+fn beyla_v1_with_target_and_peer_matches_the_walkthrough() {
+    if !require_root_or_skip("beyla_v1_with_target_and_peer_matches_the_walkthrough") {
+        return;
+    }
+    let (t, port, _server, prom, _sonde) = start_pair(
+        &[
+            ("BEYLA_METRICS_NAMING", "beyla-v1"),
+            ("BEYLA_METRICS_REPORT_TARGET", "true"),
+            ("BEYLA_METRICS_REPORT_PEER", "true"),
+        ],
+        false,
+    );
+    http("GET", &format!("http://127.0.0.1:{port}/status/200?secret=1&size=3"), 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let text = scrape(prom);
+    let line = format!(
+        "http_server_duration_seconds_bucket{{client_address=\"127.0.0.1\",http_request_method=\"GET\",http_response_status_code=\"200\",http_route=\"/**\",service_name=\"{}\",service_namespace=\"\",url_path=\"/status/200\",le=\"+Inf\"}} 1",
+        t.name()
+    );
+    assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    assert!(!text.contains("secret"), "a query string reached the metrics:\n{text}");
+}
+
+/// 100 concurrent keep-alive connections: every request counted once, under its own status,
+/// and every response the server sent is intact.
+#[test]
+fn concurrent_keepalive_counts_are_exact() {
+    if !require_root_or_skip("concurrent_keepalive_counts_are_exact") {
+        return;
+    }
+    let (t, port, _server, prom, sonde) = start_pair(&[], false);
+    const CONNS: usize = 100;
+    const PER_CONN: usize = 40;
+    let cases = [("200", 2usize), ("404", 4), ("500", 5)];
+    let handles: Vec<_> = (0..CONNS)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut tally = [0u64; 3];
+                let mut conn = KeepAlive::connect(port);
+                for i in 0..PER_CONN {
+                    let k = (c + i) % 3;
+                    let (code, size) = cases[k];
+                    let (status, body) =
+                        conn.request("GET", &format!("/status/{code}?size={size}"), 0);
+                    assert_eq!(status.to_string(), code, "wrong status from the server");
+                    assert_eq!(body, size, "wrong body from the server");
+                    tally[k] += 1;
+                }
+                tally
+            })
+        })
+        .collect();
+    let mut sent = [0u64; 3];
+    for h in handles {
+        let t = h.join().expect("client thread");
+        for k in 0..3 {
+            sent[k] += t[k];
+        }
+    }
+    let total: u64 = sent.iter().sum();
+    assert_eq!(total as usize, CONNS * PER_CONN);
+    let svc = t.name();
+    assert!(
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &[("service_name", &svc)],
+            total as f64,
+            Duration::from_secs(5)
+        ),
+        "sonde did not count {total} requests:\n{}",
+        sonde.log()
+    );
+    let text = scrape(prom);
+    for (k, (code, size)) in cases.iter().enumerate() {
+        let labels = [
+            ("service_name", svc.as_str()),
+            ("http_response_status_code", *code),
+        ];
+        assert_eq!(
+            metric_value(&text, "http_server_request_duration_seconds_count", &labels),
+            Some(sent[k] as f64),
+            "requests counted under status {code}"
+        );
+        assert_eq!(
+            metric_value(&text, "http_server_response_body_size_bytes_sum", &labels),
+            Some((sent[k] * *size as u64) as f64),
+            "response bytes under status {code}: a status was given to another request"
+        );
+    }
+    assert_eq!(metric_value(&text, "sonde_events_lost_total", &[]), Some(0.0));
+}
+
+/// HTTP/2 over TLS (ALPN h2) is measured like HTTP/1.1.
+#[test]
+fn http2_requests_are_counted() {
+    if !require_root_or_skip("http2_requests_are_counted") {
+        return;
+    }
+    for t in go_targets().into_iter().filter(|t| t.linkage == "static" && t.stripped) {
+        let port = free_port();
+        let _server = spawn_go_server(&t.path, port, true);
+        let prom = free_port();
+        let sonde = spawn_sonde(&[
+            ("SONDE_OPEN_PORT", &port.to_string()),
+            ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ]);
+        assert!(
+            wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(15)),
+            "{}: not instrumented:\n{}",
+            t.name(),
+            sonde.log()
+        );
+        let base = format!("https://127.0.0.1:{port}");
+        let w = "%{http_version} %{http_code}\n";
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "--http2", "-w", w])
+            .args(["-o", "/dev/null", &format!("{base}/status/201?size=7")])
+            .args(["-o", "/dev/null", &format!("{base}/status/201?size=7")])
+            .args(["-o", "/dev/null", &format!("{base}/status/404?size=1")])
+            .args(["--next", "-sk", "--http2", "-w", w, "-o", "/dev/null"])
+            .args(["-X", "POST", "--data-binary", "0123456789", &format!("{base}/echo")])
+            .output()
+            .expect("run curl");
+        let printed = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(printed, "2 201\n2 201\n2 404\n2 200\n", "curl did not speak HTTP/2");
+        let svc = t.name();
+        let q = |method: &str, code: &str, name: &str| {
+            metric_value(
+                &scrape(prom),
+                name,
+                &[("service_name", &svc), ("http_request_method", method), ("http_response_status_code", code)],
+            )
+        };
+        let t0 = std::time::Instant::now();
+        while q("POST", "200", "http_server_request_duration_seconds_count").is_none()
+            && t0.elapsed() < Duration::from_secs(3)
+        {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(q("GET", "201", "http_server_request_duration_seconds_count"), Some(2.0), "{svc}");
+        assert_eq!(q("GET", "201", "http_server_response_body_size_bytes_sum"), Some(14.0), "{svc}");
+        assert_eq!(q("GET", "404", "http_server_request_duration_seconds_count"), Some(1.0), "{svc}");
+        assert_eq!(q("POST", "200", "http_server_request_body_size_bytes_sum"), Some(10.0), "{svc}");
+        assert_eq!(q("POST", "200", "http_server_response_body_size_bytes_sum"), Some(10.0), "{svc}");
+    }
+}
+
+/// A server started after sonde is instrumented within a second; when it exits its probes go.
+#[test]
+fn late_processes_are_picked_up_and_exits_dropped() {
+    if !require_root_or_skip("late_processes_are_picked_up_and_exits_dropped") {
+        return;
+    }
+    let t = one_target();
+    let port = free_port();
+    let prom = free_port();
+    let sonde = spawn_sonde(&[
+        ("OPEN_PORT", &port.to_string()),
+        ("BEYLA_PROMETHEUS_PORT", &prom.to_string()),
+    ]);
+    assert!(sonde.wait_for_log("serving Prometheus metrics", Duration::from_secs(10)), "{}", sonde.log());
+    let server = spawn_go_server(&t.path, port, false);
+    let started = std::time::Instant::now();
+    assert!(
+        wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(5)),
+        "{}",
+        sonde.log()
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(1), "picked up after {took:?}");
+    http("DELETE", &format!("http://127.0.0.1:{port}/status/204"), 0);
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("http_request_method", "DELETE"), ("http_response_status_code", "204")],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    let pid = server.pid();
+    drop(server);
+    assert!(
+        wait_for_metric(prom, "sonde_instrumented_processes", &[], 0.0, Duration::from_secs(3)),
+        "{}",
+        sonde.log()
+    );
+    assert!(sonde.wait_for_log(&format!("pid {pid} exited: probes detached"), Duration::from_secs(2)));
+    assert_eq!(sonde.stop(), Some(0), "sonde should exit cleanly on SIGTERM");
+}
+
+/// A non-Go process and a Go 1.16-style binary on selected ports are skipped with a reason;
+/// sonde keeps running and still measures the Go server beside them.
+#[test]
+fn unsupported_targets_are_skipped_with_a_reason() {
+    if !require_root_or_skip("unsupported_targets_are_skipped_with_a_reason") {
+        return;
+    }
+    let t = one_target();
+    // A Go 1.16-style binary: the same program claiming an older toolchain.
+    let data = std::fs::read(&t.path).unwrap();
+    let (from, to) = (format!("go{}", t.version), format!("go1.16.{}", "9".repeat(t.version.len() - 5)));
+    assert_eq!(from.len(), to.len());
+    let mut patched = data.clone();
+    let mut replaced = 0;
+    let mut i = 0;
+    while let Some(pos) = patched[i..].windows(from.len()).position(|w| w == from.as_bytes()) {
+        patched[i + pos..i + pos + to.len()].copy_from_slice(to.as_bytes());
+        replaced += 1;
+        i += pos + to.len();
+    }
+    assert!(replaced > 0);
+    let old_go = std::env::temp_dir().join(format!("sonde-go116-{}", std::process::id()));
+    std::fs::write(&old_go, &patched).unwrap();
+    std::fs::set_permissions(&old_go, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+
+    let (py_port, old_port, go_port, prom) = (free_port(), free_port(), free_port(), free_port());
+    let _py = ChildGuard {
+        child: std::process::Command::new("python3")
+            .args(["-m", "http.server", &py_port.to_string(), "--bind", "127.0.0.1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3"),
+    };
+    let _old = spawn_go_server(&old_go, old_port, false);
+    let _go = spawn_go_server(&t.path, go_port, false);
+    // Wait for python to listen.
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", py_port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "python3 http.server did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sonde = spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &format!("{py_port},{old_port},{go_port}")),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+    ]);
+    assert!(wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(15)));
+    assert!(sonde.wait_for_log("not a Go binary", Duration::from_secs(5)), "{}", sonde.log());
+    assert!(sonde.wait_for_log("1.16", Duration::from_secs(5)), "{}", sonde.log());
+    let text = scrape(prom);
+    assert_eq!(metric_value(&text, "sonde_skipped_binaries_total", &[("reason", "not_go")]), Some(1.0), "{text}");
+    assert_eq!(metric_value(&text, "sonde_skipped_binaries_total", &[("reason", "go_too_old")]), Some(1.0), "{text}");
+    http("GET", &format!("http://127.0.0.1:{py_port}/"), 0);
+    http("GET", &format!("http://127.0.0.1:{old_port}/status/200"), 0);
+    http("GET", &format!("http://127.0.0.1:{go_port}/status/202"), 0);
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("http_response_status_code", "202")],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    let text = scrape(prom);
+    assert_eq!(metric_value(&text, "http_server_request_duration_seconds_count", &[]), Some(1.0), "only the Go server is measured");
+    let _ = std::fs::remove_file(&old_go);
 }
