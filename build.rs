@@ -16,7 +16,15 @@ fn main() {
     for src in PROGRAMS {
         let obj = out.join(src.replace(".c", ".o"));
         let status = Command::new(&clang)
-            .args(["-O2", "-g", "-target", "bpf", "-D__TARGET_ARCH_x86", "-Wall", "-Werror"])
+            .args([
+                "-O2",
+                "-g",
+                "-target",
+                "bpf",
+                "-D__TARGET_ARCH_x86",
+                "-Wall",
+                "-Werror",
+            ])
             .arg(format!("-I{multiarch}"))
             .arg("-Iebpf")
             .arg("-c")

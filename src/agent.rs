@@ -122,7 +122,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             config.prometheus_path.clone(),
         ));
     } else if !config.print_traces {
-        tracing::warn!("no SONDE_PROMETHEUS_PORT and no PRINT_TRACES: requests are measured but not shown");
+        tracing::warn!(
+            "no SONDE_PROMETHEUS_PORT and no PRINT_TRACES: requests are measured but not shown"
+        );
     }
 
     let identities = Arc::new(RwLock::new(Identities::default()));
@@ -139,8 +141,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let mut lost_seen = 0;
     let mut last_lost_check = Instant::now();
-    let mut sigterm =
-        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             _ = reader.wait() => {}
@@ -150,9 +151,15 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         {
             let ids = identities.read().unwrap_or_else(|p| p.into_inner());
             reader.drain(|request| {
-                let identity = ids.get(request.pid).unwrap_or_else(|| fallback_identity(request.pid));
+                let identity = ids
+                    .get(request.pid)
+                    .unwrap_or_else(|| fallback_identity(request.pid));
                 let route = routes.route(&request.path);
-                let enriched = EnrichedRequest { request, identity, route };
+                let enriched = EnrichedRequest {
+                    request,
+                    identity,
+                    route,
+                };
                 if config.print_traces {
                     println!("{}", crate::export::print_trace_line(&enriched));
                 }
@@ -258,7 +265,9 @@ fn discovery_loop(
                     retry.insert(pid, (process, identity, attempts + 1));
                 }
                 Err(e) => {
-                    tracing::warn!("cannot instrument pid {pid} after {ATTACH_ATTEMPTS} attempts: {e}");
+                    tracing::warn!(
+                        "cannot instrument pid {pid} after {ATTACH_ATTEMPTS} attempts: {e}"
+                    );
                     exporter.health().inc_attach_errors();
                 }
             }

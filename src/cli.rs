@@ -6,8 +6,6 @@ use clap::{Parser, Subcommand};
 
 use crate::config::Config;
 
-
-
 /// Exit code for bad configuration or usage, before anything is attached.
 pub const EXIT_CONFIG: i32 = 2;
 

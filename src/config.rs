@@ -1,8 +1,6 @@
 //! Configuration: defaults < YAML file (`--config` / `SONDE_CONFIG`) < environment.
 //!
 
-
-
 use std::path::{Path, PathBuf};
 
 /// Which metric names and label names the Prometheus exporter uses (DESIGN.md §2).
@@ -147,11 +145,9 @@ impl Config {
                     return Err(ConfigError::UnknownKey { key, file: shown });
                 }
                 let value = match v {
-                    serde_yaml::Value::Sequence(items) => items
-                        .iter()
-                        .map(yaml_scalar)
-                        .collect::<Vec<_>>()
-                        .join(","),
+                    serde_yaml::Value::Sequence(items) => {
+                        items.iter().map(yaml_scalar).collect::<Vec<_>>().join(",")
+                    }
                     other => yaml_scalar(&other),
                 };
                 c.set(&key, &format!("{key} (in {shown})"), &value)?;
@@ -184,7 +180,9 @@ impl Config {
         let v = value.trim();
         match key {
             "prometheus_port" => {
-                let port: u16 = v.parse().map_err(|_| bad("a port number from 1 to 65535"))?;
+                let port: u16 = v
+                    .parse()
+                    .map_err(|_| bad("a port number from 1 to 65535"))?;
                 if port == 0 {
                     return Err(bad("a port number from 1 to 65535"));
                 }
@@ -291,7 +289,10 @@ fn yaml_scalar(v: &serde_yaml::Value) -> String {
         serde_yaml::Value::Bool(b) => b.to_string(),
         serde_yaml::Value::Number(n) => n.to_string(),
         serde_yaml::Value::Null => String::new(),
-        other => serde_yaml::to_string(other).unwrap_or_default().trim().to_string(),
+        other => serde_yaml::to_string(other)
+            .unwrap_or_default()
+            .trim()
+            .to_string(),
     }
 }
 
@@ -301,8 +302,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn load(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let m: HashMap<String, String> =
-            vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let m: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Config::load(None, &|k| m.get(k).cloned())
     }
 
@@ -315,8 +318,12 @@ mod tests {
 
     #[test]
     fn sonde_wins_over_beyla_over_bare() {
-        let c = load(&[("SONDE_OPEN_PORT", "1"), ("BEYLA_OPEN_PORT", "2"), ("OPEN_PORT", "3")])
-            .unwrap();
+        let c = load(&[
+            ("SONDE_OPEN_PORT", "1"),
+            ("BEYLA_OPEN_PORT", "2"),
+            ("OPEN_PORT", "3"),
+        ])
+        .unwrap();
         assert_eq!(c.open_port.unwrap().ranges, vec![(1, 1)]);
     }
 
@@ -333,9 +340,13 @@ mod tests {
     fn errors_name_the_key_and_value() {
         let e = load(&[("SONDE_OPEN_PORT", "80a")]).unwrap_err().to_string();
         assert!(e.contains("SONDE_OPEN_PORT") && e.contains("80a"), "{e}");
-        let e = load(&[("BEYLA_METRICS_NAMING", "v9")]).unwrap_err().to_string();
+        let e = load(&[("BEYLA_METRICS_NAMING", "v9")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("BEYLA_METRICS_NAMING"), "{e}");
-        let e = load(&[("SONDE_PROMETHEUS_PORT", "0")]).unwrap_err().to_string();
+        let e = load(&[("SONDE_PROMETHEUS_PORT", "0")])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("SONDE_PROMETHEUS_PORT"), "{e}");
         assert!(load(&[("SONDE_EXECUTABLE_NAME", "(")]).is_err());
         assert!(load(&[("SONDE_METRICS_REPORT_PEER", "maybe")]).is_err());

@@ -110,23 +110,63 @@ mod tests {
                 )*
             };
         }
-        check!("go_offsets", GoOffsetsAbi, [request_method, request_url, request_content_length,
-            request_remote_addr, url_path, response_req, response_status, response_written,
-            h2rw_rws, rws_status, rws_wrote_bytes]);
-        check!("http_request_event", HttpRequestEvent, [kind, flags, method_len, remote_len, pid,
-            start_ns, end_ns, goroutine, request_content_length, response_written, status,
-            path_len, method, path, remote]);
+        check!(
+            "go_offsets",
+            GoOffsetsAbi,
+            [
+                request_method,
+                request_url,
+                request_content_length,
+                request_remote_addr,
+                url_path,
+                response_req,
+                response_status,
+                response_written,
+                h2rw_rws,
+                rws_status,
+                rws_wrote_bytes
+            ]
+        );
+        check!(
+            "http_request_event",
+            HttpRequestEvent,
+            [
+                kind,
+                flags,
+                method_len,
+                remote_len,
+                pid,
+                start_ns,
+                end_ns,
+                goroutine,
+                request_content_length,
+                response_written,
+                status,
+                path_len,
+                method,
+                path,
+                remote
+            ]
+        );
         c.push_str("return 0; }\n");
         std::fs::write(&src, c).unwrap();
         let exe = dir.join("abi");
-        let st = Command::new("cc").arg(&src).arg("-o").arg(&exe).status().expect("run cc");
+        let st = Command::new("cc")
+            .arg(&src)
+            .arg("-o")
+            .arg(&exe)
+            .status()
+            .expect("run cc");
         assert!(st.success(), "cc failed on the ABI check program");
         let out = Command::new(&exe).output().unwrap();
         let got: Vec<usize> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.parse().unwrap())
             .collect();
-        assert_eq!(got, expected, "src/ebpf_abi.rs and ebpf/sonde_events.h disagree");
+        assert_eq!(
+            got, expected,
+            "src/ebpf_abi.rs and ebpf/sonde_events.h disagree"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

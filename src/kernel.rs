@@ -18,12 +18,28 @@ const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Capabilities sonde cares about, with their bit numbers from linux/capability.h.
 const CAPS: &[(&str, u32, &str)] = &[
-    ("CAP_SYS_ADMIN", 21, "load BPF on kernels without CAP_BPF; mount tracefs"),
+    (
+        "CAP_SYS_ADMIN",
+        21,
+        "load BPF on kernels without CAP_BPF; mount tracefs",
+    ),
     ("CAP_BPF", 39, "load BPF programs and maps"),
     ("CAP_PERFMON", 38, "attach uprobes (perf events)"),
-    ("CAP_SYS_PTRACE", 19, "read /proc/<pid>/exe and environ of other users' processes"),
-    ("CAP_DAC_READ_SEARCH", 2, "read target binaries and /proc regardless of permissions"),
-    ("CAP_SYS_RESOURCE", 24, "raise RLIMIT_MEMLOCK on kernels that charge BPF maps to it"),
+    (
+        "CAP_SYS_PTRACE",
+        19,
+        "read /proc/<pid>/exe and environ of other users' processes",
+    ),
+    (
+        "CAP_DAC_READ_SEARCH",
+        2,
+        "read target binaries and /proc regardless of permissions",
+    ),
+    (
+        "CAP_SYS_RESOURCE",
+        24,
+        "raise RLIMIT_MEMLOCK on kernels that charge BPF maps to it",
+    ),
 ];
 
 /// One line of `sonde check`.
@@ -45,12 +61,19 @@ fn parse_release(release: &str) -> Option<(u32, u32, u32)> {
         .split(|c: char| !c.is_ascii_digit())
         .filter(|s| !s.is_empty())
         .map(|s| s.parse::<u32>().ok());
-    Some((parts.next()??, parts.next()??, parts.next().flatten().unwrap_or(0)))
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
 }
 
 fn tracefs_mounted() -> bool {
     std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| m.lines().any(|l| l.split_whitespace().nth(2) == Some("tracefs")))
+        .map(|m| {
+            m.lines()
+                .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
+        })
         .unwrap_or(false)
 }
 
@@ -87,7 +110,9 @@ fn effective_caps() -> Option<u64> {
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path).ok().map(|s| s.trim().to_string())
+    std::fs::read_to_string(path)
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 /// Everything `sonde check` reports, in order.
@@ -168,7 +193,8 @@ pub fn can_run_go_probes(features: &[Feature]) -> Result<(), String> {
     if !has("ring buffer") {
         return Err("this kernel is older than 5.8 (no BPF ring buffer)".into());
     }
-    if !(has("CAP_BPF") && has("CAP_PERFMON")) && !has("CAP_SYS_ADMIN") {
+    let privileged = has("CAP_SYS_ADMIN") || (has("CAP_BPF") && has("CAP_PERFMON"));
+    if !privileged {
         return Err("missing privileges: run as root or with CAP_BPF and CAP_PERFMON".into());
     }
     Ok(())
@@ -192,7 +218,10 @@ pub fn raise_memlock() {
     // SAFETY: a valid rlimit struct is passed by pointer.
     let rc = unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) };
     if rc != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
@@ -209,7 +238,11 @@ mod tests {
 
     #[test]
     fn go_probes_need_uprobes() {
-        let f = vec![Feature { name: "uprobes", available: false, detail: String::new() }];
+        let f = vec![Feature {
+            name: "uprobes",
+            available: false,
+            detail: String::new(),
+        }];
         assert!(can_run_go_probes(&f).unwrap_err().contains("uprobe"));
     }
 }

@@ -43,7 +43,11 @@ impl Selector {
         let exe_name = p
             .exe
             .file_name()
-            .map(|n| n.to_string_lossy().trim_end_matches(" (deleted)").to_string())
+            .map(|n| {
+                n.to_string_lossy()
+                    .trim_end_matches(" (deleted)")
+                    .to_string()
+            })
             .unwrap_or_default();
         Identity {
             service_name: self.service_name.clone().or(env_name).unwrap_or(exe_name),
@@ -73,7 +77,10 @@ pub struct Tracker {
 
 impl Tracker {
     pub fn new(selector: Selector) -> Self {
-        Tracker { selector, selected: HashMap::new() }
+        Tracker {
+            selector,
+            selected: HashMap::new(),
+        }
     }
 
     pub fn update(&mut self, scan: Vec<HostProcess>) -> Changes {
@@ -104,7 +111,12 @@ mod tests {
     use std::path::PathBuf;
 
     fn proc_(pid: u32, exe: &str, ports: &[u16], start: u64) -> HostProcess {
-        HostProcess { pid, exe: PathBuf::from(exe), start_time: start, listen_ports: ports.to_vec() }
+        HostProcess {
+            pid,
+            exe: PathBuf::from(exe),
+            start_time: start,
+            listen_ports: ports.to_vec(),
+        }
     }
 
     fn selector(ports: &str, exe: Option<&str>) -> Selector {
@@ -127,12 +139,21 @@ mod tests {
     #[test]
     fn tracker_adds_once_and_removes_exited_and_reused_pids() {
         let mut t = Tracker::new(selector("8080", None));
-        let c = t.update(vec![proc_(10, "/a/svc", &[8080], 5), proc_(11, "/a/other", &[22], 5)]);
+        let c = t.update(vec![
+            proc_(10, "/a/svc", &[8080], 5),
+            proc_(11, "/a/other", &[22], 5),
+        ]);
         assert_eq!(c.added.len(), 1);
         assert_eq!(c.added[0].1.service_name, "svc");
-        assert!(t.update(vec![proc_(10, "/a/svc", &[8080], 5)]).added.is_empty());
+        assert!(t
+            .update(vec![proc_(10, "/a/svc", &[8080], 5)])
+            .added
+            .is_empty());
         // Starts listening later: selected on that later scan.
-        let c = t.update(vec![proc_(10, "/a/svc", &[8080], 5), proc_(12, "/a/late", &[8080], 6)]);
+        let c = t.update(vec![
+            proc_(10, "/a/svc", &[8080], 5),
+            proc_(12, "/a/late", &[8080], 6),
+        ]);
         assert_eq!(c.added.len(), 1);
         // PID 10 reused by another process, 12 exited.
         let c = t.update(vec![proc_(10, "/a/svc", &[8080], 99)]);

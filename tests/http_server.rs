@@ -19,12 +19,17 @@ impl KeepAlive {
     fn connect(port: u16) -> Self {
         let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        KeepAlive { reader: std::io::BufReader::new(s) }
+        KeepAlive {
+            reader: std::io::BufReader::new(s),
+        }
     }
 
     fn request(&mut self, method: &str, path: &str, body: usize) -> (u16, usize) {
         use std::io::{BufRead, Read, Write};
-        let req = format!("{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {body}\r\n\r\n{}", "b".repeat(body));
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {body}\r\n\r\n{}",
+            "b".repeat(body)
+        );
         self.reader.get_mut().write_all(req.as_bytes()).unwrap();
         let mut status = 0;
         let mut len = 0;
@@ -108,7 +113,10 @@ fn assert_mix(text: &str, service: &str, implicit_body: usize) {
             Some(resp_bytes),
             "{service}: response bytes of {method} {status}"
         );
-        assert_eq!(get("http_server_request_body_size_bytes_count"), Some(count));
+        assert_eq!(
+            get("http_server_request_body_size_bytes_count"),
+            Some(count)
+        );
     }
     // The 30 ms request lands in the (0.025, 0.05] bucket, and the sum says so too.
     let slow = [("service_name", service), ("http_request_method", "PATCH")];
@@ -117,10 +125,21 @@ fn assert_mix(text: &str, service: &str, implicit_body: usize) {
         l.push(("le", le));
         metric_value(text, "http_server_request_duration_seconds_bucket", &l)
     };
-    assert_eq!(bucket("0.025"), Some(0.0), "{service}: 30 ms request below 25 ms?");
-    assert_eq!(bucket("0.1"), Some(1.0), "{service}: 30 ms request above 100 ms?");
+    assert_eq!(
+        bucket("0.025"),
+        Some(0.0),
+        "{service}: 30 ms request below 25 ms?"
+    );
+    assert_eq!(
+        bucket("0.1"),
+        Some(1.0),
+        "{service}: 30 ms request above 100 ms?"
+    );
     let sum = metric_value(text, "http_server_request_duration_seconds_sum", &slow).unwrap();
-    assert!((0.029..0.1).contains(&sum), "{service}: 30 ms request took {sum} s");
+    assert!(
+        (0.029..0.1).contains(&sum),
+        "{service}: 30 ms request took {sum} s"
+    );
 }
 
 #[test]
@@ -144,7 +163,13 @@ fn go_matrix_exact_metrics() {
     ]);
     let n = targets.len() as f64;
     assert!(
-        wait_for_metric(prom, "sonde_instrumented_processes", &[], n, Duration::from_secs(30)),
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            n,
+            Duration::from_secs(30)
+        ),
         "sonde did not instrument all {n} servers:\n{}",
         sonde.log()
     );
@@ -158,15 +183,17 @@ fn go_matrix_exact_metrics() {
         let service = t.path.file_name().unwrap().to_string_lossy().to_string();
         assert_mix(&text, &service, implicit_body);
     }
-    assert_eq!(metric_value(&text, "sonde_events_lost_total", &[]), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "sonde_events_lost_total", &[]),
+        Some(0.0)
+    );
 }
 
 /// The newest static build, for tests that need one real server.
 fn one_target() -> support::GoTarget {
     go_targets()
         .into_iter()
-        .filter(|t| t.linkage == "static" && !t.stripped)
-        .next_back()
+        .rfind(|t| t.linkage == "static" && !t.stripped)
         .expect("a static Go target")
 }
 
@@ -186,7 +213,13 @@ fn start_pair(
     let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let sonde = spawn_sonde(&refs);
     assert!(
-        wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(15)),
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(15)
+        ),
         "not instrumented:\n{}",
         sonde.log()
     );
@@ -216,18 +249,37 @@ fn beyla_v0_output_matches_the_walkthrough() {
         "# TYPE http_server_duration_seconds histogram".to_string(),
     ];
     for (le, n) in [
-        ("0", 0), ("0.005", 0), ("0.01", 0), ("0.025", 0), ("0.05", 0), ("0.075", 6),
-        ("0.1", 6), ("0.25", 6), ("0.5", 6), ("0.75", 6), ("1", 6), ("2.5", 6), ("5", 6),
-        ("7.5", 6), ("10", 6), ("+Inf", 6),
+        ("0", 0),
+        ("0.005", 0),
+        ("0.01", 0),
+        ("0.025", 0),
+        ("0.05", 0),
+        ("0.075", 6),
+        ("0.1", 6),
+        ("0.25", 6),
+        ("0.5", 6),
+        ("0.75", 6),
+        ("1", 6),
+        ("2.5", 6),
+        ("5", 6),
+        ("7.5", 6),
+        ("10", 6),
+        ("+Inf", 6),
     ] {
-        expected.push(format!("http_server_duration_seconds_bucket{{{base},le=\"{le}\"}} {n}"));
+        expected.push(format!(
+            "http_server_duration_seconds_bucket{{{base},le=\"{le}\"}} {n}"
+        ));
     }
     let lines: Vec<&str> = text.lines().collect();
     let start = lines
         .iter()
         .position(|l| *l == expected[0])
         .unwrap_or_else(|| panic!("no HELP line:\n{text}"));
-    assert_eq!(&lines[start..start + expected.len()], expected.as_slice(), "\n{text}");
+    assert_eq!(
+        &lines[start..start + expected.len()],
+        expected.as_slice(),
+        "\n{text}"
+    );
     assert!(text.contains(&format!("http_server_duration_seconds_count{{{base}}} 6\n")));
     assert!(text.contains(
         "# HELP http_server_request_size_bytes size, in bytes, of the HTTP request body as received at the server side\n# TYPE http_server_request_size_bytes histogram\n"
@@ -257,7 +309,11 @@ fn beyla_v1_with_target_and_peer_matches_the_walkthrough() {
         ],
         false,
     );
-    http("GET", &format!("http://127.0.0.1:{port}/status/200?secret=1&size=3"), 0);
+    http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/status/200?secret=1&size=3"),
+        0,
+    );
     std::thread::sleep(Duration::from_millis(300));
     let text = scrape(prom);
     let line = format!(
@@ -265,7 +321,10 @@ fn beyla_v1_with_target_and_peer_matches_the_walkthrough() {
         t.name()
     );
     assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
-    assert!(!text.contains("secret"), "a query string reached the metrics:\n{text}");
+    assert!(
+        !text.contains("secret"),
+        "a query string reached the metrics:\n{text}"
+    );
 }
 
 /// 100 concurrent keep-alive connections: every request counted once, under its own status,
@@ -335,7 +394,10 @@ fn concurrent_keepalive_counts_are_exact() {
             "response bytes under status {code}: a status was given to another request"
         );
     }
-    assert_eq!(metric_value(&text, "sonde_events_lost_total", &[]), Some(0.0));
+    assert_eq!(
+        metric_value(&text, "sonde_events_lost_total", &[]),
+        Some(0.0)
+    );
 }
 
 /// HTTP/2 over TLS (ALPN h2) is measured like HTTP/1.1.
@@ -344,7 +406,10 @@ fn http2_requests_are_counted() {
     if !require_root_or_skip("http2_requests_are_counted") {
         return;
     }
-    for t in go_targets().into_iter().filter(|t| t.linkage == "static" && t.stripped) {
+    for t in go_targets()
+        .into_iter()
+        .filter(|t| t.linkage == "static" && t.stripped)
+    {
         let port = free_port();
         let _server = spawn_go_server(&t.path, port, true);
         let prom = free_port();
@@ -353,7 +418,13 @@ fn http2_requests_are_counted() {
             ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
         ]);
         assert!(
-            wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(15)),
+            wait_for_metric(
+                prom,
+                "sonde_instrumented_processes",
+                &[],
+                1.0,
+                Duration::from_secs(15)
+            ),
             "{}: not instrumented:\n{}",
             t.name(),
             sonde.log()
@@ -366,17 +437,30 @@ fn http2_requests_are_counted() {
             .args(["-o", "/dev/null", &format!("{base}/status/201?size=7")])
             .args(["-o", "/dev/null", &format!("{base}/status/404?size=1")])
             .args(["--next", "-sk", "--http2", "-w", w, "-o", "/dev/null"])
-            .args(["-X", "POST", "--data-binary", "0123456789", &format!("{base}/echo")])
+            .args([
+                "-X",
+                "POST",
+                "--data-binary",
+                "0123456789",
+                &format!("{base}/echo"),
+            ])
             .output()
             .expect("run curl");
         let printed = String::from_utf8_lossy(&out.stdout);
-        assert_eq!(printed, "2 201\n2 201\n2 404\n2 200\n", "curl did not speak HTTP/2");
+        assert_eq!(
+            printed, "2 201\n2 201\n2 404\n2 200\n",
+            "curl did not speak HTTP/2"
+        );
         let svc = t.name();
         let q = |method: &str, code: &str, name: &str| {
             metric_value(
                 &scrape(prom),
                 name,
-                &[("service_name", &svc), ("http_request_method", method), ("http_response_status_code", code)],
+                &[
+                    ("service_name", &svc),
+                    ("http_request_method", method),
+                    ("http_response_status_code", code),
+                ],
             )
         };
         let t0 = std::time::Instant::now();
@@ -385,11 +469,31 @@ fn http2_requests_are_counted() {
         {
             std::thread::sleep(Duration::from_millis(50));
         }
-        assert_eq!(q("GET", "201", "http_server_request_duration_seconds_count"), Some(2.0), "{svc}");
-        assert_eq!(q("GET", "201", "http_server_response_body_size_bytes_sum"), Some(14.0), "{svc}");
-        assert_eq!(q("GET", "404", "http_server_request_duration_seconds_count"), Some(1.0), "{svc}");
-        assert_eq!(q("POST", "200", "http_server_request_body_size_bytes_sum"), Some(10.0), "{svc}");
-        assert_eq!(q("POST", "200", "http_server_response_body_size_bytes_sum"), Some(10.0), "{svc}");
+        assert_eq!(
+            q("GET", "201", "http_server_request_duration_seconds_count"),
+            Some(2.0),
+            "{svc}"
+        );
+        assert_eq!(
+            q("GET", "201", "http_server_response_body_size_bytes_sum"),
+            Some(14.0),
+            "{svc}"
+        );
+        assert_eq!(
+            q("GET", "404", "http_server_request_duration_seconds_count"),
+            Some(1.0),
+            "{svc}"
+        );
+        assert_eq!(
+            q("POST", "200", "http_server_request_body_size_bytes_sum"),
+            Some(10.0),
+            "{svc}"
+        );
+        assert_eq!(
+            q("POST", "200", "http_server_response_body_size_bytes_sum"),
+            Some(10.0),
+            "{svc}"
+        );
     }
 }
 
@@ -406,11 +510,21 @@ fn late_processes_are_picked_up_and_exits_dropped() {
         ("OPEN_PORT", &port.to_string()),
         ("BEYLA_PROMETHEUS_PORT", &prom.to_string()),
     ]);
-    assert!(sonde.wait_for_log("serving Prometheus metrics", Duration::from_secs(10)), "{}", sonde.log());
+    assert!(
+        sonde.wait_for_log("serving Prometheus metrics", Duration::from_secs(10)),
+        "{}",
+        sonde.log()
+    );
     let server = spawn_go_server(&t.path, port, false);
     let started = std::time::Instant::now();
     assert!(
-        wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(5)),
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(5)
+        ),
         "{}",
         sonde.log()
     );
@@ -420,19 +534,35 @@ fn late_processes_are_picked_up_and_exits_dropped() {
     assert!(wait_for_metric(
         prom,
         "http_server_request_duration_seconds_count",
-        &[("http_request_method", "DELETE"), ("http_response_status_code", "204")],
+        &[
+            ("http_request_method", "DELETE"),
+            ("http_response_status_code", "204")
+        ],
         1.0,
         Duration::from_secs(3)
     ));
     let pid = server.pid();
     drop(server);
     assert!(
-        wait_for_metric(prom, "sonde_instrumented_processes", &[], 0.0, Duration::from_secs(3)),
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            0.0,
+            Duration::from_secs(3)
+        ),
         "{}",
         sonde.log()
     );
-    assert!(sonde.wait_for_log(&format!("pid {pid} exited: probes detached"), Duration::from_secs(2)));
-    assert_eq!(sonde.stop(), Some(0), "sonde should exit cleanly on SIGTERM");
+    assert!(sonde.wait_for_log(
+        &format!("pid {pid} exited: probes detached"),
+        Duration::from_secs(2)
+    ));
+    assert_eq!(
+        sonde.stop(),
+        Some(0),
+        "sonde should exit cleanly on SIGTERM"
+    );
 }
 
 /// A non-Go process and a Go 1.16-style binary on selected ports are skipped with a reason;
@@ -445,12 +575,18 @@ fn unsupported_targets_are_skipped_with_a_reason() {
     let t = one_target();
     // A Go 1.16-style binary: the same program claiming an older toolchain.
     let data = std::fs::read(&t.path).unwrap();
-    let (from, to) = (format!("go{}", t.version), format!("go1.16.{}", "9".repeat(t.version.len() - 5)));
+    let (from, to) = (
+        format!("go{}", t.version),
+        format!("go1.16.{}", "9".repeat(t.version.len() - 5)),
+    );
     assert_eq!(from.len(), to.len());
     let mut patched = data.clone();
     let mut replaced = 0;
     let mut i = 0;
-    while let Some(pos) = patched[i..].windows(from.len()).position(|w| w == from.as_bytes()) {
+    while let Some(pos) = patched[i..]
+        .windows(from.len())
+        .position(|w| w == from.as_bytes())
+    {
         patched[i + pos..i + pos + to.len()].copy_from_slice(to.as_bytes());
         replaced += 1;
         i += pos + to.len();
@@ -463,7 +599,13 @@ fn unsupported_targets_are_skipped_with_a_reason() {
     let (py_port, old_port, go_port, prom) = (free_port(), free_port(), free_port(), free_port());
     let _py = ChildGuard {
         child: std::process::Command::new("python3")
-            .args(["-m", "http.server", &py_port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "-m",
+                "http.server",
+                &py_port.to_string(),
+                "--bind",
+                "127.0.0.1",
+            ])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -474,19 +616,55 @@ fn unsupported_targets_are_skipped_with_a_reason() {
     // Wait for python to listen.
     let t0 = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", py_port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(10), "python3 http.server did not start");
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "python3 http.server did not start"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let sonde = spawn_sonde(&[
-        ("SONDE_OPEN_PORT", &format!("{py_port},{old_port},{go_port}")),
+        (
+            "SONDE_OPEN_PORT",
+            &format!("{py_port},{old_port},{go_port}"),
+        ),
         ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
     ]);
-    assert!(wait_for_metric(prom, "sonde_instrumented_processes", &[], 1.0, Duration::from_secs(15)));
-    assert!(sonde.wait_for_log("not a Go binary", Duration::from_secs(5)), "{}", sonde.log());
-    assert!(sonde.wait_for_log("1.16", Duration::from_secs(5)), "{}", sonde.log());
+    assert!(wait_for_metric(
+        prom,
+        "sonde_instrumented_processes",
+        &[],
+        1.0,
+        Duration::from_secs(15)
+    ));
+    assert!(
+        sonde.wait_for_log("not a Go binary", Duration::from_secs(5)),
+        "{}",
+        sonde.log()
+    );
+    assert!(
+        sonde.wait_for_log("1.16", Duration::from_secs(5)),
+        "{}",
+        sonde.log()
+    );
     let text = scrape(prom);
-    assert_eq!(metric_value(&text, "sonde_skipped_binaries_total", &[("reason", "not_go")]), Some(1.0), "{text}");
-    assert_eq!(metric_value(&text, "sonde_skipped_binaries_total", &[("reason", "go_too_old")]), Some(1.0), "{text}");
+    assert_eq!(
+        metric_value(
+            &text,
+            "sonde_skipped_binaries_total",
+            &[("reason", "not_go")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(
+            &text,
+            "sonde_skipped_binaries_total",
+            &[("reason", "go_too_old")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
     http("GET", &format!("http://127.0.0.1:{py_port}/"), 0);
     http("GET", &format!("http://127.0.0.1:{old_port}/status/200"), 0);
     http("GET", &format!("http://127.0.0.1:{go_port}/status/202"), 0);
@@ -498,6 +676,10 @@ fn unsupported_targets_are_skipped_with_a_reason() {
         Duration::from_secs(3)
     ));
     let text = scrape(prom);
-    assert_eq!(metric_value(&text, "http_server_request_duration_seconds_count", &[]), Some(1.0), "only the Go server is measured");
+    assert_eq!(
+        metric_value(&text, "http_server_request_duration_seconds_count", &[]),
+        Some(1.0),
+        "only the Go server is measured"
+    );
     let _ = std::fs::remove_file(&old_go);
 }

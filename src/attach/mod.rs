@@ -85,8 +85,14 @@ impl Attacher {
 
     /// The event ring buffer; can be taken once.
     pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
-        let map = self.ebpf.take_map("events").ok_or(AttachError::Missing("events"))?;
-        RingBuf::try_from(map).map_err(|source| AttachError::Map { name: "events", source })
+        let map = self
+            .ebpf
+            .take_map("events")
+            .ok_or(AttachError::Missing("events"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: "events",
+            source,
+        })
     }
 
     /// The per-CPU counter of events the kernel dropped because the ring buffer was full.
@@ -137,7 +143,9 @@ impl Attacher {
                 for &off in &probe.ret_offsets {
                     links.ret.push(attach(&mut self.ebpf, ret_prog, off)?);
                 }
-                links.entry.push(attach(&mut self.ebpf, entry_prog, probe.entry_offset)?);
+                links
+                    .entry
+                    .push(attach(&mut self.ebpf, entry_prog, probe.entry_offset)?);
             }
             Ok(())
         })();
@@ -149,7 +157,10 @@ impl Attacher {
         let offsets = GoOffsetsAbi::from(&plan.offsets);
         if let Err(source) = self.pid_filter().and_then(|mut m| {
             m.insert(pid, offsets, 0)
-                .map_err(|source| AttachError::Map { name: "pid_offsets", source })
+                .map_err(|source| AttachError::Map {
+                    name: "pid_offsets",
+                    source,
+                })
         }) {
             self.detach_links(links);
             return Err(source);

@@ -28,7 +28,11 @@ pub fn scan_with(include_self: bool) -> Vec<HostProcess> {
     let mut listening_by_netns: HashMap<u64, HashMap<u64, u16>> = HashMap::new();
     let mut out = Vec::new();
     for entry in dir.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
             continue;
         };
         if pid == me && !include_self {
@@ -48,14 +52,21 @@ pub fn scan_with(include_self: bool) -> Vec<HostProcess> {
                 let listening = listening_by_netns
                     .entry(netns)
                     .or_insert_with(|| listening_sockets(pid));
-                let mut ports: Vec<u16> =
-                    inodes.iter().filter_map(|i| listening.get(i).copied()).collect();
+                let mut ports: Vec<u16> = inodes
+                    .iter()
+                    .filter_map(|i| listening.get(i).copied())
+                    .collect();
                 ports.sort_unstable();
                 ports.dedup();
                 listen_ports = ports;
             }
         }
-        out.push(HostProcess { pid, exe, start_time, listen_ports });
+        out.push(HostProcess {
+            pid,
+            exe,
+            start_time,
+            listen_ports,
+        });
     }
     out
 }
@@ -163,7 +174,10 @@ mod tests {
         let t = std::time::Instant::now();
         let procs = scan_with(true);
         eprintln!("scan of {} processes took {:?}", procs.len(), t.elapsed());
-        let me = procs.iter().find(|p| p.pid == std::process::id()).expect("self in scan");
+        let me = procs
+            .iter()
+            .find(|p| p.pid == std::process::id())
+            .expect("self in scan");
         assert!(me.listen_ports.contains(&port), "{:?}", me.listen_ports);
         assert!(me.start_time > 0);
     }

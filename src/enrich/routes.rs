@@ -51,10 +51,16 @@ impl RouteMatcher {
                         }
                     })
                     .collect();
-                Ok(Pattern { text: p.clone(), segments })
+                Ok(Pattern {
+                    text: p.clone(),
+                    segments,
+                })
             })
             .collect::<Result<_, _>>()?;
-        Ok(RouteMatcher { patterns, unmatched: unmatched.to_string() })
+        Ok(RouteMatcher {
+            patterns,
+            unmatched: unmatched.to_string(),
+        })
     }
 
     pub fn route(&self, path: &str) -> String {

@@ -68,10 +68,22 @@ fn names(naming: MetricsNaming) -> Names {
                 request_size_help:
                     "size, in bytes, of the HTTP request body as received at the server side",
                 response_size: None,
-                method: if v0 { "http_method" } else { "http_request_method" },
-                status: if v0 { "http_status_code" } else { "http_response_status_code" },
+                method: if v0 {
+                    "http_method"
+                } else {
+                    "http_request_method"
+                },
+                status: if v0 {
+                    "http_status_code"
+                } else {
+                    "http_response_status_code"
+                },
                 url_path: if v0 { "http_target" } else { "url_path" },
-                peer: if v0 { "net_sock_peer_addr" } else { "client_address" },
+                peer: if v0 {
+                    "net_sock_peer_addr"
+                } else {
+                    "client_address"
+                },
                 namespace: !v0,
             }
         }
@@ -88,7 +100,11 @@ struct Histogram {
 
 impl Histogram {
     fn new(bounds: &[f64]) -> Self {
-        Histogram { counts: vec![0; bounds.len() + 1], sum: 0.0, count: 0 }
+        Histogram {
+            counts: vec![0; bounds.len() + 1],
+            sum: 0.0,
+            count: 0,
+        }
     }
 
     fn observe(&mut self, bounds: &[f64], v: f64) {
@@ -111,7 +127,12 @@ struct Family {
 
 impl Family {
     fn new(name: &'static str, help: &'static str, bounds: &'static [f64]) -> Self {
-        Family { name, help, bounds, series: BTreeMap::new() }
+        Family {
+            name,
+            help,
+            bounds,
+            series: BTreeMap::new(),
+        }
     }
 
     fn observe(&mut self, labels: &Labels, v: f64) {
@@ -143,7 +164,11 @@ impl Family {
                     Some(b) => format!("{b}"),
                     None => "+Inf".to_string(),
                 };
-                let _ = writeln!(out, "{}_bucket{{{base}le=\"{le}\"}} {cumulative}", self.name);
+                let _ = writeln!(
+                    out,
+                    "{}_bucket{{{base}le=\"{le}\"}} {cumulative}",
+                    self.name
+                );
             }
             let plain = base.trim_end_matches(',');
             let _ = writeln!(out, "{}_sum{{{plain}}} {}", self.name, h.sum);
@@ -153,7 +178,9 @@ impl Family {
 }
 
 fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Counters about sonde itself, shared by every stage.
@@ -177,7 +204,12 @@ impl Health {
         self.lost.fetch_add(n, Ordering::Relaxed);
     }
     pub fn inc_skipped(&self, reason: &'static str) {
-        *self.skipped.lock().unwrap_or_else(|p| p.into_inner()).entry(reason).or_default() += 1;
+        *self
+            .skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(reason)
+            .or_default() += 1;
     }
 
     fn render(&self, out: &mut String) {
@@ -188,7 +220,10 @@ impl Health {
             "sonde_build_info",
             "gauge",
             "sonde's version.",
-            format!("sonde_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+            format!(
+                "sonde_build_info{{version=\"{}\"}} 1",
+                env!("CARGO_PKG_VERSION")
+            ),
         );
         let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
         metric(
@@ -250,7 +285,11 @@ pub struct Exporter {
 
 impl Exporter {
     pub fn new(config: &Config) -> Self {
-        Self::with(config.metrics_naming, config.metrics_report_target, config.metrics_report_peer)
+        Self::with(
+            config.metrics_naming,
+            config.metrics_report_target,
+            config.metrics_report_peer,
+        )
     }
 
     pub fn with(naming: MetricsNaming, report_target: bool, report_peer: bool) -> Self {
@@ -258,7 +297,9 @@ impl Exporter {
         let families = Families {
             duration: Family::new(names.duration, names.duration_help, DURATION_BUCKETS),
             request_size: Family::new(names.request_size, names.request_size_help, SIZE_BUCKETS),
-            response_size: names.response_size.map(|(n, h)| Family::new(n, h, SIZE_BUCKETS)),
+            response_size: names
+                .response_size
+                .map(|(n, h)| Family::new(n, h, SIZE_BUCKETS)),
         };
         Exporter {
             names,
@@ -304,7 +345,8 @@ impl Exporter {
         self.health.events.fetch_add(1, Ordering::Relaxed);
         let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
         f.duration.observe(&labels, r.request.duration_seconds());
-        f.request_size.observe(&labels, r.request.request_body_bytes as f64);
+        f.request_size
+            .observe(&labels, r.request.request_body_bytes as f64);
         if let Some(resp) = f.response_size.as_mut() {
             resp.observe(&labels, r.request.response_body_bytes as f64);
         }
@@ -351,8 +393,11 @@ pub async fn bind(port: u16) -> Result<tokio::net::TcpListener, ExportError> {
 
 pub async fn serve(listener: tokio::net::TcpListener, exporter: Arc<Exporter>, path: String) {
     use warp::Filter;
-    let segments: Vec<String> =
-        path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+    let segments: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
     let route = warp::get()
         .and(warp::path::full())
         .and_then(move |full: warp::path::FullPath| {

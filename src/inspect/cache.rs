@@ -91,6 +91,7 @@ impl PlanCache {
         Ok((key, plan, true))
     }
 
+    #[cfg(test)]
     /// The plan for the file at `path` (e.g. `/proc/<pid>/exe`), inspecting it on a miss.
     /// A cached failure comes back as the same error every time; use
     /// [`get_or_inspect`](Self::get_or_inspect) to know whether it is new.
@@ -121,11 +122,7 @@ impl PlanCache {
         inner.map.insert(key, (seq, plan));
     }
 
-    pub fn remove(&self, key: &FileKey) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        inner.map.remove(key);
-    }
-
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner
             .lock()
@@ -134,10 +131,7 @@ impl PlanCache {
             .len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
+    #[cfg(test)]
     /// Re-check right before attaching: offsets of a replaced binary crash the target.
     pub fn is_current(path: &Path, key: &FileKey) -> bool {
         FileKey::of(path).ok().as_ref() == Some(key)

@@ -24,17 +24,29 @@ impl From<gimli::Error> for DwarfError {
 
 /// The structs and fields the kernel programs read.
 const WANTED: &[(&str, &[&str])] = &[
-    ("net/http.Request", &["Method", "URL", "ContentLength", "RemoteAddr"]),
+    (
+        "net/http.Request",
+        &["Method", "URL", "ContentLength", "RemoteAddr"],
+    ),
     ("net/url.URL", &["Path"]),
     ("net/http.response", &["req", "status", "written"]),
     ("net/http.http2responseWriter", &["rws"]),
-    ("net/http.http2responseWriterState", &["status", "wroteBytes"]),
+    (
+        "net/http.http2responseWriterState",
+        &["status", "wroteBytes"],
+    ),
 ];
 
 /// Go 1.27 moved the HTTP/2 server out of net/http's bundle into an internal package.
 const RENAMED: &[(&str, &str)] = &[
-    ("net/http/internal/http2.responseWriter", "net/http.http2responseWriter"),
-    ("net/http/internal/http2.responseWriterState", "net/http.http2responseWriterState"),
+    (
+        "net/http/internal/http2.responseWriter",
+        "net/http.http2responseWriter",
+    ),
+    (
+        "net/http/internal/http2.responseWriterState",
+        "net/http.http2responseWriterState",
+    ),
 ];
 
 /// A bound on the entries walked, so a hostile binary cannot keep us here.
@@ -42,7 +54,8 @@ const MAX_ENTRIES: usize = 20_000_000;
 
 /// Struct field offsets from the binary's DWARF; `None` when it has no DWARF.
 pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
-    if file.section_by_name(".debug_info").is_none() && file.section_by_name(".zdebug_info").is_none()
+    if file.section_by_name(".debug_info").is_none()
+        && file.section_by_name(".zdebug_info").is_none()
     {
         return Ok(None);
     }
@@ -54,7 +67,9 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
                 .and_then(|rest| file.section_by_name(&format!(".zdebug_{rest}")))
         });
         match section {
-            Some(s) => s.uncompressed_data().map_err(|e| DwarfError::Parse(format!("{name}: {e}"))),
+            Some(s) => s
+                .uncompressed_data()
+                .map_err(|e| DwarfError::Parse(format!("{name}: {e}"))),
             None => Ok(Cow::Borrowed(&[][..])),
         }
     };

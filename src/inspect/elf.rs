@@ -186,14 +186,6 @@ impl ElfLayout {
         (off < self.data_len as u64).then_some(off)
     }
 
-    /// Inverse of [`vaddr_to_offset`](Self::vaddr_to_offset).
-    pub fn offset_to_vaddr(&self, off: u64) -> Option<u64> {
-        self.segments
-            .iter()
-            .find(|s| off >= s.offset && off - s.offset < s.filesz)
-            .and_then(|s| s.vaddr.checked_add(off - s.offset))
-    }
-
     /// `len` file bytes at `vaddr`, all inside one segment.
     pub fn bytes_at<'d>(&self, data: &'d [u8], vaddr: u64, len: u64) -> Option<&'d [u8]> {
         let s = self.segment_of(vaddr)?;

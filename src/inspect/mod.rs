@@ -9,7 +9,6 @@
 //! struct field offsets from DWARF or the built-in table ([`dwarf`], [`offsets_table`]).
 
 // Until every caller is wired in (the lead removes this).
-#![allow(dead_code)]
 
 pub mod buildinfo;
 pub mod cache;
@@ -271,14 +270,17 @@ impl GoBinary {
         })
     }
 
+    #[cfg(test)]
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    #[cfg(test)]
     pub fn data(&self) -> &[u8] {
         &self.data
     }
 
+    #[cfg(test)]
     pub fn elf(&self) -> &ElfLayout {
         &self.elf
     }
@@ -287,6 +289,7 @@ impl GoBinary {
         self.build.version
     }
 
+    #[cfg(test)]
     pub fn build_info(&self) -> &buildinfo::BuildInfo {
         &self.build
     }

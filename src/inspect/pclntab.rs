@@ -262,11 +262,8 @@ impl Pclntab {
         Some((self.entry(data, elf, i)?, self.entry(data, elf, i + 1)?))
     }
 
+    #[cfg(test)]
     pub fn text_start(&self) -> u64 {
         self.text_start
-    }
-
-    pub fn nfunc(&self) -> usize {
-        self.nfunc
     }
 }

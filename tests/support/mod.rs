@@ -49,7 +49,11 @@ pub struct GoTarget {
 impl GoTarget {
     /// The file name, which is also the service name sonde gives it.
     pub fn name(&self) -> String {
-        self.path.file_name().unwrap().to_string_lossy().into_owned()
+        self.path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned()
     }
 }
 
@@ -137,7 +141,11 @@ pub fn spawn_go_server(path: &Path, port: u16, tls: bool) -> ChildGuard {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    assert!(line.starts_with("listening on"), "{}: {line}", path.display());
+    assert!(
+        line.starts_with("listening on"),
+        "{}: {line}",
+        path.display()
+    );
     ChildGuard { child }
 }
 
@@ -250,7 +258,10 @@ pub fn scrape_path(port: u16, path: &str) -> String {
         Ok(s) => s,
         Err(_) => return String::new(),
     };
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let _ = write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    );
     let mut resp = String::new();
     let _ = s.read_to_string(&mut resp);
     match resp.find("\r\n\r\n") {
@@ -259,8 +270,10 @@ pub fn scrape_path(port: u16, path: &str) -> String {
     }
 }
 
+type Labels = Vec<(String, String)>;
+
 /// Parses one series line: (name, labels, value).
-fn parse_series(line: &str) -> Option<(&str, Vec<(String, String)>, f64)> {
+fn parse_series(line: &str) -> Option<(&str, Labels, f64)> {
     if line.starts_with('#') || line.is_empty() {
         return None;
     }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The README's test command, and what CI runs: installs prerequisites, checks formatting and
+# lints, then unit tests and the integration tests (root: real BPF, real Go servers).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/setup.sh
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+echo "== Go test targets"
+bash scripts/build-go-targets.sh target/go-targets | tail -n 3
+echo "== unit tests"
+cargo test --bins --quiet
+echo "== integration tests (one at a time: they load BPF and bind ports)"
+SONDE_REQUIRE_INTEGRATION=1 cargo test --test '*' -- --test-threads=1
