@@ -141,11 +141,14 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let mut lost_seen = 0;
     let mut last_lost_check = Instant::now();
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    // Registered once, before the loop, so a signal between two polls is not missed.
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = reader.wait() => {}
-            _ = tokio::signal::ctrl_c() => break,
+            _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
         {

@@ -683,3 +683,87 @@ fn unsupported_targets_are_skipped_with_a_reason() {
     );
     let _ = std::fs::remove_file(&old_go);
 }
+
+/// Selection by executable regex (no port), service identity from the process's own
+/// OTEL_SERVICE_NAME, and routes from patterns.
+#[test]
+fn executable_name_routes_and_service_name() {
+    if !require_root_or_skip("executable_name_routes_and_service_name") {
+        return;
+    }
+    let t = one_target();
+    let port = free_port();
+    let mut child = std::process::Command::new(&t.path);
+    child
+        .args(["-addr", &format!("127.0.0.1:{port}")])
+        .env("OTEL_SERVICE_NAME", "checkout")
+        .stdout(std::process::Stdio::piped());
+    let mut child = child.spawn().expect("start server");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let _server = ChildGuard { child };
+    let prom = free_port();
+    let sonde = spawn_sonde(&[
+        (
+            "SONDE_EXECUTABLE_NAME",
+            &format!("{}$", regex_escape(&t.name())),
+        ),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_ROUTES_PATTERNS", "/status/{code},/echo"),
+    ]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(15)
+        ),
+        "{}",
+        sonde.log()
+    );
+    http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/status/201?size=1"),
+        0,
+    );
+    http(
+        "GET",
+        &format!("http://127.0.0.1:{port}/status/202?size=1"),
+        0,
+    );
+    http("GET", &format!("http://127.0.0.1:{port}/implicit"), 0);
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("service_name", "checkout")],
+        3.0,
+        Duration::from_secs(3)
+    ));
+    let text = scrape(prom);
+    let count = |route: &str| {
+        metric_value(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &[("service_name", "checkout"), ("http_route", route)],
+        )
+    };
+    assert_eq!(count("/status/{code}"), Some(2.0), "{text}");
+    assert_eq!(count("/**"), Some(1.0), "{text}");
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c.to_string()
+            } else {
+                format!("\\{c}")
+            }
+        })
+        .collect()
+}

@@ -4,7 +4,7 @@
 //! output must reproduce Beyla's exactly (label order, `le` formatting, HELP texts), and a
 //! per-request record is one short lock and a few additions.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -279,8 +279,6 @@ pub struct Exporter {
     report_peer: bool,
     families: Mutex<Families>,
     health: Health,
-    /// Labels of each identity are built once, not per request.
-    _cache: Mutex<HashMap<String, ()>>,
 }
 
 impl Exporter {
@@ -307,7 +305,6 @@ impl Exporter {
             report_peer,
             families: Mutex::new(families),
             health: Health::default(),
-            _cache: Mutex::new(HashMap::new()),
         }
     }
 
