@@ -767,3 +767,100 @@ fn regex_escape(s: &str) -> String {
         })
         .collect()
 }
+
+/// A Debian-packaged Go program (stripped, no DWARF): Debian's own Prometheus server.
+#[test]
+fn debian_packaged_prometheus_is_measured() {
+    if !require_root_or_skip("debian_packaged_prometheus_is_measured") {
+        return;
+    }
+    let bin = std::path::Path::new("/usr/bin/prometheus");
+    if !bin.exists() {
+        support::skip_missing(
+            "debian_packaged_prometheus_is_measured",
+            "Debian's prometheus package",
+        );
+        return;
+    }
+    let port = free_port();
+    let data = std::env::temp_dir().join(format!("sonde-prom-{}", std::process::id()));
+    let config = data.join("prometheus.yml");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(&config, "global: {}\n").unwrap();
+    let _prometheus = ChildGuard {
+        child: std::process::Command::new(bin)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                data.join("tsdb").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start prometheus"),
+    };
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "prometheus did not start"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let prom = free_port();
+    let sonde = spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &port.to_string()),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+    ]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(15)
+        ),
+        "{}",
+        sonde.log()
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            http("GET", &format!("http://127.0.0.1:{port}/-/healthy"), 0).0,
+            200
+        );
+    }
+    assert_eq!(
+        http("GET", &format!("http://127.0.0.1:{port}/no/such/page"), 0).0,
+        404
+    );
+    let labels = |code| {
+        [
+            ("service_name", "prometheus"),
+            ("http_request_method", "GET"),
+            ("http_response_status_code", code),
+        ]
+    };
+    assert!(
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &labels("404"),
+            1.0,
+            Duration::from_secs(3)
+        ),
+        "{}",
+        scrape(prom)
+    );
+    let text = scrape(prom);
+    assert_eq!(
+        metric_value(
+            &text,
+            "http_server_request_duration_seconds_count",
+            &labels("200")
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    let _ = std::fs::remove_dir_all(&data);
+}

@@ -25,6 +25,14 @@ fn skip(test: &str, why: &str) -> bool {
     false
 }
 
+/// A prerequisite is missing: skip, or fail under SONDE_REQUIRE_INTEGRATION=1.
+pub fn skip_missing(test: &str, what: &str) -> bool {
+    skip(
+        test,
+        &format!("{what} is not installed (scripts/setup.sh installs it)"),
+    )
+}
+
 /// Whether this test can load BPF programs here; says why not when it cannot.
 pub fn require_root_or_skip(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
