@@ -12,6 +12,7 @@ use thiserror::Error;
 use crate::attach::{AttachError, Attacher};
 use crate::collect::reader::Reader;
 use crate::config::Config;
+use crate::discover::docker::Containers;
 use crate::discover::HostProcess;
 use crate::enrich::routes::RouteMatcher;
 use crate::enrich::{EnrichedRequest, Identity};
@@ -30,7 +31,10 @@ const ATTACH_ATTEMPTS: u32 = 3;
 
 #[derive(Debug, Error)]
 pub enum AgentError {
-    #[error("nothing to instrument: set SONDE_OPEN_PORT (e.g. 8080) or SONDE_EXECUTABLE_NAME")]
+    #[error(
+        "nothing to instrument: set SONDE_OPEN_PORT (e.g. 8080) or SONDE_EXECUTABLE_NAME, \
+         or run Docker (containers labelled sonde.enable=true are selected)"
+    )]
     NoSelector,
     #[error("this machine cannot run sonde's probes: {0}")]
     Unsupported(String),
@@ -129,14 +133,31 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let identities = Arc::new(RwLock::new(Identities::default()));
     let stop = Arc::new(AtomicBool::new(false));
+    // Docker events wake the discovery thread at once instead of at its next scan.
+    let (wake, woken) = std::sync::mpsc::channel::<()>();
+    let mut selector = Selector::new(&config);
+    if config.docker_enabled() {
+        let containers = Containers::default();
+        selector = selector.with_containers(containers.clone());
+        let wake = wake.clone();
+        tracing::info!(
+            "watching Docker at {}",
+            crate::discover::docker::socket_path()
+        );
+        tokio::spawn(crate::discover::docker::watch(containers, move || {
+            let _ = wake.send(());
+        }));
+    }
     let discovery = {
         let identities = identities.clone();
         let exporter = exporter.clone();
         let stop = stop.clone();
-        let selector = Selector::new(&config);
+        let ttl = config.container_series_ttl;
         std::thread::Builder::new()
             .name("sonde-discovery".into())
-            .spawn(move || discovery_loop(attacher, selector, identities, exporter, stop))?
+            .spawn(move || {
+                discovery_loop(attacher, selector, identities, exporter, stop, woken, ttl)
+            })?
     };
 
     let mut lost_seen = 0;
@@ -203,6 +224,8 @@ fn discovery_loop(
     identities: Arc<RwLock<Identities>>,
     exporter: Arc<Exporter>,
     stop: Arc<AtomicBool>,
+    woken: std::sync::mpsc::Receiver<()>,
+    series_ttl: Duration,
 ) {
     let mut tracker = Tracker::new(selector);
     let plans = PlanCache::new();
@@ -220,6 +243,15 @@ fn discovery_loop(
                 }
                 attacher.detach_process(pid);
                 if let Some(id) = ids.live.remove(&pid) {
+                    if let Some(name) = &id.container_name {
+                        let still_running = ids
+                            .live
+                            .values()
+                            .any(|o| o.container_name.as_ref() == Some(name));
+                        if !still_running {
+                            exporter.retire_container(name, Instant::now() + series_ttl);
+                        }
+                    }
                     ids.gone.insert(pid, (id, Instant::now()));
                 }
             }
@@ -257,6 +289,9 @@ fn discovery_loop(
                         plan.go_version,
                         identity.service_name
                     );
+                    if let Some(name) = &identity.container_name {
+                        exporter.revive_container(name);
+                    }
                     identities
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
@@ -279,10 +314,19 @@ fn discovery_loop(
             let mut ids = identities.write().unwrap_or_else(|p| p.into_inner());
             ids.gone.retain(|_, (_, at)| at.elapsed() < IDENTITY_GRACE);
         }
+        exporter.sweep(Instant::now());
         exporter
             .health()
             .set_instrumented_processes(attacher.attached_count() as u64);
-        std::thread::sleep(SCAN_INTERVAL.saturating_sub(started.elapsed()));
+        // Sleep until the next scan, or until Docker reports a change.
+        match woken.recv_timeout(SCAN_INTERVAL.saturating_sub(started.elapsed())) {
+            Ok(()) => while woken.try_recv().is_ok() {},
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            // No Docker watcher: plain periodic scans.
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                std::thread::sleep(SCAN_INTERVAL.saturating_sub(started.elapsed()))
+            }
+        }
     }
     for pid in attacher.attached_pids() {
         attacher.detach_process(pid);

@@ -42,7 +42,22 @@ pub struct Config {
     pub routes_unmatched: String,
     pub log_level: String,
     pub print_traces: bool,
+    /// Discover Docker containers: `None` means "when the Docker socket exists".
+    pub docker: Option<bool>,
+    pub docker_select: DockerSelect,
+    /// How long the series of a container that stopped are kept.
+    pub container_series_ttl: std::time::Duration,
     pub config_file: Option<PathBuf>,
+}
+
+/// Which containers are instrumented.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DockerSelect {
+    /// Containers labelled `sonde.enable=true`.
+    #[default]
+    Labelled,
+    /// Every container except those labelled `sonde.enable=false`.
+    All,
 }
 
 impl Default for Config {
@@ -61,6 +76,9 @@ impl Default for Config {
             routes_unmatched: "/**".to_string(),
             log_level: "info".to_string(),
             print_traces: false,
+            docker: None,
+            docker_select: DockerSelect::Labelled,
+            container_series_ttl: std::time::Duration::from_secs(300),
             config_file: None,
         }
     }
@@ -96,6 +114,9 @@ const KEYS: &[&str] = &[
     "routes_unmatched",
     "log_level",
     "print_traces",
+    "docker",
+    "docker_select",
+    "container_series_ttl",
 ];
 
 /// Beyla's first versions read these without a prefix.
@@ -168,7 +189,15 @@ impl Config {
 
     /// Whether anything selects processes to instrument.
     pub fn has_selector(&self) -> bool {
-        self.open_port.is_some() || self.executable_name.is_some()
+        self.open_port.is_some() || self.executable_name.is_some() || self.docker_enabled()
+    }
+
+    /// Docker discovery is on when asked, or by default when the daemon's socket exists.
+    pub fn docker_enabled(&self) -> bool {
+        self.docker.unwrap_or_else(|| {
+            let socket = crate::discover::docker::socket_path();
+            std::path::Path::new(socket.trim_start_matches("unix://")).exists()
+        })
     }
 
     fn set(&mut self, key: &str, shown: &str, value: &str) -> Result<(), ConfigError> {
@@ -241,6 +270,18 @@ impl Config {
                 }
                 self.routes_unmatched = v.to_string();
             }
+            "docker" => self.docker = Some(parse_bool(v).ok_or_else(|| bad("true or false"))?),
+            "docker_select" => {
+                self.docker_select = match v.to_ascii_lowercase().as_str() {
+                    "labelled" | "labeled" => DockerSelect::Labelled,
+                    "all" => DockerSelect::All,
+                    _ => return Err(bad("labelled or all")),
+                }
+            }
+            "container_series_ttl" => {
+                self.container_series_ttl =
+                    parse_duration(v).ok_or_else(|| bad("a duration such as 300s, 5m or 1h"))?
+            }
             "log_level" => {
                 let l = v.to_ascii_lowercase();
                 if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
@@ -273,6 +314,22 @@ impl PortSet {
         }
         (!ranges.is_empty()).then_some(PortSet { ranges })
     }
+}
+
+/// `300`, `300s`, `5m`, `1h` (seconds when no unit).
+fn parse_duration(v: &str) -> Option<std::time::Duration> {
+    let (number, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => v.split_at(i),
+        None => (v, "s"),
+    };
+    let n: u64 = number.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        _ => return None,
+    };
+    Some(std::time::Duration::from_secs(secs))
 }
 
 fn parse_bool(v: &str) -> Option<bool> {
@@ -350,6 +407,22 @@ mod tests {
         assert!(e.contains("SONDE_PROMETHEUS_PORT"), "{e}");
         assert!(load(&[("SONDE_EXECUTABLE_NAME", "(")]).is_err());
         assert!(load(&[("SONDE_METRICS_REPORT_PEER", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn docker_keys() {
+        let c = load(&[
+            ("SONDE_DOCKER", "false"),
+            ("SONDE_DOCKER_SELECT", "all"),
+            ("SONDE_CONTAINER_SERIES_TTL", "2m"),
+        ])
+        .unwrap();
+        assert_eq!(c.docker, Some(false));
+        assert!(!c.has_selector());
+        assert_eq!(c.docker_select, DockerSelect::All);
+        assert_eq!(c.container_series_ttl.as_secs(), 120);
+        assert!(load(&[("SONDE_CONTAINER_SERIES_TTL", "5 days")]).is_err());
+        assert!(load(&[("SONDE_DOCKER_SELECT", "some")]).is_err());
     }
 
     #[test]

@@ -2,17 +2,32 @@
 
 use std::collections::HashMap;
 
-use crate::config::{Config, PortSet};
+use crate::config::{Config, DockerSelect, PortSet};
+use crate::discover::docker::{ContainerInfo, Containers};
 use crate::discover::{otel_env, HostProcess};
 use crate::enrich::Identity;
 
-/// The selection rules of the configuration. A process is selected when it listens on one of
-/// `open_port` **or** its executable path matches `executable_name` (as Beyla does).
+/// Container labels users put on their services.
+pub mod labels {
+    pub const ENABLE: &str = "sonde.enable";
+    pub const OPEN_PORTS: &str = "sonde.open_ports";
+    pub const EXE: &str = "sonde.exe";
+    pub const SERVICE_NAME: &str = "sonde.service.name";
+    pub const SERVICE_NAMESPACE: &str = "sonde.service.namespace";
+    pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+    pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+}
+
+/// The selection rules of the configuration. A host process is selected when it listens on
+/// one of `open_port` **or** its executable path matches `executable_name` (as Beyla does).
+/// A process in a container is selected by those rules too, or by its container's labels.
 pub struct Selector {
     ports: Option<PortSet>,
     exe: Option<regex::Regex>,
     service_name: Option<String>,
     service_namespace: Option<String>,
+    docker_select: DockerSelect,
+    containers: Option<Containers>,
 }
 
 impl Selector {
@@ -22,10 +37,79 @@ impl Selector {
             exe: config.executable_name.clone(),
             service_name: config.service_name.clone(),
             service_namespace: config.service_namespace.clone(),
+            docker_select: config.docker_select,
+            containers: None,
         }
     }
 
+    /// Select containers by their labels, from this registry of running containers.
+    pub fn with_containers(mut self, containers: Containers) -> Self {
+        self.containers = Some(containers);
+        self
+    }
+
+    fn container_of(&self, p: &HostProcess) -> Option<std::sync::Arc<ContainerInfo>> {
+        let id = p.container_id.as_ref()?;
+        let containers = self.containers.as_ref()?;
+        let map = containers.read().unwrap_or_else(|e| e.into_inner());
+        map.get(id).cloned()
+    }
+
+    /// A container opts in (or, with `docker_select=all`, does not opt out); its
+    /// `sonde.open_ports` / `sonde.exe` labels narrow which of its processes are measured.
+    fn container_selects(&self, c: &ContainerInfo, p: &HostProcess) -> bool {
+        let enable = c
+            .labels
+            .get(labels::ENABLE)
+            .map(|v| v.trim().to_ascii_lowercase());
+        let enabled = match self.docker_select {
+            DockerSelect::Labelled => enable.as_deref() == Some("true"),
+            DockerSelect::All => enable.as_deref() != Some("false"),
+        };
+        if !enabled {
+            return false;
+        }
+        if let Some(ports) = c.labels.get(labels::OPEN_PORTS) {
+            match PortSet::parse(ports) {
+                Some(ports) if p.listen_ports.iter().any(|&port| ports.contains(port)) => {}
+                Some(_) => return false,
+                None => {
+                    tracing::warn!(
+                        "container {}: invalid {} label {ports:?}",
+                        c.name,
+                        labels::OPEN_PORTS
+                    );
+                    return false;
+                }
+            }
+        }
+        if let Some(exe) = c.labels.get(labels::EXE) {
+            match regex::Regex::new(exe) {
+                Ok(re) if re.is_match(&p.exe.to_string_lossy()) => {}
+                Ok(_) => return false,
+                Err(_) => {
+                    tracing::warn!(
+                        "container {}: invalid {} label {exe:?}",
+                        c.name,
+                        labels::EXE
+                    );
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
     pub fn matches(&self, p: &HostProcess) -> bool {
+        if let Some(c) = self.container_of(p) {
+            if self.container_selects(&c, p) {
+                return true;
+            }
+        }
+        self.host_rules_match(p)
+    }
+
+    fn host_rules_match(&self, p: &HostProcess) -> bool {
         let by_port = self
             .ports
             .as_ref()
@@ -37,9 +121,25 @@ impl Selector {
         by_port || by_exe
     }
 
-    /// Configured name > the process's OTEL_SERVICE_NAME > the executable's file name.
+    /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.
+    /// Container: `sonde.service.name` label > OTEL_SERVICE_NAME > compose service > container
+    /// name; namespace: label > compose project.
     pub fn identity(&self, p: &HostProcess) -> Identity {
         let (env_name, env_namespace) = otel_env(p.pid);
+        if let Some(c) = self.container_of(p) {
+            let label = |k: &str| c.labels.get(k).filter(|v| !v.is_empty()).cloned();
+            return Identity {
+                service_name: label(labels::SERVICE_NAME)
+                    .or(env_name)
+                    .or_else(|| label(labels::COMPOSE_SERVICE))
+                    .unwrap_or_else(|| c.name.clone()),
+                service_namespace: label(labels::SERVICE_NAMESPACE)
+                    .or_else(|| label(labels::COMPOSE_PROJECT))
+                    .or(env_namespace)
+                    .unwrap_or_default(),
+                container_name: Some(c.name.clone()),
+            };
+        }
         let exe_name = p
             .exe
             .file_name()
@@ -71,8 +171,9 @@ pub struct Changes {
 /// Remembers the selected processes between scans.
 pub struct Tracker {
     selector: Selector,
-    /// Selected PIDs with their start time (a reused PID has another).
-    selected: HashMap<u32, u64>,
+    /// Selected PIDs with their start time (a reused PID has another) and executable (an
+    /// exec replaces it: a container's init is the runtime's until it execs the app).
+    selected: HashMap<u32, (u64, std::path::PathBuf)>,
 }
 
 impl Tracker {
@@ -85,9 +186,12 @@ impl Tracker {
 
     pub fn update(&mut self, scan: Vec<HostProcess>) -> Changes {
         let mut changes = Changes::default();
-        let alive: HashMap<u32, u64> = scan.iter().map(|p| (p.pid, p.start_time)).collect();
-        self.selected.retain(|pid, start| {
-            let same = alive.get(pid) == Some(start);
+        let alive: HashMap<u32, (u64, &std::path::Path)> = scan
+            .iter()
+            .map(|p| (p.pid, (p.start_time, p.exe.as_path())))
+            .collect();
+        self.selected.retain(|pid, (start, exe)| {
+            let same = alive.get(pid) == Some(&(*start, exe.as_path()));
             if !same {
                 changes.removed.push(*pid);
             }
@@ -97,7 +201,7 @@ impl Tracker {
             if self.selected.contains_key(&p.pid) || !self.selector.matches(&p) {
                 continue;
             }
-            self.selected.insert(p.pid, p.start_time);
+            self.selected.insert(p.pid, (p.start_time, p.exe.clone()));
             let identity = self.selector.identity(&p);
             changes.added.push((p, identity));
         }
@@ -116,7 +220,96 @@ mod tests {
             exe: PathBuf::from(exe),
             start_time: start,
             listen_ports: ports.to_vec(),
+            container_id: None,
         }
+    }
+
+    fn container_proc(pid: u32, ports: &[u16], id: &str) -> HostProcess {
+        HostProcess {
+            container_id: Some(id.to_string()),
+            ..proc_(pid, "/app", ports, 1)
+        }
+    }
+
+    fn with_container(select: DockerSelect, labels: &[(&str, &str)]) -> Selector {
+        let containers = Containers::default();
+        containers.write().unwrap().insert(
+            "c1".to_string(),
+            std::sync::Arc::new(ContainerInfo {
+                id: "c1".into(),
+                name: "shop-web-1".into(),
+                image: "web:1".into(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            }),
+        );
+        let config = Config {
+            docker_select: select,
+            ..Config::default()
+        };
+        Selector::new(&config).with_containers(containers)
+    }
+
+    #[test]
+    fn container_labels_select_and_narrow() {
+        let on = with_container(DockerSelect::Labelled, &[("sonde.enable", "true")]);
+        assert!(on.matches(&container_proc(1, &[], "c1")));
+        assert!(!on.matches(&container_proc(1, &[], "other")));
+        assert!(
+            !with_container(DockerSelect::Labelled, &[]).matches(&container_proc(1, &[], "c1"))
+        );
+        assert!(with_container(DockerSelect::All, &[]).matches(&container_proc(1, &[], "c1")));
+        let out = with_container(DockerSelect::All, &[("sonde.enable", "false")]);
+        assert!(!out.matches(&container_proc(1, &[], "c1")));
+        let ports = with_container(
+            DockerSelect::Labelled,
+            &[("sonde.enable", "true"), ("sonde.open_ports", "8080-8081")],
+        );
+        assert!(ports.matches(&container_proc(1, &[8081], "c1")));
+        assert!(!ports.matches(&container_proc(1, &[9000], "c1")));
+        let exe = with_container(
+            DockerSelect::Labelled,
+            &[("sonde.enable", "true"), ("sonde.exe", "^/srv/")],
+        );
+        assert!(!exe.matches(&container_proc(1, &[], "c1")));
+    }
+
+    #[test]
+    fn container_identity_precedence() {
+        let compose = with_container(
+            DockerSelect::Labelled,
+            &[
+                ("com.docker.compose.service", "web"),
+                ("com.docker.compose.project", "shop"),
+            ],
+        );
+        // PID 0 has no environ: the labels decide.
+        let id = compose.identity(&container_proc(0, &[], "c1"));
+        assert_eq!(
+            (id.service_name.as_str(), id.service_namespace.as_str()),
+            ("web", "shop")
+        );
+        assert_eq!(id.container_name.as_deref(), Some("shop-web-1"));
+        let named = with_container(
+            DockerSelect::Labelled,
+            &[
+                ("com.docker.compose.service", "web"),
+                ("sonde.service.name", "checkout"),
+                ("sonde.service.namespace", "prod"),
+            ],
+        );
+        let id = named.identity(&container_proc(0, &[], "c1"));
+        assert_eq!(
+            (id.service_name.as_str(), id.service_namespace.as_str()),
+            ("checkout", "prod")
+        );
+        let plain = with_container(DockerSelect::Labelled, &[]);
+        assert_eq!(
+            plain.identity(&container_proc(0, &[], "c1")).service_name,
+            "shop-web-1"
+        );
     }
 
     fn selector(ports: &str, exe: Option<&str>) -> Selector {

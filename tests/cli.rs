@@ -65,7 +65,7 @@ fn yaml_errors_name_the_key_and_nothing_to_select_is_an_error() {
     assert!(err.contains("prometheus_prot"), "{err}");
     let (code, _, err) = sonde(&[], &[("SONDE_CONFIG", f.to_str().unwrap())]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = sonde(&[], &[]);
+    let (code, _, err) = sonde(&[], &[("SONDE_DOCKER", "false")]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("SONDE_OPEN_PORT"), "{err}");
     let (code, _, err) = sonde(&["--config", "/nonexistent/sonde.yaml"], &[]);

@@ -1,4 +1,7 @@
-//! Host processes, from /proc: executable, listening TCP ports, start time.
+//! Host processes, from /proc: executable, listening TCP ports, start time, container.
+
+pub mod cgroup;
+pub mod docker;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -12,6 +15,8 @@ pub struct HostProcess {
     /// Clock ticks since boot (field 22 of /proc/<pid>/stat): tells a reused PID apart.
     pub start_time: u64,
     pub listen_ports: Vec<u16>,
+    /// The Docker container the process runs in, from its cgroup.
+    pub container_id: Option<String>,
 }
 
 /// Every user-space process except sonde itself. Processes that vanish mid-scan are skipped.
@@ -66,6 +71,7 @@ pub fn scan_with(include_self: bool) -> Vec<HostProcess> {
             exe,
             start_time,
             listen_ports,
+            container_id: cgroup::container_id_of(pid),
         });
     }
     out

@@ -279,6 +279,8 @@ pub struct Exporter {
     report_peer: bool,
     families: Mutex<Families>,
     health: Health,
+    /// Containers that stopped, with when their series expire.
+    retiring: Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 impl Exporter {
@@ -305,6 +307,7 @@ impl Exporter {
             report_peer,
             families: Mutex::new(families),
             health: Health::default(),
+            retiring: Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -347,6 +350,52 @@ impl Exporter {
         if let Some(resp) = f.response_size.as_mut() {
             resp.observe(&labels, r.request.response_body_bytes as f64);
         }
+    }
+
+    /// The container stopped: its series go at `expires` unless it comes back first.
+    pub fn retire_container(&self, name: &str, expires: std::time::Instant) {
+        self.retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), expires);
+    }
+
+    pub fn revive_container(&self, name: &str) {
+        self.retiring
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+    }
+
+    /// Drops the series of containers whose time is up.
+    pub fn sweep(&self, now: std::time::Instant) {
+        let expired: Vec<String> = {
+            let mut retiring = self.retiring.lock().unwrap_or_else(|p| p.into_inner());
+            let gone = retiring
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(n, _)| n.clone())
+                .collect::<Vec<_>>();
+            for n in &gone {
+                retiring.remove(n);
+            }
+            gone
+        };
+        if expired.is_empty() {
+            return;
+        }
+        let keep = |labels: &Labels| {
+            !labels
+                .iter()
+                .any(|(k, v)| *k == "container_name" && expired.contains(v))
+        };
+        let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        f.duration.series.retain(|l, _| keep(l));
+        f.request_size.series.retain(|l, _| keep(l));
+        if let Some(r) = f.response_size.as_mut() {
+            r.series.retain(|l, _| keep(l));
+        }
+        tracing::info!("expired the series of stopped containers {expired:?}");
     }
 
     pub fn render(&self) -> String {

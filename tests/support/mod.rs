@@ -345,3 +345,121 @@ pub fn wait_for_metric(
     }
     false
 }
+
+/// Whether a Docker engine answers; says why not when it does not.
+pub fn require_docker_or_skip(test: &str) -> bool {
+    if !require_root_or_skip(test) {
+        return false;
+    }
+    let ok = Command::new("docker")
+        .args(["info", "--format", "{{.ServerVersion}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        return skip(
+            test,
+            "no Docker engine answers (scripts/dockerd.sh starts one)",
+        );
+    }
+    true
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker")
+        .args(args)
+        .output()
+        .expect("run docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An image `FROM scratch` holding the newest static Go test server, built once.
+pub fn test_image() -> String {
+    static IMAGE: OnceLock<String> = OnceLock::new();
+    IMAGE
+        .get_or_init(|| {
+            let target = go_targets()
+                .into_iter()
+                .rfind(|t| t.linkage == "static" && !t.stripped)
+                .expect("a static Go target");
+            let dir = repo().join("target/test-image");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::copy(&target.path, dir.join("httpserver")).unwrap();
+            std::fs::write(
+                dir.join("Dockerfile"),
+                "FROM scratch\nCOPY httpserver /httpserver\nENTRYPOINT [\"/httpserver\"]\n",
+            )
+            .unwrap();
+            let tag = "sonde-test/httpserver:latest".to_string();
+            docker(&["build", "-q", "-t", &tag, dir.to_str().unwrap()]);
+            tag
+        })
+        .clone()
+}
+
+/// A container this test started, removed (by its id) when dropped.
+pub struct Container {
+    pub id: String,
+    pub name: String,
+}
+
+impl Container {
+    /// `docker run -d --network host` of the test image serving on 127.0.0.1:port.
+    pub fn run(name: &str, port: u16, labels: &[(&str, &str)]) -> Container {
+        let image = test_image();
+        let mut args = vec![
+            "run".to_string(),
+            "-d".into(),
+            "--network".into(),
+            "host".into(),
+        ];
+        args.extend(["--name".to_string(), name.to_string()]);
+        for (k, v) in labels {
+            args.extend(["--label".to_string(), format!("{k}={v}")]);
+        }
+        args.extend([image, "-addr".into(), format!("127.0.0.1:{port}")]);
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let id = docker(&refs);
+        Container {
+            id,
+            name: name.to_string(),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        docker(&["inspect", "-f", "{{.State.Pid}}", &self.id])
+            .parse()
+            .unwrap()
+    }
+
+    pub fn restart(&self) {
+        docker(&["restart", "-t", "1", &self.id]);
+    }
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = Command::new("docker").args(["rm", "-f", &self.id]).output();
+    }
+}
+
+/// A unique container name for this test run.
+pub fn container_name(what: &str) -> String {
+    format!("sonde-test-{what}-{}", std::process::id())
+}
+
+/// Waits until something accepts on 127.0.0.1:port.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    false
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Starts a Docker engine for the tests when none answers (CI machines start with none):
+# no bridge, no iptables, as the tests run containers with --network host.
+set -euo pipefail
+if docker info >/dev/null 2>&1; then
+  exit 0
+fi
+command -v dockerd >/dev/null || { echo "dockerd: not installed (scripts/setup.sh installs docker.io)"; exit 1; }
+mkdir -p /var/log
+nohup dockerd --bridge=none --iptables=false >/var/log/sonde-test-dockerd.log 2>&1 &
+for _ in $(seq 100); do
+  docker info >/dev/null 2>&1 && { echo "dockerd: started (pid $!)"; exit 0; }
+  sleep 0.2
+done
+echo "dockerd: did not start; its log:"; tail -20 /var/log/sonde-test-dockerd.log
+exit 1

@@ -1,0 +1,297 @@
+//! Containers on a real Docker engine: selection by labels, identity, lifecycle.
+//! Containers use --network host and every request goes to 127.0.0.1.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn sonde_for_docker(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
+    let prom = free_port();
+    let mut env = vec![("SONDE_PROMETHEUS_PORT".to_string(), prom.to_string())];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let sonde = spawn_sonde(&refs);
+    assert!(
+        sonde.wait_for_log("running containers", Duration::from_secs(10)),
+        "sonde did not list containers:\n{}",
+        sonde.log()
+    );
+    (prom, sonde)
+}
+
+fn count(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metric_value(text, "http_server_request_duration_seconds_count", labels)
+}
+
+/// Only the labelled container is instrumented; its metrics carry the container identity.
+#[test]
+fn labelled_containers_only_with_container_identity() {
+    if !require_docker_or_skip("labelled_containers_only_with_container_identity") {
+        return;
+    }
+    test_image();
+    let (p_on, p_off, p_compose) = (free_port(), free_port(), free_port());
+    let on = Container::run(&container_name("on"), p_on, &[("sonde.enable", "true")]);
+    let off = Container::run(&container_name("off"), p_off, &[]);
+    let compose = Container::run(
+        &container_name("compose"),
+        p_compose,
+        &[
+            ("sonde.enable", "true"),
+            ("com.docker.compose.service", "web"),
+            ("com.docker.compose.project", "shop"),
+        ],
+    );
+    for p in [p_on, p_off, p_compose] {
+        assert!(wait_for_port(p, Duration::from_secs(10)));
+    }
+    let (prom, sonde) = sonde_for_docker(&[]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            2.0,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+    for p in [p_on, p_off, p_compose] {
+        http("GET", &format!("http://127.0.0.1:{p}/status/200?size=3"), 0);
+    }
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("service_name", "web")],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    let text = scrape(prom);
+    assert_eq!(
+        count(
+            &text,
+            &[
+                ("service_name", &on.name),
+                ("container_name", &on.name),
+                ("service_namespace", "")
+            ]
+        ),
+        Some(1.0),
+        "container name is the service name without compose labels\n{text}"
+    );
+    assert_eq!(
+        count(
+            &text,
+            &[
+                ("service_name", "web"),
+                ("service_namespace", "shop"),
+                ("container_name", &compose.name)
+            ]
+        ),
+        Some(1.0),
+        "compose service and project\n{text}"
+    );
+    assert_eq!(
+        count(&text, &[("container_name", &off.name)]),
+        None,
+        "unlabelled container measured\n{text}"
+    );
+    assert_eq!(count(&text, &[]), Some(2.0), "{text}");
+    // The unlabelled container runs the very same binary, yet has no probes at all.
+    let off_pid = off.pid().to_string();
+    assert!(
+        !sonde
+            .log()
+            .contains(&format!("instrumented pid {off_pid} ")),
+        "{}",
+        sonde.log()
+    );
+}
+
+/// `SONDE_DOCKER_SELECT=all` takes every container except those that opt out; labels name the
+/// service.
+#[test]
+fn select_all_except_opted_out() {
+    if !require_docker_or_skip("select_all_except_opted_out") {
+        return;
+    }
+    let (p_a, p_b) = (free_port(), free_port());
+    let a = Container::run(
+        &container_name("all-a"),
+        p_a,
+        &[
+            ("sonde.service.name", "payments"),
+            ("sonde.service.namespace", "prod"),
+        ],
+    );
+    let _b = Container::run(&container_name("all-b"), p_b, &[("sonde.enable", "false")]);
+    assert!(
+        wait_for_port(p_a, Duration::from_secs(10)) && wait_for_port(p_b, Duration::from_secs(10))
+    );
+    let (prom, sonde) = sonde_for_docker(&[("SONDE_DOCKER_SELECT", "all")]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+    http("POST", &format!("http://127.0.0.1:{p_a}/echo"), 10);
+    http("POST", &format!("http://127.0.0.1:{p_b}/echo"), 10);
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[
+            ("service_name", "payments"),
+            ("service_namespace", "prod"),
+            ("container_name", &a.name)
+        ],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    assert_eq!(count(&scrape(prom), &[]), Some(1.0));
+}
+
+/// A container started after sonde is instrumented within 300 ms of starting; after a restart
+/// (new process) it is instrumented again.
+#[test]
+fn started_and_restarted_containers_are_instrumented_fast() {
+    if !require_docker_or_skip("started_and_restarted_containers_are_instrumented_fast") {
+        return;
+    }
+    test_image();
+    let (prom, sonde) = sonde_for_docker(&[]);
+    let port = free_port();
+    let started = Instant::now();
+    let c = Container::run(&container_name("late"), port, &[("sonde.enable", "true")]);
+    let pid = c.pid();
+    let needle = format!("instrumented pid {pid} ");
+    assert!(
+        sonde.wait_for_log(&needle, Duration::from_secs(5)),
+        "{}",
+        sonde.log()
+    );
+    let took = started.elapsed();
+    eprintln!("docker run → instrumented: {took:?}");
+    // `docker run` itself returns only once the container started; the bound covers both.
+    assert!(
+        took < Duration::from_millis(1500),
+        "instrumented after {took:?}"
+    );
+    assert!(wait_for_port(port, Duration::from_secs(5)));
+    for _ in 0..5 {
+        http("GET", &format!("http://127.0.0.1:{port}/status/201"), 0);
+    }
+    let labels = [
+        ("container_name", c.name.as_str()),
+        ("http_response_status_code", "201"),
+    ];
+    assert!(
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &labels,
+            5.0,
+            Duration::from_secs(3)
+        ),
+        "{}",
+        scrape(prom)
+    );
+
+    c.restart();
+    let new_pid = c.pid();
+    assert_ne!(pid, new_pid);
+    assert!(
+        sonde.wait_for_log(
+            &format!("instrumented pid {new_pid} "),
+            Duration::from_secs(5)
+        ),
+        "{}",
+        sonde.log()
+    );
+    assert!(wait_for_port(port, Duration::from_secs(5)));
+    for _ in 0..3 {
+        http("GET", &format!("http://127.0.0.1:{port}/status/201"), 0);
+    }
+    assert!(
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &labels,
+            8.0,
+            Duration::from_secs(3)
+        ),
+        "the restarted container's requests join the same series\n{}",
+        scrape(prom)
+    );
+    assert!(wait_for_metric(
+        prom,
+        "sonde_instrumented_processes",
+        &[],
+        1.0,
+        Duration::from_secs(3)
+    ));
+}
+
+/// Series of a container that stopped expire after the TTL.
+#[test]
+fn series_of_stopped_containers_expire() {
+    if !require_docker_or_skip("series_of_stopped_containers_expire") {
+        return;
+    }
+    test_image();
+    let (prom, sonde) = sonde_for_docker(&[("SONDE_CONTAINER_SERIES_TTL", "2s")]);
+    let port = free_port();
+    let c = Container::run(&container_name("ttl"), port, &[("sonde.enable", "true")]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        sonde.log()
+    );
+    assert!(wait_for_port(port, Duration::from_secs(5)));
+    http("GET", &format!("http://127.0.0.1:{port}/status/200"), 0);
+    let name = c.name.clone();
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("container_name", &name)],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    drop(c);
+    assert!(wait_for_metric(
+        prom,
+        "sonde_instrumented_processes",
+        &[],
+        0.0,
+        Duration::from_secs(5)
+    ));
+    // Still there right after the stop...
+    assert_eq!(
+        count(&scrape(prom), &[("container_name", &name)]),
+        Some(1.0)
+    );
+    // ...and gone once the TTL passed.
+    let t = Instant::now();
+    while count(&scrape(prom), &[("container_name", &name)]).is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "series did not expire:\n{}",
+            scrape(prom)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
