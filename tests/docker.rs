@@ -295,3 +295,94 @@ fn series_of_stopped_containers_expire() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// The Docker daemon restarts under sonde: sonde reconnects, resynchronises and picks up
+/// containers started afterwards, without duplicating instrumentation.
+#[test]
+fn survives_a_docker_daemon_restart() {
+    if !require_docker_or_skip("survives_a_docker_daemon_restart") {
+        return;
+    }
+    test_image();
+    let (prom, sonde) = sonde_for_docker(&[]);
+    let before = Container::run(
+        &container_name("before"),
+        free_port(),
+        &[("sonde.enable", "true")],
+    );
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        sonde.log()
+    );
+    drop(before);
+
+    restart_dockerd();
+    // A second listing: sonde reconnected and resynchronised.
+    let t = Instant::now();
+    while sonde.log().matches("running containers").count() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "sonde did not resynchronise after the restart:\n{}",
+            sonde.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let port = free_port();
+    let after = Container::run(&container_name("after"), port, &[("sonde.enable", "true")]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        sonde.log()
+    );
+    assert!(wait_for_port(port, Duration::from_secs(5)));
+    http("GET", &format!("http://127.0.0.1:{port}/status/200"), 0);
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("container_name", &after.name)],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    assert_eq!(
+        metric_value(&scrape(prom), "sonde_attach_errors_total", &[]),
+        Some(0.0)
+    );
+}
+
+/// Stops the daemon whose PID /var/run/docker.pid names (the tests' own engine, started by
+/// scripts/dockerd.sh) and starts it again.
+fn restart_dockerd() {
+    let pid: i32 = std::fs::read_to_string("/var/run/docker.pid")
+        .expect("dockerd pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    // SAFETY: signalling the daemon by its own PID file.
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let t = Instant::now();
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "dockerd did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let st = std::process::Command::new("bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/dockerd.sh"))
+        .status()
+        .unwrap();
+    assert!(st.success(), "scripts/dockerd.sh failed");
+}
