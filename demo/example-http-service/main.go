@@ -1,8 +1,10 @@
-// The demo service of the README: answers on :8080 after a random delay, with status
+// The demo service of the README and of the compose stack: answers on -addr
+// (127.0.0.1:8080) after a random delay, with status
 // /<code> when the path asks for one (e.g. /500), 200 otherwise.
 package main
 
 import (
+	"flag"
 	"fmt"
 	"log"
 	"math/rand"
@@ -23,7 +25,8 @@ func handle(w http.ResponseWriter, r *http.Request) {
 }
 
 func main() {
-	addr := "127.0.0.1:8080"
-	log.Printf("listening on %s", addr)
-	log.Fatal(http.ListenAndServe(addr, http.HandlerFunc(handle)))
+	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
+	flag.Parse()
+	log.Printf("listening on %s", *addr)
+	log.Fatal(http.ListenAndServe(*addr, http.HandlerFunc(handle)))
 }
