@@ -45,6 +45,10 @@ pub struct Config {
     /// Discover Docker containers: `None` means "when the Docker socket exists".
     pub docker: Option<bool>,
     pub docker_select: DockerSelect,
+    /// Add `container_id` and `container_image` to container metrics.
+    pub metrics_report_container: bool,
+    /// Container labels copied onto its metrics as `container_label_<name>`.
+    pub container_labels: Vec<String>,
     /// How long the series of a container that stopped are kept.
     pub container_series_ttl: std::time::Duration,
     pub config_file: Option<PathBuf>,
@@ -78,6 +82,8 @@ impl Default for Config {
             print_traces: false,
             docker: None,
             docker_select: DockerSelect::Labelled,
+            metrics_report_container: false,
+            container_labels: Vec::new(),
             container_series_ttl: std::time::Duration::from_secs(300),
             config_file: None,
         }
@@ -117,6 +123,8 @@ const KEYS: &[&str] = &[
     "docker",
     "docker_select",
     "container_series_ttl",
+    "metrics_report_container",
+    "container_labels",
 ];
 
 /// Beyla's first versions read these without a prefix.
@@ -277,6 +285,17 @@ impl Config {
                     "all" => DockerSelect::All,
                     _ => return Err(bad("labelled or all")),
                 }
+            }
+            "metrics_report_container" => {
+                self.metrics_report_container = parse_bool(v).ok_or_else(|| bad("true or false"))?
+            }
+            "container_labels" => {
+                self.container_labels = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string)
+                    .collect()
             }
             "container_series_ttl" => {
                 self.container_series_ttl =

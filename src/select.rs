@@ -28,6 +28,19 @@ pub struct Selector {
     service_namespace: Option<String>,
     docker_select: DockerSelect,
     containers: Option<Containers>,
+    report_container: bool,
+    /// (container label, Prometheus label name) pairs to copy onto metrics.
+    copied_labels: Vec<(String, &'static str)>,
+}
+
+/// `com.example.team` → `container_label_com_example_team`. Leaked once per configured
+/// label at start-up, so every request can borrow the name.
+fn metric_label_name(label: &str) -> &'static str {
+    let sanitized: String = label
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    Box::leak(format!("container_label_{sanitized}").into_boxed_str())
 }
 
 impl Selector {
@@ -39,6 +52,12 @@ impl Selector {
             service_namespace: config.service_namespace.clone(),
             docker_select: config.docker_select,
             containers: None,
+            report_container: config.metrics_report_container,
+            copied_labels: config
+                .container_labels
+                .iter()
+                .map(|l| (l.clone(), metric_label_name(l)))
+                .collect(),
         }
     }
 
@@ -128,6 +147,14 @@ impl Selector {
         let (env_name, env_namespace) = otel_env(p.pid);
         if let Some(c) = self.container_of(p) {
             let label = |k: &str| c.labels.get(k).filter(|v| !v.is_empty()).cloned();
+            let mut extra = Vec::new();
+            if self.report_container {
+                extra.push(("container_id", c.id.chars().take(12).collect()));
+                extra.push(("container_image", c.image.clone()));
+            }
+            for (from, to) in &self.copied_labels {
+                extra.push((*to, c.labels.get(from).cloned().unwrap_or_default()));
+            }
             return Identity {
                 service_name: label(labels::SERVICE_NAME)
                     .or(env_name)
@@ -138,6 +165,7 @@ impl Selector {
                     .or(env_namespace)
                     .unwrap_or_default(),
                 container_name: Some(c.name.clone()),
+                extra,
             };
         }
         let exe_name = p
@@ -157,6 +185,7 @@ impl Selector {
                 .or(env_namespace)
                 .unwrap_or_default(),
             container_name: None,
+            extra: Vec::new(),
         }
     }
 }
@@ -309,6 +338,33 @@ mod tests {
         assert_eq!(
             plain.identity(&container_proc(0, &[], "c1")).service_name,
             "shop-web-1"
+        );
+        assert!(plain
+            .identity(&container_proc(0, &[], "c1"))
+            .extra
+            .is_empty());
+    }
+
+    #[test]
+    fn container_id_image_and_chosen_labels_on_request() {
+        let mut s = with_container(DockerSelect::Labelled, &[("com.example.team", "payments")]);
+        s.report_container = true;
+        s.copied_labels = vec![
+            (
+                "com.example.team".into(),
+                metric_label_name("com.example.team"),
+            ),
+            ("missing".into(), metric_label_name("missing")),
+        ];
+        let id = s.identity(&container_proc(0, &[], "c1"));
+        assert_eq!(
+            id.extra,
+            vec![
+                ("container_id", "c1".to_string()),
+                ("container_image", "web:1".to_string()),
+                ("container_label_com_example_team", "payments".to_string()),
+                ("container_label_missing", String::new()),
+            ]
         );
     }
 

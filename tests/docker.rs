@@ -386,3 +386,163 @@ fn restart_dockerd() {
         .unwrap();
     assert!(st.success(), "scripts/dockerd.sh failed");
 }
+
+/// Scale-out: three replicas of one compose service, each measured under its own container
+/// name, with container id, image and a chosen label when asked.
+#[test]
+fn scaled_replicas_with_container_details() {
+    if !require_docker_or_skip("scaled_replicas_with_container_details") {
+        return;
+    }
+    let image = test_image();
+    let (prom, sonde) = sonde_for_docker(&[
+        ("SONDE_METRICS_REPORT_CONTAINER", "true"),
+        ("SONDE_CONTAINER_LABELS", "com.example.team"),
+    ]);
+    let replicas: Vec<(Container, u16)> = (1..=3)
+        .map(|i| {
+            let port = free_port();
+            let c = Container::run(
+                &container_name(&format!("web-{i}")),
+                port,
+                &[
+                    ("sonde.enable", "true"),
+                    ("com.docker.compose.service", "web"),
+                    ("com.docker.compose.project", "scale"),
+                    ("com.example.team", "payments"),
+                ],
+            );
+            (c, port)
+        })
+        .collect();
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            3.0,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+    for (_, port) in &replicas {
+        assert!(wait_for_port(*port, Duration::from_secs(5)));
+        http("GET", &format!("http://127.0.0.1:{port}/status/200"), 0);
+    }
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("service_name", "web")],
+        3.0,
+        Duration::from_secs(3)
+    ));
+    let text = scrape(prom);
+    for (c, _) in &replicas {
+        let short: String = c.id.chars().take(12).collect();
+        assert_eq!(
+            count(
+                &text,
+                &[
+                    ("container_name", &c.name),
+                    ("container_id", &short),
+                    ("container_image", &image),
+                    ("container_label_com_example_team", "payments"),
+                    ("service_namespace", "scale"),
+                ]
+            ),
+            Some(1.0),
+            "{text}"
+        );
+    }
+}
+
+fn sonde_resources(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let rss_kb = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    (fds, rss_kb)
+}
+
+/// 200 container start/stop cycles: sonde's open fds (every uprobe link is one), and its RSS,
+/// do not grow beyond a small bound.
+#[test]
+fn two_hundred_container_cycles_leak_nothing() {
+    if !require_docker_or_skip("two_hundred_container_cycles_leak_nothing") {
+        return;
+    }
+    test_image();
+    let (prom, sonde) = sonde_for_docker(&[]);
+    const BATCH: usize = 10;
+    const ROUNDS: usize = 20;
+    let mut baseline = None;
+    for round in 0..ROUNDS {
+        let batch: Vec<Container> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..BATCH)
+                .map(|i| {
+                    s.spawn(move || {
+                        Container::run(
+                            &container_name(&format!("cycle-{round}-{i}")),
+                            free_port(),
+                            &[("sonde.enable", "true")],
+                        )
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(
+            wait_for_metric(
+                prom,
+                "sonde_instrumented_processes",
+                &[],
+                BATCH as f64,
+                Duration::from_secs(20)
+            ),
+            "round {round}: not all {BATCH} instrumented\n{}",
+            sonde.log()
+        );
+        std::thread::scope(|s| {
+            for c in batch {
+                s.spawn(move || drop(c));
+            }
+        });
+        assert!(
+            wait_for_metric(
+                prom,
+                "sonde_instrumented_processes",
+                &[],
+                0.0,
+                Duration::from_secs(20)
+            ),
+            "round {round}: probes not detached\n{}",
+            sonde.log()
+        );
+        // After a warm-up round, everything sonde holds should be back to this.
+        if round == 1 {
+            baseline = Some(sonde_resources(sonde.pid()));
+        }
+    }
+    let (fds0, rss0) = baseline.unwrap();
+    let (fds, rss) = sonde_resources(sonde.pid());
+    eprintln!(
+        "after {} cycles: fds {fds0} -> {fds}, RSS {rss0} kB -> {rss} kB",
+        BATCH * ROUNDS
+    );
+    assert!(fds <= fds0 + 2, "open fds grew from {fds0} to {fds}");
+    assert!(
+        rss <= rss0 + 8 * 1024,
+        "RSS grew from {rss0} kB to {rss} kB"
+    );
+    assert_eq!(
+        metric_value(&scrape(prom), "sonde_attach_errors_total", &[]),
+        Some(0.0)
+    );
+}

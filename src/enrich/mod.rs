@@ -13,6 +13,9 @@ pub struct Identity {
     pub service_namespace: String,
     /// Set for container targets only.
     pub container_name: Option<String>,
+    /// More labels asked for in the configuration (`container_id`, `container_image`,
+    /// `container_label_<name>`), already sanitised as Prometheus label names.
+    pub extra: Vec<(&'static str, String)>,
 }
 
 /// A request ready for export.

@@ -329,6 +329,7 @@ impl Exporter {
         if let Some(c) = &r.identity.container_name {
             l.push(("container_name", c.clone()));
         }
+        l.extend(r.identity.extra.iter().cloned());
         if self.report_target {
             l.push((n.url_path, r.request.path.clone()));
         }
@@ -462,4 +463,104 @@ pub async fn serve(listener: tokio::net::TcpListener, exporter: Arc<Exporter>, p
             }
         });
     warp::serve(route).incoming(listener).run().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::{Request, RequestKind};
+    use crate::enrich::Identity;
+
+    fn request(
+        method: &str,
+        status: u16,
+        secs: f64,
+        path: &str,
+        container: Option<&str>,
+    ) -> EnrichedRequest {
+        EnrichedRequest {
+            request: Request {
+                kind: RequestKind::HttpServer,
+                pid: 1,
+                start_ns: 0,
+                end_ns: (secs * 1e9) as u64,
+                method: method.into(),
+                path: path.into(),
+                path_truncated: false,
+                status,
+                request_body_bytes: 40,
+                response_body_bytes: 5000,
+                peer: Some("10.1.2.3".parse().unwrap()),
+                http2: false,
+            },
+            identity: Arc::new(Identity {
+                service_name: "svc \"q\"".into(),
+                service_namespace: "ns".into(),
+                container_name: container.map(str::to_string),
+                extra: vec![],
+            }),
+            route: "/**".into(),
+        }
+    }
+
+    #[test]
+    fn semconv_histograms_render_exactly() {
+        let e = Exporter::with(MetricsNaming::Semconv, true, true);
+        e.record(&request("GET", 200, 0.03, "/a", None));
+        e.record(&request("GET", 200, 0.2, "/a", None));
+        let text = e.render();
+        let l = r#"client_address="10.1.2.3",http_request_method="GET",http_response_status_code="200",http_route="/**",service_name="svc \"q\"",service_namespace="ns",url_path="/a""#;
+        for line in [
+            format!("http_server_request_duration_seconds_bucket{{{l},le=\"0.025\"}} 0"),
+            format!("http_server_request_duration_seconds_bucket{{{l},le=\"0.05\"}} 1"),
+            format!("http_server_request_duration_seconds_bucket{{{l},le=\"0.25\"}} 2"),
+            format!("http_server_request_duration_seconds_bucket{{{l},le=\"+Inf\"}} 2"),
+            format!("http_server_request_duration_seconds_count{{{l}}} 2"),
+            format!("http_server_request_body_size_bytes_bucket{{{l},le=\"32\"}} 0"),
+            format!("http_server_request_body_size_bytes_bucket{{{l},le=\"64\"}} 2"),
+            format!("http_server_request_body_size_bytes_sum{{{l}}} 80"),
+            format!("http_server_response_body_size_bytes_bucket{{{l},le=\"8192\"}} 2"),
+            "sonde_events_total 2".to_string(),
+        ] {
+            assert!(text.lines().any(|x| x == line), "missing {line}\n{text}");
+        }
+        let sum = text
+            .lines()
+            .find(|x| x.starts_with("http_server_request_duration_seconds_sum"))
+            .unwrap();
+        let v: f64 = sum.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((v - 0.23).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn stopped_containers_expire_only_after_their_ttl_and_revive() {
+        let e = Exporter::with(MetricsNaming::Semconv, false, false);
+        e.record(&request("GET", 200, 0.01, "/", Some("web-1")));
+        e.record(&request("GET", 200, 0.01, "/", Some("web-2")));
+        let now = std::time::Instant::now();
+        e.retire_container("web-1", now + std::time::Duration::from_secs(60));
+        e.retire_container("web-2", now);
+        e.sweep(now);
+        let text = e.render();
+        assert!(text.contains("container_name=\"web-1\""));
+        assert!(!text.contains("container_name=\"web-2\""));
+        e.revive_container("web-1");
+        e.sweep(now + std::time::Duration::from_secs(120));
+        assert!(e.render().contains("container_name=\"web-1\""));
+    }
+
+    #[test]
+    fn health_counts_skips_by_reason() {
+        let e = Exporter::with(MetricsNaming::BeylaV0, false, false);
+        e.health().inc_skipped("not_go");
+        e.health().inc_skipped("not_go");
+        e.health().add_events_lost(3);
+        let text = e.render();
+        assert!(text.contains("sonde_skipped_binaries_total{reason=\"not_go\"} 2\n"));
+        assert!(text.contains("sonde_events_lost_total 3\n"));
+        assert!(text.contains(&format!(
+            "sonde_build_info{{version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        )));
+    }
 }
