@@ -49,9 +49,72 @@ pub struct Config {
     pub metrics_report_container: bool,
     /// Container labels copied onto its metrics as `container_label_<name>`.
     pub container_labels: Vec<String>,
+    /// Select containers by name, image and labels, without touching them.
+    pub docker_rules: Vec<DockerRule>,
     /// How long the series of a container that stopped are kept.
     pub container_series_ttl: std::time::Duration,
     pub config_file: Option<PathBuf>,
+}
+
+/// A YAML rule: containers whose name, image and labels all match the globs (`*`, `?`) are
+/// instrumented (`enable: true`, the default) or left alone (`enable: false`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DockerRule {
+    pub name: Option<String>,
+    pub image: Option<String>,
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+    #[serde(default = "enabled")]
+    pub enable: bool,
+}
+
+fn enabled() -> bool {
+    true
+}
+
+impl DockerRule {
+    fn is_empty(&self) -> bool {
+        self.name.is_none() && self.image.is_none() && self.labels.is_empty()
+    }
+
+    /// Whether the rule applies to a container with this name, image and labels.
+    pub fn matches(
+        &self,
+        name: &str,
+        image: &str,
+        labels: &std::collections::HashMap<String, String>,
+    ) -> bool {
+        self.name.as_deref().is_none_or(|g| glob(g, name))
+            && self.image.as_deref().is_none_or(|g| glob(g, image))
+            && self
+                .labels
+                .iter()
+                .all(|(k, g)| labels.get(k).is_some_and(|v| glob(g, v)))
+    }
+}
+
+/// Shell-style glob: `*` any run, `?` one character, everything else literal.
+pub fn glob(pattern: &str, text: &str) -> bool {
+    let (p, t): (Vec<char>, Vec<char>) = (pattern.chars().collect(), text.chars().collect());
+    let (mut pi, mut ti) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+            pi += 1;
+            ti += 1;
+        } else if pi < p.len() && p[pi] == '*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    p[pi..].iter().all(|&c| c == '*')
 }
 
 /// Which containers are instrumented.
@@ -83,6 +146,7 @@ impl Default for Config {
             docker: None,
             docker_select: DockerSelect::Labelled,
             metrics_report_container: false,
+            docker_rules: Vec::new(),
             container_labels: Vec::new(),
             container_series_ttl: std::time::Duration::from_secs(300),
             config_file: None,
@@ -125,6 +189,7 @@ const KEYS: &[&str] = &[
     "container_series_ttl",
     "metrics_report_container",
     "container_labels",
+    "docker_rules",
 ];
 
 /// Beyla's first versions read these without a prefix.
@@ -174,6 +239,10 @@ impl Config {
                     return Err(ConfigError::UnknownKey { key, file: shown });
                 }
                 let value = match v {
+                    // Rules are structured: handed on as YAML text, parsed like the env form.
+                    other if key == "docker_rules" => {
+                        serde_yaml::to_string(&other).unwrap_or_default()
+                    }
                     serde_yaml::Value::Sequence(items) => {
                         items.iter().map(yaml_scalar).collect::<Vec<_>>().join(",")
                     }
@@ -296,6 +365,13 @@ impl Config {
                     .filter(|s| !s.is_empty())
                     .map(str::to_string)
                     .collect()
+            }
+            "docker_rules" => {
+                self.docker_rules = serde_yaml::from_str::<Vec<DockerRule>>(v)
+                    .map_err(|_| bad("a list of rules like [{name: \"shop-*\", enable: true}]"))?;
+                if self.docker_rules.iter().any(DockerRule::is_empty) {
+                    return Err(bad("rules that name at least one of name, image, labels"));
+                }
             }
             "container_series_ttl" => {
                 self.container_series_ttl =
@@ -426,6 +502,46 @@ mod tests {
         assert!(e.contains("SONDE_PROMETHEUS_PORT"), "{e}");
         assert!(load(&[("SONDE_EXECUTABLE_NAME", "(")]).is_err());
         assert!(load(&[("SONDE_METRICS_REPORT_PEER", "maybe")]).is_err());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob("shop-*", "shop-web-1"));
+        assert!(glob("*web*", "shop-web-1"));
+        assert!(glob("web-?", "web-1") && !glob("web-?", "web-10"));
+        assert!(!glob("shop-*", "store-web"));
+        assert!(glob("*", "") && glob("a*b*c", "aXXbYYc") && !glob("a*b*c", "aXXbYY"));
+    }
+
+    #[test]
+    fn docker_rules_from_env_and_yaml() {
+        let c = load(&[(
+            "SONDE_DOCKER_RULES",
+            r#"[{name: "shop-*", labels: {team: "pay*"}}, {image: "debug/*", enable: false}]"#,
+        )])
+        .unwrap();
+        assert_eq!(c.docker_rules.len(), 2);
+        let labels = [("team".to_string(), "payments".to_string())].into();
+        assert!(c.docker_rules[0].matches("shop-web-1", "web:1", &labels));
+        assert!(!c.docker_rules[0].matches("shop-web-1", "web:1", &Default::default()));
+        assert!(!c.docker_rules[1].enable);
+        let e = load(&[("SONDE_DOCKER_RULES", "[{nmae: x}]")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SONDE_DOCKER_RULES"), "{e}");
+        assert!(load(&[("SONDE_DOCKER_RULES", "[{enable: true}]")]).is_err());
+
+        let dir = std::env::temp_dir().join(format!("sonde-rules-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("c.yaml");
+        std::fs::write(
+            &f,
+            "docker_rules:\n  - name: \"web-*\"\n    image: \"shop/*\"\n",
+        )
+        .unwrap();
+        let c = Config::load(Some(&f), &|_| None).unwrap();
+        assert_eq!(c.docker_rules[0].image.as_deref(), Some("shop/*"));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

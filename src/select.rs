@@ -27,6 +27,7 @@ pub struct Selector {
     service_name: Option<String>,
     service_namespace: Option<String>,
     docker_select: DockerSelect,
+    docker_rules: Vec<crate::config::DockerRule>,
     containers: Option<Containers>,
     report_container: bool,
     /// (container label, Prometheus label name) pairs to copy onto metrics.
@@ -51,6 +52,7 @@ impl Selector {
             service_name: config.service_name.clone(),
             service_namespace: config.service_namespace.clone(),
             docker_select: config.docker_select,
+            docker_rules: config.docker_rules.clone(),
             containers: None,
             report_container: config.metrics_report_container,
             copied_labels: config
@@ -74,16 +76,24 @@ impl Selector {
         map.get(id).cloned()
     }
 
-    /// A container opts in (or, with `docker_select=all`, does not opt out); its
-    /// `sonde.open_ports` / `sonde.exe` labels narrow which of its processes are measured.
+    /// A container's own `sonde.enable` label decides; else the first YAML rule that matches
+    /// it; else `docker_select`. Its `sonde.open_ports` / `sonde.exe` labels narrow which of its
+    /// processes are measured.
     fn container_selects(&self, c: &ContainerInfo, p: &HostProcess) -> bool {
         let enable = c
             .labels
             .get(labels::ENABLE)
             .map(|v| v.trim().to_ascii_lowercase());
-        let enabled = match self.docker_select {
-            DockerSelect::Labelled => enable.as_deref() == Some("true"),
-            DockerSelect::All => enable.as_deref() != Some("false"),
+        let rule = || {
+            self.docker_rules
+                .iter()
+                .find(|r| r.matches(&c.name, &c.image, &c.labels))
+                .map(|r| r.enable)
+        };
+        let enabled = match enable.as_deref() {
+            Some("true") => true,
+            Some("false") => false,
+            _ => rule().unwrap_or(self.docker_select == DockerSelect::All),
         };
         if !enabled {
             return false;
@@ -303,6 +313,30 @@ mod tests {
             &[("sonde.enable", "true"), ("sonde.exe", "^/srv/")],
         );
         assert!(!exe.matches(&container_proc(1, &[], "c1")));
+    }
+
+    #[test]
+    fn rules_select_without_labels_and_labels_win() {
+        let rules: Vec<crate::config::DockerRule> =
+            serde_yaml::from_str(r#"[{name: "shop-*"}, {image: "web:*", enable: false}]"#).unwrap();
+        let mut s = with_container(DockerSelect::Labelled, &[]);
+        s.docker_rules = rules.clone();
+        assert!(
+            s.matches(&container_proc(1, &[], "c1")),
+            "name rule selects"
+        );
+        let mut s = with_container(DockerSelect::Labelled, &[("sonde.enable", "false")]);
+        s.docker_rules = rules.clone();
+        assert!(
+            !s.matches(&container_proc(1, &[], "c1")),
+            "the container's label wins"
+        );
+        let mut s = with_container(DockerSelect::All, &[]);
+        s.docker_rules = rules[1..].to_vec();
+        assert!(
+            !s.matches(&container_proc(1, &[], "c1")),
+            "a rule excludes under select=all"
+        );
     }
 
     #[test]

@@ -546,3 +546,42 @@ fn two_hundred_container_cycles_leak_nothing() {
         Some(0.0)
     );
 }
+
+/// A YAML-style rule selects an unlabelled container by its name, another excludes by image.
+#[test]
+fn rules_select_containers_without_labels() {
+    if !require_docker_or_skip("rules_select_containers_without_labels") {
+        return;
+    }
+    let image = test_image();
+    let (p_yes, p_no) = (free_port(), free_port());
+    let yes = Container::run(&container_name("rule-yes"), p_yes, &[]);
+    let _no = Container::run(&container_name("plain"), p_no, &[]);
+    assert!(
+        wait_for_port(p_yes, Duration::from_secs(10))
+            && wait_for_port(p_no, Duration::from_secs(10))
+    );
+    let rules = format!(r#"[{{name: "sonde-test-rule-*", image: "{image}"}}]"#);
+    let (prom, sonde) = sonde_for_docker(&[("SONDE_DOCKER_RULES", &rules)]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+    http("GET", &format!("http://127.0.0.1:{p_yes}/status/200"), 0);
+    http("GET", &format!("http://127.0.0.1:{p_no}/status/200"), 0);
+    assert!(wait_for_metric(
+        prom,
+        "http_server_request_duration_seconds_count",
+        &[("container_name", &yes.name)],
+        1.0,
+        Duration::from_secs(3)
+    ));
+    assert_eq!(count(&scrape(prom), &[]), Some(1.0));
+}
