@@ -109,6 +109,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     crate::kernel::can_run_go_probes(&features).map_err(AgentError::Unsupported)?;
 
     let mut attacher = Attacher::load()?;
+    // Loading parses the kernel's BTF (megabytes, freed at once): return those pages.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
     let exporter = Arc::new(Exporter::new(&config));
 
@@ -264,7 +267,14 @@ fn discovery_loop(
             .collect();
         for (process, identity, attempts) in candidates {
             let pid = process.pid;
-            let plan = match plans.get_or_inspect(Path::new(&format!("/proc/{pid}/exe"))) {
+            let inspected = plans.get_or_inspect(Path::new(&format!("/proc/{pid}/exe")));
+            if matches!(inspected, Ok((_, _, true))) {
+                // Inspection reads the whole binary and its DWARF (tens of MB, freed at once):
+                // hand those pages back instead of keeping them resident.
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+            }
+            let plan = match inspected {
                 Ok((_, Ok(plan), _)) => plan,
                 Ok((_, Err(e), inspected_now)) => {
                     // One line per binary, not per process running it.
