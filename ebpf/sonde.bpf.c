@@ -44,6 +44,15 @@ struct {
     __type(value, struct inflight);
 } server_inflight SEC(".maps");
 
+/* Outgoing calls in flight, by goroutine: a handler's own call is on the same goroutine as
+ * its request, so the two maps are kept apart. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct inflight_key);
+    __type(value, struct inflight);
+} client_inflight SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 4 << 20);
@@ -90,6 +99,15 @@ static __always_inline void count_lost(void)
     __u64 *lost = bpf_map_lookup_elem(&lost_events, &zero);
     if (lost)
         *lost += 1;
+}
+
+/* Never wake user space per event: it drains on a timer, or early when this much waits. */
+static __always_inline void submit(struct http_request_event *e)
+{
+    __u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
+                     ? BPF_RB_FORCE_WAKEUP
+                     : BPF_RB_NO_WAKEUP;
+    bpf_ringbuf_submit(e, wake);
 }
 
 SEC("uprobe")
@@ -172,9 +190,82 @@ int server_handler_return(struct pt_regs *ctx)
         }
     }
 
-    __u64 wake = bpf_ringbuf_query(&events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
-                     ? BPF_RB_FORCE_WAKEUP
-                     : BPF_RB_NO_WAKEUP;
-    bpf_ringbuf_submit(e, wake);
+    submit(e);
+    return 0;
+}
+
+/* net/http.(*Transport).RoundTrip(req *Request) (*Response, error): the receiver in RAX, req
+ * in RBX; at a RET the results are in RAX (*Response) and RBX/RCX (error). Covers http.Get,
+ * Client.Do and a Transport used directly. */
+SEC("uprobe")
+int client_roundtrip_entry(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+        return 0;
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    struct inflight v = {
+        .start_ns = bpf_ktime_get_ns(),
+        .req = (__u64)ctx->rbx,
+    };
+    bpf_map_update_elem(&client_inflight, &key, &v, BPF_ANY);
+    return 0;
+}
+
+SEC("uprobe")
+int client_roundtrip_return(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    if (!off)
+        return 0;
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    struct inflight *found = bpf_map_lookup_elem(&client_inflight, &key);
+    if (!found)
+        return 0;
+    struct inflight v = *found;
+    bpf_map_delete_elem(&client_inflight, &key);
+
+    struct http_request_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
+    if (!e) {
+        count_lost();
+        return 0;
+    }
+    __builtin_memset(e, 0, sizeof(*e));
+    e->kind = SONDE_EVENT_HTTP_CLIENT;
+    e->pid = pid;
+    e->start_ns = v.start_ns;
+    e->end_ns = bpf_ktime_get_ns();
+    e->goroutine = key.goroutine;
+
+    __u64 req = v.req;
+    __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + off->request_method);
+    e->method_len = len < SONDE_METHOD_MAX ? len : SONDE_METHOD_MAX;
+    e->request_content_length = (__s64)read_u64(req + off->request_content_length);
+    __u64 url = read_u64(req + off->request_url);
+    if (url) {
+        len = read_go_string(e->path, SONDE_PATH_MAX, url + off->url_path);
+        if (len > SONDE_PATH_MAX) {
+            e->flags |= SONDE_FLAG_PATH_TRUNCATED;
+            len = SONDE_PATH_MAX;
+        }
+        e->path_len = len;
+        len = read_go_string(e->remote, SONDE_REMOTE_MAX, url + off->url_host);
+        e->remote_len = len < SONDE_REMOTE_MAX ? len : SONDE_REMOTE_MAX;
+        __u64 scheme[2] = {0, 0};
+        if (bpf_probe_read_user(scheme, sizeof(scheme), (void *)(url + off->url_scheme)) == 0 &&
+            scheme[1] == 5)
+            e->flags |= SONDE_FLAG_HTTPS;
+    }
+
+    __u64 resp = (__u64)ctx->rax;
+    if (resp) {
+        e->status = (__u32)read_u64(resp + off->client_status_code);
+        e->response_written = (__s64)read_u64(resp + off->client_content_length);
+    } else {
+        e->flags |= SONDE_FLAG_ERROR;
+        e->response_written = -1;
+    }
+    submit(e);
     return 0;
 }

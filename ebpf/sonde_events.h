@@ -9,11 +9,14 @@
 
 enum sonde_event_kind {
     SONDE_EVENT_HTTP_SERVER = 1,
+    SONDE_EVENT_HTTP_CLIENT = 2,
 };
 
 /* flags */
 #define SONDE_FLAG_PATH_TRUNCATED 0x1
 #define SONDE_FLAG_HTTP2 0x2
+#define SONDE_FLAG_ERROR 0x4 /* client: the call returned an error, no response */
+#define SONDE_FLAG_HTTPS 0x8 /* client: the URL's scheme is https */
 
 /* Struct field offsets of one Go binary, written by user space per selected PID.
  * The value of the pid filter map: a PID without an entry emits nothing. */
@@ -29,8 +32,14 @@ struct go_offsets {
     __u32 h2rw_rws;               /* net/http.http2responseWriter.rws */
     __u32 rws_status;             /* net/http.http2responseWriterState.status */
     __u32 rws_wrote_bytes;        /* net/http.http2responseWriterState.wroteBytes */
+    __u32 url_scheme;             /* net/url.URL.Scheme (string) */
+    __u32 url_host;               /* net/url.URL.Host (string) */
+    __u32 client_status_code;     /* net/http.Response.StatusCode (int) */
+    __u32 client_content_length;  /* net/http.Response.ContentLength (int64) */
 };
 
+/* One HTTP request, served (SERVER) or made (CLIENT). For a client call, `remote` is the
+ * URL's host[:port], `response_written` the response's Content-Length (-1 unknown). */
 struct http_request_event {
     __u8 kind;         /* enum sonde_event_kind */
     __u8 flags;        /* SONDE_FLAG_* */

@@ -37,6 +37,10 @@ for go in "${toolchains[@]}"; do
         h2rw_rws: $(field http.http2responseWriter.rws),
         rws_status: $(field http.http2responseWriterState.status),
         rws_wrote_bytes: $(field http.http2responseWriterState.wroteBytes),
+        url_scheme: $(field url.URL.Scheme),
+        url_host: $(field url.URL.Host),
+        client_status_code: $(field http.Response.StatusCode),
+        client_content_length: $(field http.Response.ContentLength),
     }),
 "
   echo "gen-offsets: Go $version done"

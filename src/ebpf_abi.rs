@@ -8,8 +8,11 @@ pub const PATH_MAX: usize = 128;
 pub const REMOTE_MAX: usize = 48;
 
 pub const EVENT_HTTP_SERVER: u8 = 1;
+pub const EVENT_HTTP_CLIENT: u8 = 2;
 pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
 pub const FLAG_HTTP2: u8 = 0x2;
+pub const FLAG_ERROR: u8 = 0x4;
+pub const FLAG_HTTPS: u8 = 0x8;
 
 /// `struct go_offsets`: the value of the PID filter map.
 #[repr(C)]
@@ -26,6 +29,10 @@ pub struct GoOffsetsAbi {
     pub h2rw_rws: u32,
     pub rws_status: u32,
     pub rws_wrote_bytes: u32,
+    pub url_scheme: u32,
+    pub url_host: u32,
+    pub client_status_code: u32,
+    pub client_content_length: u32,
 }
 
 // SAFETY: plain old data, every bit pattern is valid, no padding.
@@ -45,6 +52,10 @@ impl From<&GoOffsets> for GoOffsetsAbi {
             h2rw_rws: o.h2rw_rws,
             rws_status: o.rws_status,
             rws_wrote_bytes: o.rws_wrote_bytes,
+            url_scheme: o.url_scheme,
+            url_host: o.url_host,
+            client_status_code: o.client_status_code,
+            client_content_length: o.client_content_length,
         }
     }
 }
@@ -124,7 +135,11 @@ mod tests {
                 response_written,
                 h2rw_rws,
                 rws_status,
-                rws_wrote_bytes
+                rws_wrote_bytes,
+                url_scheme,
+                url_host,
+                client_status_code,
+                client_content_length
             ]
         );
         check!(

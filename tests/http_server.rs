@@ -88,6 +88,89 @@ fn send_mix(port: u16) -> usize {
     implicit
 }
 
+/// Outgoing calls from the server on `port`: two OPTIONS and one DELETE (7-byte body) to the
+/// server on `next`, one GET to a port where nothing listens.
+fn send_calls(port: u16, next: u16, closed: u16) {
+    let call = |method: &str, url: &str, size: usize| {
+        let path = format!("/call?method={method}&size={size}&url={url}");
+        http("GET", &format!("http://127.0.0.1:{port}{path}"), 0).0
+    };
+    let upstream = format!("http://127.0.0.1:{next}");
+    assert_eq!(
+        call("OPTIONS", &format!("{upstream}/status/201?size=4"), 0),
+        201
+    );
+    assert_eq!(
+        call("OPTIONS", &format!("{upstream}/status/201?size=4"), 0),
+        201
+    );
+    assert_eq!(call("DELETE", &format!("{upstream}/status/202"), 7), 202);
+    assert_eq!(call("GET", &format!("http://127.0.0.1:{closed}/"), 0), 502);
+}
+
+fn assert_calls(text: &str, service: &str, next: u16, closed: u16) {
+    let next = next.to_string();
+    let client = |method: &str, status: &str, port: &str, name: &str| {
+        metric_value(
+            text,
+            name,
+            &[
+                ("service_name", service),
+                ("http_request_method", method),
+                ("http_response_status_code", status),
+                ("server_address", "127.0.0.1"),
+                ("server_port", port),
+            ],
+        )
+    };
+    let count = "http_client_request_duration_seconds_count";
+    assert_eq!(
+        client("OPTIONS", "201", &next, count),
+        Some(2.0),
+        "{service}: client calls\n{text}"
+    );
+    assert_eq!(
+        client(
+            "OPTIONS",
+            "201",
+            &next,
+            "http_client_response_body_size_bytes_sum"
+        ),
+        Some(8.0),
+        "{service}"
+    );
+    assert_eq!(
+        client("DELETE", "202", &next, count),
+        Some(1.0),
+        "{service}"
+    );
+    assert_eq!(
+        client(
+            "DELETE",
+            "202",
+            &next,
+            "http_client_request_body_size_bytes_sum"
+        ),
+        Some(7.0),
+        "{service}"
+    );
+    let refused = metric_value(
+        text,
+        count,
+        &[
+            ("service_name", service),
+            ("server_port", &closed.to_string()),
+            ("http_response_status_code", ""),
+            ("error_type", "_OTHER"),
+        ],
+    );
+    assert_eq!(
+        refused,
+        Some(1.0),
+        "{service}: a refused call is counted with its error"
+    );
+}
+
 fn assert_mix(text: &str, service: &str, implicit_body: usize) {
     for (method, status, count, req_bytes, resp_bytes) in expected(implicit_body) {
         let labels = [
@@ -162,6 +245,7 @@ fn go_matrix_exact_metrics() {
         ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
     ]);
     let n = targets.len() as f64;
+    let t0 = std::time::Instant::now();
     assert!(
         wait_for_metric(
             prom,
@@ -173,15 +257,26 @@ fn go_matrix_exact_metrics() {
         "sonde did not instrument all {n} servers:\n{}",
         sonde.log()
     );
+    eprintln!("instrumented all in {:?}", t0.elapsed());
     let mut implicit = Vec::new();
     for (_, port, _) in &servers {
         implicit.push(send_mix(*port));
     }
+    eprintln!("mix sent at {:?}", t0.elapsed());
+    // Each server calls the next one (and a closed port) through Go's HTTP client.
+    let closed = free_port();
+    for (i, (_, port, _)) in servers.iter().enumerate() {
+        let next = servers[(i + 1) % servers.len()].1;
+        send_calls(*port, next, closed);
+    }
+    eprintln!("calls sent at {:?}", t0.elapsed());
     std::thread::sleep(Duration::from_millis(300));
     let text = scrape(prom);
-    for ((t, _, _), implicit_body) in servers.iter().zip(implicit) {
-        let service = t.path.file_name().unwrap().to_string_lossy().to_string();
+    for (i, ((t, _, _), implicit_body)) in servers.iter().zip(implicit).enumerate() {
+        let service = t.name();
         assert_mix(&text, &service, implicit_body);
+        let next = servers[(i + 1) % servers.len()].1;
+        assert_calls(&text, &service, next, closed);
     }
     assert_eq!(
         metric_value(&text, "sonde_events_lost_total", &[]),

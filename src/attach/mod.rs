@@ -13,14 +13,25 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use thiserror::Error;
 
+mod reaper;
+
 use crate::ebpf_abi::GoOffsetsAbi;
 use crate::inspect::{ProbePlan, ProbeRole};
+use reaper::Reaper;
 
 /// The compiled C programs, embedded at build time.
 static SONDE_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/sonde.bpf.o"));
 
 const ENTRY_PROGRAM: &str = "server_handler_entry";
 const RETURN_PROGRAM: &str = "server_handler_return";
+const CLIENT_ENTRY_PROGRAM: &str = "client_roundtrip_entry";
+const CLIENT_RETURN_PROGRAM: &str = "client_roundtrip_return";
+const PROGRAMS: [&str; 4] = [
+    ENTRY_PROGRAM,
+    RETURN_PROGRAM,
+    CLIENT_ENTRY_PROGRAM,
+    CLIENT_RETURN_PROGRAM,
+];
 
 #[derive(Debug, Error)]
 pub enum AttachError {
@@ -47,15 +58,19 @@ pub enum AttachError {
     },
     #[error("pid 0 cannot be instrumented")]
     InvalidPid,
+    #[error("cannot start the detach thread: {0}")]
+    Thread(std::io::Error),
 }
 
-/// Links of one instrumented process, so they can be detached when it goes away.
+/// Links of one instrumented process, by program, so they can be detached when it goes away.
 struct ProcessLinks {
-    entry: Vec<UProbeLinkId>,
-    ret: Vec<UProbeLinkId>,
+    links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 pub struct Attacher {
+    // Declared first so it is dropped first: it closes the links in parallel while the
+    // programs they point at are still loaded.
+    reaper: Reaper,
     ebpf: Ebpf,
     processes: HashMap<u32, ProcessLinks>,
 }
@@ -72,12 +87,13 @@ impl Attacher {
     pub fn load() -> Result<Self, AttachError> {
         crate::kernel::raise_memlock();
         let mut ebpf = Ebpf::load(SONDE_BPF)?;
-        for name in [ENTRY_PROGRAM, RETURN_PROGRAM] {
+        for name in PROGRAMS {
             uprobe(&mut ebpf, name)?
                 .load()
                 .map_err(|source| AttachError::Program { name, source })?;
         }
         Ok(Attacher {
+            reaper: Reaper::new().map_err(AttachError::Thread)?,
             ebpf,
             processes: HashMap::new(),
         })
@@ -120,14 +136,12 @@ impl Attacher {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::InvalidPid)?);
         // The kernel resolves the magic link to the binary's inode, across mount namespaces.
         let target = format!("/proc/{pid}/exe");
-        let mut links = ProcessLinks {
-            entry: Vec::new(),
-            ret: Vec::new(),
-        };
+        let mut links = ProcessLinks { links: Vec::new() };
         let result = (|| {
             for probe in &plan.probes {
                 let (entry_prog, ret_prog) = match probe.role {
                     ProbeRole::HttpServerHandler => (ENTRY_PROGRAM, RETURN_PROGRAM),
+                    ProbeRole::HttpClientRoundTrip => (CLIENT_ENTRY_PROGRAM, CLIENT_RETURN_PROGRAM),
                 };
                 let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
                     uprobe(ebpf, prog)?
@@ -141,11 +155,11 @@ impl Attacher {
                 };
                 // RETs first: an entry without a return would leave in-flight state behind.
                 for &off in &probe.ret_offsets {
-                    links.ret.push(attach(&mut self.ebpf, ret_prog, off)?);
+                    let id = attach(&mut self.ebpf, ret_prog, off)?;
+                    links.links.push((ret_prog, id));
                 }
-                links
-                    .entry
-                    .push(attach(&mut self.ebpf, entry_prog, probe.entry_offset)?);
+                let id = attach(&mut self.ebpf, entry_prog, probe.entry_offset)?;
+                links.links.push((entry_prog, id));
             }
             Ok(())
         })();
@@ -153,7 +167,7 @@ impl Attacher {
             self.detach_links(links);
             return Err(e);
         }
-        let count = links.entry.len() + links.ret.len();
+        let count = links.links.len();
         let offsets = GoOffsetsAbi::from(&plan.offsets);
         if let Err(source) = self.pid_filter().and_then(|mut m| {
             m.insert(pid, offsets, 0)
@@ -184,17 +198,18 @@ impl Attacher {
         self.processes.keys().copied().collect()
     }
 
+    /// Hands the links to the reaper, which closes them in parallel (see reaper.rs).
     fn detach_links(&mut self, links: ProcessLinks) {
-        for (prog, ids) in [(ENTRY_PROGRAM, links.entry), (RETURN_PROGRAM, links.ret)] {
+        let mut owned = Vec::with_capacity(links.links.len());
+        for (prog, id) in links.links {
             if let Ok(p) = uprobe(&mut self.ebpf, prog) {
-                for id in ids {
-                    // The process may be gone, in which case the kernel already dropped it.
-                    if let Err(e) = p.detach(id) {
-                        tracing::debug!("detaching a {prog} link: {e}");
-                    }
+                match p.take_link(id) {
+                    Ok(link) => owned.push(link),
+                    Err(e) => tracing::debug!("detaching a {prog} link: {e}"),
                 }
             }
         }
+        self.reaper.reap(owned);
     }
 
     fn pid_filter(&mut self) -> Result<BpfHashMap<&mut MapData, u32, GoOffsetsAbi>, AttachError> {

@@ -27,10 +27,54 @@ pub fn parse_peer(remote: &str) -> Option<IpAddr> {
         .ok()
 }
 
+/// `host:port`, `[v6]:port` or a bare host (port from the scheme).
+pub fn split_host(host: &str, https: bool) -> (String, u16) {
+    let default = if https { 443 } else { 80 };
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((ip, port)) = rest.split_once(']') {
+            let port = port.strip_prefix(':').and_then(|p| p.parse().ok());
+            return (ip.to_string(), port.unwrap_or(default));
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().unwrap_or(default)),
+        _ => (host.to_string(), default),
+    }
+}
+
 pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
     let e = HttpRequestEvent::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
-    if e.kind != ebpf_abi::EVENT_HTTP_SERVER {
-        return Err(DecodeError::UnknownKind(e.kind));
+    let kind = match e.kind {
+        ebpf_abi::EVENT_HTTP_SERVER => RequestKind::HttpServer,
+        ebpf_abi::EVENT_HTTP_CLIENT => RequestKind::HttpClient,
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    let remote = text(&e.remote, e.remote_len as usize);
+    let error = e.flags & ebpf_abi::FLAG_ERROR != 0;
+    if kind == RequestKind::HttpClient {
+        let (server_address, server_port) =
+            split_host(&remote, e.flags & ebpf_abi::FLAG_HTTPS != 0);
+        return Ok(Request {
+            kind,
+            pid: e.pid,
+            start_ns: e.start_ns,
+            end_ns: e.end_ns.max(e.start_ns),
+            method: text(&e.method, e.method_len as usize),
+            path: text(&e.path, e.path_len as usize),
+            path_truncated: e.flags & ebpf_abi::FLAG_PATH_TRUNCATED != 0,
+            status: if error {
+                0
+            } else {
+                u16::try_from(e.status).unwrap_or(0)
+            },
+            request_body_bytes: e.request_content_length.max(0) as u64,
+            response_body_bytes: e.response_written.max(0) as u64,
+            peer: None,
+            http2: false,
+            server_address,
+            server_port,
+            error,
+        });
     }
     let status = match e.status {
         // The handler wrote nothing and never called WriteHeader: net/http answers 200.
@@ -38,7 +82,7 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
         s => u16::try_from(s).unwrap_or(0),
     };
     Ok(Request {
-        kind: RequestKind::HttpServer,
+        kind,
         pid: e.pid,
         start_ns: e.start_ns,
         end_ns: e.end_ns.max(e.start_ns),
@@ -49,8 +93,11 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
         // -1 means unknown length (chunked): no body size can be claimed.
         request_body_bytes: e.request_content_length.max(0) as u64,
         response_body_bytes: e.response_written.max(0) as u64,
-        peer: parse_peer(&text(&e.remote, e.remote_len as usize)),
+        peer: parse_peer(&remote),
         http2: e.flags & ebpf_abi::FLAG_HTTP2 != 0,
+        server_address: String::new(),
+        server_port: 0,
+        error: false,
     })
 }
 
@@ -107,6 +154,29 @@ mod tests {
         let r = decode(&event("GET", "/", "[::1]:80", 0)).unwrap();
         assert_eq!(r.status, 200);
         assert_eq!(r.peer, Some("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn client_calls_name_their_server() {
+        assert_eq!(
+            split_host("127.0.0.1:8080", false),
+            ("127.0.0.1".into(), 8080)
+        );
+        assert_eq!(split_host("[::1]:9000", false), ("::1".into(), 9000));
+        assert_eq!(split_host("example.com", true), ("example.com".into(), 443));
+        assert_eq!(split_host("example.com", false), ("example.com".into(), 80));
+        let mut b = event("GET", "/x", "api.local:81", 204);
+        b[0] = ebpf_abi::EVENT_HTTP_CLIENT;
+        let r = decode(&b).unwrap();
+        assert_eq!(r.kind, RequestKind::HttpClient);
+        assert_eq!(
+            (r.server_address.as_str(), r.server_port, r.status),
+            ("api.local", 81, 204)
+        );
+        b[1] = ebpf_abi::FLAG_ERROR;
+        let r = decode(&b).unwrap();
+        assert!(r.error);
+        assert_eq!(r.status, 0);
     }
 
     #[test]

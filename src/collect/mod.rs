@@ -20,11 +20,18 @@ pub struct Request {
     /// The client's address for server requests.
     pub peer: Option<IpAddr>,
     pub http2: bool,
+    /// Client calls: the server as the URL named it, and the port (from the scheme when the
+    /// URL has none). Empty for server requests.
+    pub server_address: String,
+    pub server_port: u16,
+    /// Client calls: the call failed (refused, timed out…) and there is no response.
+    pub error: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RequestKind {
     HttpServer,
+    HttpClient,
 }
 
 impl Request {

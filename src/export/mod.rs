@@ -39,54 +39,83 @@ struct Names {
     status: &'static str,
     url_path: &'static str,
     peer: &'static str,
+    server_address: &'static str,
+    server_port: &'static str,
     namespace: bool,
 }
 
-fn names(naming: MetricsNaming) -> Names {
-    match naming {
-        MetricsNaming::Semconv => Names {
-            duration: "http_server_request_duration_seconds",
-            duration_help: "Duration of HTTP server requests.",
-            request_size: "http_server_request_body_size_bytes",
-            request_size_help: "Size of HTTP server request bodies.",
-            response_size: Some((
+fn names(naming: MetricsNaming, client: bool) -> Names {
+    let v0 = naming == MetricsNaming::BeylaV0;
+    let (server_address, server_port) = if v0 {
+        ("net_peer_name", "net_peer_port")
+    } else {
+        ("server_address", "server_port")
+    };
+    let method = if v0 {
+        "http_method"
+    } else {
+        "http_request_method"
+    };
+    let status = if v0 {
+        "http_status_code"
+    } else {
+        "http_response_status_code"
+    };
+    let url_path = if v0 { "http_target" } else { "url_path" };
+    let peer = if v0 {
+        "net_sock_peer_addr"
+    } else {
+        "client_address"
+    };
+    let common = |duration, duration_help, request_size, request_size_help, response_size| Names {
+        duration,
+        duration_help,
+        request_size,
+        request_size_help,
+        response_size,
+        method,
+        status,
+        url_path,
+        peer,
+        server_address,
+        server_port,
+        namespace: !v0,
+    };
+    match (naming, client) {
+        (MetricsNaming::Semconv, false) => common(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests.",
+            "http_server_request_body_size_bytes",
+            "Size of HTTP server request bodies.",
+            Some((
                 "http_server_response_body_size_bytes",
                 "Size of HTTP server response bodies.",
             )),
-            method: "http_request_method",
-            status: "http_response_status_code",
-            url_path: "url_path",
-            peer: "client_address",
-            namespace: true,
-        },
-        MetricsNaming::BeylaV1 | MetricsNaming::BeylaV0 => {
-            let v0 = naming == MetricsNaming::BeylaV0;
-            Names {
-                duration: "http_server_duration_seconds",
-                duration_help: "duration of HTTP service calls from the server side, in seconds",
-                request_size: "http_server_request_size_bytes",
-                request_size_help:
-                    "size, in bytes, of the HTTP request body as received at the server side",
-                response_size: None,
-                method: if v0 {
-                    "http_method"
-                } else {
-                    "http_request_method"
-                },
-                status: if v0 {
-                    "http_status_code"
-                } else {
-                    "http_response_status_code"
-                },
-                url_path: if v0 { "http_target" } else { "url_path" },
-                peer: if v0 {
-                    "net_sock_peer_addr"
-                } else {
-                    "client_address"
-                },
-                namespace: !v0,
-            }
-        }
+        ),
+        (MetricsNaming::Semconv, true) => common(
+            "http_client_request_duration_seconds",
+            "Duration of HTTP client requests.",
+            "http_client_request_body_size_bytes",
+            "Size of HTTP client request bodies.",
+            Some((
+                "http_client_response_body_size_bytes",
+                "Size of HTTP client response bodies.",
+            )),
+        ),
+        (_, false) => common(
+            "http_server_duration_seconds",
+            "duration of HTTP service calls from the server side, in seconds",
+            "http_server_request_size_bytes",
+            "size, in bytes, of the HTTP request body as received at the server side",
+            None,
+        ),
+        (_, true) => common(
+            "http_client_duration_seconds",
+            "duration of HTTP service calls from the client side, in seconds",
+            "http_client_request_size_bytes",
+            "size, in bytes, of the HTTP request body as sent from the client side",
+            None,
+        ),
     }
 }
 
@@ -267,17 +296,57 @@ impl Health {
     }
 }
 
+/// The histograms of one side (server or client) under one naming.
 struct Families {
     duration: Family,
     request_size: Family,
     response_size: Option<Family>,
 }
 
+impl Families {
+    fn new(names: &Names) -> Self {
+        Families {
+            duration: Family::new(names.duration, names.duration_help, DURATION_BUCKETS),
+            request_size: Family::new(names.request_size, names.request_size_help, SIZE_BUCKETS),
+            response_size: names
+                .response_size
+                .map(|(n, h)| Family::new(n, h, SIZE_BUCKETS)),
+        }
+    }
+
+    fn observe(&mut self, labels: &Labels, r: &crate::collect::Request) {
+        self.duration.observe(labels, r.duration_seconds());
+        self.request_size
+            .observe(labels, r.request_body_bytes as f64);
+        if let Some(resp) = self.response_size.as_mut() {
+            resp.observe(labels, r.response_body_bytes as f64);
+        }
+    }
+
+    fn render(&self, out: &mut String) {
+        self.duration.render(out);
+        self.request_size.render(out);
+        if let Some(resp) = &self.response_size {
+            resp.render(out);
+        }
+    }
+
+    fn retain(&mut self, keep: impl Fn(&Labels) -> bool) {
+        self.duration.series.retain(|l, _| keep(l));
+        self.request_size.series.retain(|l, _| keep(l));
+        if let Some(r) = self.response_size.as_mut() {
+            r.series.retain(|l, _| keep(l));
+        }
+    }
+}
+
 pub struct Exporter {
-    names: Names,
+    server_names: Names,
+    client_names: Names,
     report_target: bool,
     report_peer: bool,
-    families: Mutex<Families>,
+    /// Server families, then client families.
+    families: Mutex<(Families, Families)>,
     health: Health,
     /// Containers that stopped, with when their series expire.
     retiring: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -293,16 +362,12 @@ impl Exporter {
     }
 
     pub fn with(naming: MetricsNaming, report_target: bool, report_peer: bool) -> Self {
-        let names = names(naming);
-        let families = Families {
-            duration: Family::new(names.duration, names.duration_help, DURATION_BUCKETS),
-            request_size: Family::new(names.request_size, names.request_size_help, SIZE_BUCKETS),
-            response_size: names
-                .response_size
-                .map(|(n, h)| Family::new(n, h, SIZE_BUCKETS)),
-        };
+        let server_names = names(naming, false);
+        let client_names = names(naming, true);
+        let families = (Families::new(&server_names), Families::new(&client_names));
         Exporter {
-            names,
+            server_names,
+            client_names,
             report_target,
             report_peer,
             families: Mutex::new(families),
@@ -316,13 +381,31 @@ impl Exporter {
     }
 
     fn labels(&self, r: &EnrichedRequest) -> Labels {
-        let n = &self.names;
+        let client = r.request.kind == crate::collect::RequestKind::HttpClient;
+        let n = if client {
+            &self.client_names
+        } else {
+            &self.server_names
+        };
+        let status = if r.request.error {
+            String::new()
+        } else {
+            r.request.status.to_string()
+        };
         let mut l: Labels = vec![
             (n.method, r.request.method.clone()),
-            (n.status, r.request.status.to_string()),
-            ("http_route", r.route.clone()),
+            (n.status, status),
             ("service_name", r.identity.service_name.clone()),
         ];
+        if client {
+            l.push((n.server_address, r.request.server_address.clone()));
+            l.push((n.server_port, r.request.server_port.to_string()));
+            // semconv's fallback value: the kernel side sees that a call failed, not why.
+            let error = if r.request.error { "_OTHER" } else { "" };
+            l.push(("error_type", error.to_string()));
+        } else {
+            l.push(("http_route", r.route.clone()));
+        }
         if n.namespace {
             l.push(("service_namespace", r.identity.service_namespace.clone()));
         }
@@ -333,7 +416,7 @@ impl Exporter {
         if self.report_target {
             l.push((n.url_path, r.request.path.clone()));
         }
-        if self.report_peer {
+        if self.report_peer && !client {
             let peer = r.request.peer.map(|p| p.to_string()).unwrap_or_default();
             l.push((n.peer, peer));
         }
@@ -345,11 +428,9 @@ impl Exporter {
         let labels = self.labels(r);
         self.health.events.fetch_add(1, Ordering::Relaxed);
         let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        f.duration.observe(&labels, r.request.duration_seconds());
-        f.request_size
-            .observe(&labels, r.request.request_body_bytes as f64);
-        if let Some(resp) = f.response_size.as_mut() {
-            resp.observe(&labels, r.request.response_body_bytes as f64);
+        match r.request.kind {
+            crate::collect::RequestKind::HttpServer => f.0.observe(&labels, &r.request),
+            crate::collect::RequestKind::HttpClient => f.1.observe(&labels, &r.request),
         }
     }
 
@@ -391,11 +472,8 @@ impl Exporter {
                 .any(|(k, v)| *k == "container_name" && expired.contains(v))
         };
         let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-        f.duration.series.retain(|l, _| keep(l));
-        f.request_size.series.retain(|l, _| keep(l));
-        if let Some(r) = f.response_size.as_mut() {
-            r.series.retain(|l, _| keep(l));
-        }
+        f.0.retain(keep);
+        f.1.retain(keep);
         tracing::info!("expired the series of stopped containers {expired:?}");
     }
 
@@ -403,11 +481,8 @@ impl Exporter {
         let mut out = String::new();
         {
             let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-            f.duration.render(&mut out);
-            f.request_size.render(&mut out);
-            if let Some(resp) = &f.response_size {
-                resp.render(&mut out);
-            }
+            f.0.render(&mut out);
+            f.1.render(&mut out);
         }
         self.health.render(&mut out);
         out
@@ -492,6 +567,9 @@ mod tests {
                 response_body_bytes: 5000,
                 peer: Some("10.1.2.3".parse().unwrap()),
                 http2: false,
+                server_address: String::new(),
+                server_port: 0,
+                error: false,
             },
             identity: Arc::new(Identity {
                 service_name: "svc \"q\"".into(),

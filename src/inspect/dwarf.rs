@@ -28,7 +28,8 @@ const WANTED: &[(&str, &[&str])] = &[
         "net/http.Request",
         &["Method", "URL", "ContentLength", "RemoteAddr"],
     ),
-    ("net/url.URL", &["Path"]),
+    ("net/url.URL", &["Path", "Scheme", "Host"]),
+    ("net/http.Response", &["StatusCode", "ContentLength"]),
     ("net/http.response", &["req", "status", "written"]),
     ("net/http.http2responseWriter", &["rws"]),
     (
@@ -165,5 +166,9 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
         h2rw_rws: get("net/http.http2responseWriter", "rws")?,
         rws_status: get("net/http.http2responseWriterState", "status")?,
         rws_wrote_bytes: get("net/http.http2responseWriterState", "wroteBytes")?,
+        url_scheme: get("net/url.URL", "Scheme")?,
+        url_host: get("net/url.URL", "Host")?,
+        client_status_code: get("net/http.Response", "StatusCode")?,
+        client_content_length: get("net/http.Response", "ContentLength")?,
     }))
 }

@@ -57,6 +57,8 @@ pub enum OffsetsSource {
 pub enum ProbeRole {
     /// `net/http.serverHandler.ServeHTTP`: one server request, entry and every RET.
     HttpServerHandler,
+    /// `net/http.(*Transport).RoundTrip`: one outgoing call, entry and every RET.
+    HttpClientRoundTrip,
 }
 
 /// One function to probe: its entry and every RET instruction, as file offsets (what
@@ -84,6 +86,10 @@ pub struct GoOffsets {
     pub h2rw_rws: u32,
     pub rws_status: u32,
     pub rws_wrote_bytes: u32,
+    pub url_scheme: u32,
+    pub url_host: u32,
+    pub client_status_code: u32,
+    pub client_content_length: u32,
 }
 
 /// Everything needed to instrument one executable.
@@ -211,6 +217,9 @@ const MAX_FUNCTION_SIZE: u64 = 16 << 20;
 
 /// The function every plan probes: one call per server request.
 pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
+/// The exported wrapper, not `roundTrip` itself: the same call with one RET instead of ~16,
+/// and every uprobe costs a kernel grace period (~130 ms here) to detach.
+pub const ROUND_TRIP: &str = "net/http.(*Transport).RoundTrip";
 
 /// A parsed Go executable: owns the bytes, answers function and RET lookups.
 #[derive(Debug)]
@@ -389,8 +398,15 @@ impl GoBinary {
     }
 
     /// The probe plan for this binary.
+    /// Server and client probes are each taken when the function is linked in; a binary
+    /// with neither cannot be instrumented.
     pub fn plan(&self) -> Result<ProbePlan, InspectError> {
-        let probe = self.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP)?;
+        let server = self.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP);
+        let client = self.function_probe(ProbeRole::HttpClientRoundTrip, ROUND_TRIP);
+        let probes: Vec<FunctionProbe> = match (server, client) {
+            (Err(e), Err(_)) => return Err(e),
+            (server, client) => server.into_iter().chain(client).collect(),
+        };
         let (offsets_source, offsets) = self.offsets()?;
         Ok(ProbePlan {
             path: self.path.clone(),
@@ -398,7 +414,7 @@ impl GoBinary {
             symbols: self.symbol_source(),
             offsets_source,
             offsets,
-            probes: vec![probe],
+            probes,
         })
     }
 }
@@ -447,6 +463,10 @@ pub fn render(plan: &ProbePlan) -> String {
             "http.http2responseWriterState.wroteBytes",
             o.rws_wrote_bytes,
         ),
+        ("url.URL.Scheme", o.url_scheme),
+        ("url.URL.Host", o.url_host),
+        ("http.Response.StatusCode", o.client_status_code),
+        ("http.Response.ContentLength", o.client_content_length),
     ] {
         let _ = writeln!(s, "  {name:<42} {v}");
     }

@@ -5,6 +5,8 @@
 //	/echo                  200, as many bytes as the request body had
 //	/implicit              a body written without WriteHeader (net/http sends 200)
 //	/slow?ms=N             sleeps N ms, then 200 with no body
+//	/call?url=U&method=M   makes that HTTP call (Go's default client; a body of size=N when
+//	                       given) and answers with its status, or 502 when the call failed
 //
 // Builds with Go 1.19 to 1.27 and the standard library only.
 package main
@@ -46,6 +48,28 @@ func handle(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte(strings.Repeat("e", int(n))))
 	case r.URL.Path == "/implicit":
 		w.Write([]byte("implicit 200"))
+	case r.URL.Path == "/call":
+		method := r.URL.Query().Get("method")
+		if method == "" {
+			method = "GET"
+		}
+		var body io.Reader
+		if size > 0 {
+			body = strings.NewReader(strings.Repeat("c", size))
+		}
+		req, err := http.NewRequest(method, r.URL.Query().Get("url"), body)
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			w.WriteHeader(http.StatusBadGateway)
+			return
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		w.WriteHeader(resp.StatusCode)
 	case r.URL.Path == "/slow":
 		ms, _ := strconv.Atoi(r.URL.Query().Get("ms"))
 		time.Sleep(time.Duration(ms) * time.Millisecond)
