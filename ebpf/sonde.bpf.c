@@ -110,68 +110,85 @@ static __always_inline void submit(struct http_request_event *e)
     bpf_ringbuf_submit(e, wake);
 }
 
-SEC("uprobe")
-int server_handler_entry(struct pt_regs *ctx)
+/* Remembers a call's start and arguments by goroutine, for a selected process only. */
+static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, __u64 req,
+                                     __u64 rw_data)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     if (!bpf_map_lookup_elem(&pid_offsets, &pid))
-        return 0;
-
+        return;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    /* serverHandler.ServeHTTP(rw ResponseWriter, req *Request): receiver in RAX, the
-     * interface in RBX (itab) and RCX (data), req in RDI. */
-    struct inflight v = {
-        .start_ns = bpf_ktime_get_ns(),
-        .req = (__u64)ctx->rdi,
-        .rw_data = (__u64)ctx->rcx,
-    };
-    bpf_map_update_elem(&server_inflight, &key, &v, BPF_ANY);
-    return 0;
+    struct inflight v = {.start_ns = bpf_ktime_get_ns(), .req = req, .rw_data = rw_data};
+    bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
 }
 
-SEC("uprobe")
-int server_handler_return(struct pt_regs *ctx)
+/* At a RET: takes this goroutine's call out of `inflight_map` and starts its event with
+ * what both sides share (timing, method, path, Content-Length). NULL: nothing to report. */
+static __always_inline struct http_request_event *
+start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight *v,
+            struct go_offsets **off, __u64 *url)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
-    if (!off)
-        return 0;
-
+    *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    if (!*off)
+        return NULL;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    struct inflight *found = bpf_map_lookup_elem(&server_inflight, &key);
+    struct inflight *found = bpf_map_lookup_elem(inflight_map, &key);
     if (!found)
-        return 0;
-    struct inflight v = *found;
-    bpf_map_delete_elem(&server_inflight, &key);
+        return NULL;
+    *v = *found;
+    bpf_map_delete_elem(inflight_map, &key);
 
     struct http_request_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
         count_lost();
-        return 0;
+        return NULL;
     }
     __builtin_memset(e, 0, sizeof(*e));
-    e->kind = SONDE_EVENT_HTTP_SERVER;
+    e->kind = kind;
     e->pid = pid;
-    e->start_ns = v.start_ns;
+    e->start_ns = v->start_ns;
     e->end_ns = bpf_ktime_get_ns();
     e->goroutine = key.goroutine;
 
-    __u64 req = v.req;
-    __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + off->request_method);
+    __u64 req = v->req;
+    __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + (*off)->request_method);
     e->method_len = len < SONDE_METHOD_MAX ? len : SONDE_METHOD_MAX;
-
-    __u64 url = read_u64(req + off->request_url);
-    if (url) {
-        len = read_go_string(e->path, SONDE_PATH_MAX, url + off->url_path);
+    e->request_content_length = (__s64)read_u64(req + (*off)->request_content_length);
+    *url = read_u64(req + (*off)->request_url);
+    if (*url) {
+        len = read_go_string(e->path, SONDE_PATH_MAX, *url + (*off)->url_path);
         if (len > SONDE_PATH_MAX) {
             e->flags |= SONDE_FLAG_PATH_TRUNCATED;
             len = SONDE_PATH_MAX;
         }
         e->path_len = len;
     }
-    len = read_go_string(e->remote, SONDE_REMOTE_MAX, req + off->request_remote_addr);
+    return e;
+}
+
+/* serverHandler.ServeHTTP(rw ResponseWriter, req *Request): receiver in RAX, the interface in
+ * RBX (itab) and RCX (data), req in RDI. */
+SEC("uprobe")
+int server_handler_entry(struct pt_regs *ctx)
+{
+    remember(ctx, &server_inflight, ctx->rdi, ctx->rcx);
+    return 0;
+}
+
+SEC("uprobe")
+int server_handler_return(struct pt_regs *ctx)
+{
+    struct inflight v;
+    struct go_offsets *off;
+    __u64 url;
+    struct http_request_event *e =
+        start_event(ctx, &server_inflight, SONDE_EVENT_HTTP_SERVER, &v, &off, &url);
+    if (!e)
+        return 0;
+    __u64 req = v.req;
+    __u64 len = read_go_string(e->remote, SONDE_REMOTE_MAX, req + off->request_remote_addr);
     e->remote_len = len < SONDE_REMOTE_MAX ? len : SONDE_REMOTE_MAX;
-    e->request_content_length = (__s64)read_u64(req + off->request_content_length);
 
     /* Which ResponseWriter is it? Only two kinds reach serverHandler.ServeHTTP: HTTP/1's
      * *response, which points back at the request, and HTTP/2's writer, whose first word is
@@ -189,7 +206,6 @@ int server_handler_return(struct pt_regs *ctx)
             e->response_written = (__s64)read_u64(rws + off->rws_wrote_bytes);
         }
     }
-
     submit(e);
     return 0;
 }
@@ -200,64 +216,28 @@ int server_handler_return(struct pt_regs *ctx)
 SEC("uprobe")
 int client_roundtrip_entry(struct pt_regs *ctx)
 {
-    __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
-        return 0;
-    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    struct inflight v = {
-        .start_ns = bpf_ktime_get_ns(),
-        .req = (__u64)ctx->rbx,
-    };
-    bpf_map_update_elem(&client_inflight, &key, &v, BPF_ANY);
+    remember(ctx, &client_inflight, ctx->rbx, 0);
     return 0;
 }
 
 SEC("uprobe")
 int client_roundtrip_return(struct pt_regs *ctx)
 {
-    __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
-    if (!off)
+    struct inflight v;
+    struct go_offsets *off;
+    __u64 url;
+    struct http_request_event *e =
+        start_event(ctx, &client_inflight, SONDE_EVENT_HTTP_CLIENT, &v, &off, &url);
+    if (!e)
         return 0;
-    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    struct inflight *found = bpf_map_lookup_elem(&client_inflight, &key);
-    if (!found)
-        return 0;
-    struct inflight v = *found;
-    bpf_map_delete_elem(&client_inflight, &key);
-
-    struct http_request_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
-    if (!e) {
-        count_lost();
-        return 0;
-    }
-    __builtin_memset(e, 0, sizeof(*e));
-    e->kind = SONDE_EVENT_HTTP_CLIENT;
-    e->pid = pid;
-    e->start_ns = v.start_ns;
-    e->end_ns = bpf_ktime_get_ns();
-    e->goroutine = key.goroutine;
-
-    __u64 req = v.req;
-    __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + off->request_method);
-    e->method_len = len < SONDE_METHOD_MAX ? len : SONDE_METHOD_MAX;
-    e->request_content_length = (__s64)read_u64(req + off->request_content_length);
-    __u64 url = read_u64(req + off->request_url);
     if (url) {
-        len = read_go_string(e->path, SONDE_PATH_MAX, url + off->url_path);
-        if (len > SONDE_PATH_MAX) {
-            e->flags |= SONDE_FLAG_PATH_TRUNCATED;
-            len = SONDE_PATH_MAX;
-        }
-        e->path_len = len;
-        len = read_go_string(e->remote, SONDE_REMOTE_MAX, url + off->url_host);
+        __u64 len = read_go_string(e->remote, SONDE_REMOTE_MAX, url + off->url_host);
         e->remote_len = len < SONDE_REMOTE_MAX ? len : SONDE_REMOTE_MAX;
         __u64 scheme[2] = {0, 0};
         if (bpf_probe_read_user(scheme, sizeof(scheme), (void *)(url + off->url_scheme)) == 0 &&
             scheme[1] == 5)
             e->flags |= SONDE_FLAG_HTTPS;
     }
-
     __u64 resp = (__u64)ctx->rax;
     if (resp) {
         e->status = (__u32)read_u64(resp + off->client_status_code);

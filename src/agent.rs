@@ -328,6 +328,9 @@ fn discovery_loop(
         exporter
             .health()
             .set_instrumented_processes(attacher.attached_count() as u64);
+        exporter
+            .health()
+            .set_uprobe_links(attacher.link_count() as u64);
         // Sleep until the next scan, or until Docker reports a change.
         match woken.recv_timeout(SCAN_INTERVAL.saturating_sub(started.elapsed())) {
             Ok(()) => while woken.try_recv().is_ok() {},

@@ -457,6 +457,16 @@ fn scaled_replicas_with_container_details() {
     }
 }
 
+fn links_closed(prom: u16) -> bool {
+    wait_for_metric(
+        prom,
+        "sonde_uprobe_links",
+        &[],
+        0.0,
+        Duration::from_secs(30),
+    )
+}
+
 fn sonde_resources(pid: u32) -> (usize, u64) {
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .unwrap()
@@ -525,11 +535,14 @@ fn two_hundred_container_cycles_leak_nothing() {
             "round {round}: probes not detached\n{}",
             sonde.log()
         );
-        // After a warm-up round, everything sonde holds should be back to this.
+        // After a warm-up round, everything sonde holds should be back to this once the
+        // detached links are closed (that takes a kernel grace period each, off-thread).
         if round == 1 {
+            assert!(links_closed(prom), "{}", sonde.log());
             baseline = Some(sonde_resources(sonde.pid()));
         }
     }
+    assert!(links_closed(prom), "{}", sonde.log());
     let (fds0, rss0) = baseline.unwrap();
     let (fds, rss) = sonde_resources(sonde.pid());
     eprintln!(

@@ -194,6 +194,15 @@ impl Attacher {
         }
     }
 
+    /// Uprobe links sonde holds: attached ones plus detached ones still being closed.
+    pub fn link_count(&self) -> usize {
+        self.processes
+            .values()
+            .map(|p| p.links.len())
+            .sum::<usize>()
+            + self.reaper.pending()
+    }
+
     pub fn attached_pids(&self) -> Vec<u32> {
         self.processes.keys().copied().collect()
     }

@@ -3,7 +3,8 @@
 //! grace period, so detached links are handed to this thread and dropped in parallel, and
 //! discovery never waits for them.
 
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
 use aya::programs::uprobe::UProbeLink;
@@ -14,11 +15,15 @@ const PARALLEL: usize = 64;
 pub struct Reaper {
     tx: Option<mpsc::Sender<Vec<UProbeLink>>>,
     thread: Option<JoinHandle<()>>,
+    /// Links handed over and not closed yet.
+    pending: Arc<AtomicUsize>,
 }
 
 impl Reaper {
     pub fn new() -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Vec<UProbeLink>>();
+        let pending = Arc::new(AtomicUsize::new(0));
+        let counter = pending.clone();
         let thread = std::thread::Builder::new()
             .name("sonde-detach".into())
             .spawn(move || {
@@ -27,12 +32,15 @@ impl Reaper {
                     while let Ok(more) = rx.try_recv() {
                         links.extend(more);
                     }
+                    let n = links.len();
                     drop_in_parallel(links);
+                    counter.fetch_sub(n, Ordering::Relaxed);
                 }
             })?;
         Ok(Reaper {
             tx: Some(tx),
             thread: Some(thread),
+            pending,
         })
     }
 
@@ -40,11 +48,19 @@ impl Reaper {
         if links.is_empty() {
             return;
         }
+        let n = links.len();
+        self.pending.fetch_add(n, Ordering::Relaxed);
         if let Some(tx) = &self.tx {
             if let Err(mpsc::SendError(links)) = tx.send(links) {
                 drop_in_parallel(links);
+                self.pending.fetch_sub(n, Ordering::Relaxed);
             }
         }
+    }
+
+    /// Links handed over that are still being closed.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
     }
 }
 

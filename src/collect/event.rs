@@ -50,55 +50,43 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
         other => return Err(DecodeError::UnknownKind(other)),
     };
     let remote = text(&e.remote, e.remote_len as usize);
-    let error = e.flags & ebpf_abi::FLAG_ERROR != 0;
-    if kind == RequestKind::HttpClient {
-        let (server_address, server_port) =
-            split_host(&remote, e.flags & ebpf_abi::FLAG_HTTPS != 0);
-        return Ok(Request {
-            kind,
-            pid: e.pid,
-            start_ns: e.start_ns,
-            end_ns: e.end_ns.max(e.start_ns),
-            method: text(&e.method, e.method_len as usize),
-            path: text(&e.path, e.path_len as usize),
-            path_truncated: e.flags & ebpf_abi::FLAG_PATH_TRUNCATED != 0,
-            status: if error {
-                0
-            } else {
-                u16::try_from(e.status).unwrap_or(0)
-            },
-            request_body_bytes: e.request_content_length.max(0) as u64,
-            response_body_bytes: e.response_written.max(0) as u64,
-            peer: None,
-            http2: false,
-            server_address,
-            server_port,
-            error,
-        });
-    }
-    let status = match e.status {
-        // The handler wrote nothing and never called WriteHeader: net/http answers 200.
-        0 => 200,
-        s => u16::try_from(s).unwrap_or(0),
-    };
-    Ok(Request {
+    let flag = |f: u8| e.flags & f != 0;
+    let mut request = Request {
         kind,
         pid: e.pid,
         start_ns: e.start_ns,
         end_ns: e.end_ns.max(e.start_ns),
         method: text(&e.method, e.method_len as usize),
         path: text(&e.path, e.path_len as usize),
-        path_truncated: e.flags & ebpf_abi::FLAG_PATH_TRUNCATED != 0,
-        status,
+        path_truncated: flag(ebpf_abi::FLAG_PATH_TRUNCATED),
+        status: u16::try_from(e.status).unwrap_or(0),
         // -1 means unknown length (chunked): no body size can be claimed.
         request_body_bytes: e.request_content_length.max(0) as u64,
         response_body_bytes: e.response_written.max(0) as u64,
-        peer: parse_peer(&remote),
-        http2: e.flags & ebpf_abi::FLAG_HTTP2 != 0,
+        peer: None,
+        http2: flag(ebpf_abi::FLAG_HTTP2),
         server_address: String::new(),
         server_port: 0,
         error: false,
-    })
+    };
+    match kind {
+        RequestKind::HttpServer => {
+            // The handler wrote nothing and never called WriteHeader: net/http answers 200.
+            if e.status == 0 {
+                request.status = 200;
+            }
+            request.peer = parse_peer(&remote);
+        }
+        RequestKind::HttpClient => {
+            (request.server_address, request.server_port) =
+                split_host(&remote, flag(ebpf_abi::FLAG_HTTPS));
+            request.error = flag(ebpf_abi::FLAG_ERROR);
+            if request.error {
+                request.status = 0;
+            }
+        }
+    }
+    Ok(request)
 }
 
 #[cfg(test)]

@@ -216,6 +216,7 @@ fn escape(v: &str) -> String {
 #[derive(Default)]
 pub struct Health {
     instrumented: AtomicU64,
+    links: AtomicU64,
     attach_errors: AtomicU64,
     events: AtomicU64,
     lost: AtomicU64,
@@ -225,6 +226,9 @@ pub struct Health {
 impl Health {
     pub fn set_instrumented_processes(&self, n: u64) {
         self.instrumented.store(n, Ordering::Relaxed);
+    }
+    pub fn set_uprobe_links(&self, n: u64) {
+        self.links.store(n, Ordering::Relaxed);
     }
     pub fn inc_attach_errors(&self) {
         self.attach_errors.fetch_add(1, Ordering::Relaxed);
@@ -260,6 +264,12 @@ impl Health {
             "gauge",
             "Processes with probes attached now.",
             format!("sonde_instrumented_processes {}", g(&self.instrumented)),
+        );
+        metric(
+            "sonde_uprobe_links",
+            "gauge",
+            "Uprobe links held: attached, or detached and still being closed.",
+            format!("sonde_uprobe_links {}", g(&self.links)),
         );
         metric(
             "sonde_attach_errors_total",
