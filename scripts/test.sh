@@ -14,6 +14,6 @@ bash scripts/dockerd.sh
 echo "== Go test targets"
 bash scripts/build-go-targets.sh target/go-targets | tail -n 3
 echo "== unit tests"
-cargo test --bins --quiet
+cargo test --lib --bins --quiet
 echo "== integration tests (one at a time: they load BPF and bind ports)"
 SONDE_REQUIRE_INTEGRATION=1 cargo test --test '*' -- --test-threads=1

@@ -123,6 +123,11 @@ impl PlanCache {
     }
 
     #[cfg(test)]
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.inner
             .lock()
