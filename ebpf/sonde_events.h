@@ -58,4 +58,12 @@ struct http_request_event {
     char remote[SONDE_REMOTE_MAX];
 };
 
+/* A container's init process, renamed by runc before it execs the application
+ * (ebpf/launch.bpf.c). */
+struct launch_event {
+    __u32 pid;      /* in the initial PID namespace */
+    __u32 _pad;
+    __u64 ktime_ns; /* bpf_ktime_get_ns */
+};
+
 #endif

@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 
 use thiserror::Error;
 
+use crate::attach::launch::LaunchWatch;
 use crate::attach::{AttachError, Attacher};
 use crate::collect::reader::Reader;
 use crate::config::Config;
-use crate::discover::docker::Containers;
+use crate::discover::docker::{Containers, ProgramHint};
 use crate::discover::HostProcess;
 use crate::enrich::routes::RouteMatcher;
 use crate::enrich::{EnrichedRequest, Identity};
@@ -58,6 +59,10 @@ impl AgentError {
 }
 
 pub fn run(config: Config) -> i32 {
+    // Threads that inspect binaries and close links would each get a malloc arena of their
+    // own and keep its pages: two arenas bound sonde's resident memory.
+    // SAFETY: mallopt has no preconditions; called before any other thread exists.
+    unsafe { libc::mallopt(libc::M_ARENA_MAX, 2) };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -77,6 +82,20 @@ pub fn run(config: Config) -> i32 {
             e.exit_code()
         }
     }
+}
+
+/// The kernel objects and the selected processes, shared by the discovery thread and the
+/// launch thread (which must attach within runc's wait before a container's exec, so it
+/// never waits for a scan to finish: scans hold this only to apply what they found).
+struct Instrumented {
+    attacher: Attacher,
+    tracker: Tracker,
+}
+
+type Shared = Arc<std::sync::Mutex<Instrumented>>;
+
+fn lock(shared: &Shared) -> std::sync::MutexGuard<'_, Instrumented> {
+    shared.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Identity of each instrumented PID, read by the collector for every request.
@@ -136,20 +155,50 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let identities = Arc::new(RwLock::new(Identities::default()));
     let stop = Arc::new(AtomicBool::new(false));
-    // Docker events wake the discovery thread at once instead of at its next scan.
+    let plans = Arc::new(PlanCache::new());
+    // Docker events and container launches wake the discovery thread at once instead of at
+    // its next scan.
     let (wake, woken) = std::sync::mpsc::channel::<()>();
     let mut selector = Selector::new(&config);
-    if config.docker_enabled() {
-        let containers = Containers::default();
+    let containers = config.docker_enabled().then(Containers::default);
+    if let Some(containers) = &containers {
         selector = selector.with_containers(containers.clone());
-        let wake = wake.clone();
+    }
+    let activity = attacher.activity();
+    let shared: Shared = Arc::new(std::sync::Mutex::new(Instrumented {
+        attacher,
+        tracker: Tracker::new(selector.clone()),
+    }));
+    let mut _launches = None;
+    if let Some(containers) = containers {
         tracing::info!(
             "watching Docker at {}",
             crate::discover::docker::socket_path()
         );
-        tokio::spawn(crate::discover::docker::watch(containers, move || {
-            let _ = wake.send(());
-        }));
+        _launches = watch_launches(
+            shared.clone(),
+            plans.clone(),
+            identities.clone(),
+            exporter.clone(),
+        );
+        let changed = {
+            let wake = wake.clone();
+            move || {
+                let _ = wake.send(());
+            }
+        };
+        let created = {
+            let (plans, selector) = (plans.clone(), selector.clone());
+            move |hint: ProgramHint| {
+                // Its start will need attaches: closing old links now would hold them up.
+                activity.touch();
+                if selector.may_select_container(&hint.container) {
+                    let plans = plans.clone();
+                    tokio::task::spawn_blocking(move || read_ahead(&plans, &hint));
+                }
+            }
+        };
+        tokio::spawn(crate::discover::docker::watch(containers, changed, created));
     }
     let discovery = {
         let identities = identities.clone();
@@ -158,9 +207,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         let ttl = config.container_series_ttl;
         std::thread::Builder::new()
             .name("sonde-discovery".into())
-            .spawn(move || {
-                discovery_loop(attacher, selector, identities, exporter, stop, woken, ttl)
-            })?
+            .spawn(move || discovery_loop(shared, plans, identities, exporter, stop, woken, ttl))?
     };
 
     let mut lost_seen = 0;
@@ -209,6 +256,180 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     Ok(())
 }
 
+/// Reports container launches to discovery, when this kernel lets sonde see them; without
+/// it, containers are instrumented after they start (their first requests can be missed).
+fn watch_launches(
+    shared: Shared,
+    plans: Arc<PlanCache>,
+    identities: Arc<RwLock<Identities>>,
+    exporter: Arc<Exporter>,
+) -> Option<LaunchWatch> {
+    if let Err(e) = crate::kernel::ensure_tracefs() {
+        tracing::warn!("{e}");
+    }
+    match LaunchWatch::start(move |pid, at| {
+        instrument_launch(pid, at, &shared, &plans, &identities, &exporter)
+    }) {
+        Ok(w) => {
+            tracing::info!("watching container launches: containers are instrumented before their program runs");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{e}: containers are instrumented shortly after they start, so their first requests can be missed"
+            );
+            None
+        }
+    }
+}
+
+/// Inspects a created container's program from its image layers, so that its plan is
+/// cached when the container starts (inspection takes tens of milliseconds; runc's wait
+/// before the exec is not much longer).
+fn read_ahead(plans: &PlanCache, hint: &ProgramHint) {
+    for layer in &hint.layers {
+        let Some(exe) =
+            crate::discover::bundle::find_program(layer, &hint.program, &hint.path_env, &hint.cwd)
+        else {
+            continue;
+        };
+        let file = layer.join(exe.strip_prefix("/").unwrap_or(&exe));
+        match plans.get_or_inspect(&file) {
+            Ok((_, plan, true)) => {
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+                match plan {
+                    Ok(p) => tracing::debug!(
+                        "read {} of container {} ahead: Go {}",
+                        exe.display(),
+                        hint.container.name,
+                        p.go_version
+                    ),
+                    Err(e) => tracing::debug!(
+                        "container {}: {} cannot be instrumented: {e}",
+                        hint.container.name,
+                        exe.display()
+                    ),
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::debug!("reading {} ahead: {e}", file.display()),
+        }
+        return;
+    }
+}
+
+/// Instruments a container's init process before it execs its program, when the rules
+/// select it without needing its ports. Anything that does not fit is left to the scans.
+fn instrument_launch(
+    pid: u32,
+    launched_ns: u64,
+    shared: &Shared,
+    plans: &PlanCache,
+    identities: &RwLock<Identities>,
+    exporter: &Exporter,
+) {
+    let mut guard = lock(shared);
+    let Instrumented { attacher, tracker } = &mut *guard;
+    if tracker.is_selected(pid) {
+        return;
+    }
+    let received_ms = monotonic_ns().saturating_sub(launched_ns) as f64 / 1e6;
+    let t0 = Instant::now();
+    let Some(container_id) = crate::discover::cgroup::container_id_of(pid) else {
+        return;
+    };
+    let Some(start_time) = crate::discover::start_time(pid) else {
+        return;
+    };
+    let launch = match crate::discover::bundle::find_bundle(pid, &container_id)
+        .and_then(|b| crate::discover::bundle::launch_of(&b))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::debug!("launch of pid {pid}: {e}");
+            return;
+        }
+    };
+    let process = HostProcess {
+        pid,
+        exe: launch.exe.clone(),
+        start_time,
+        listen_ports: Vec::new(),
+        container_id: Some(container_id),
+    };
+    if tracker.selector().selects_before_exec(&process) != Some(true) {
+        return;
+    }
+    let env = |key: &str| {
+        launch
+            .env
+            .iter()
+            .find_map(|e| e.strip_prefix(key))
+            .filter(|v| !v.is_empty())
+            .map(str::to_string)
+    };
+    let identity = tracker.selector().identity_with_env(
+        &process,
+        (env("OTEL_SERVICE_NAME="), env("OTEL_SERVICE_NAMESPACE=")),
+    );
+    let t1 = t0.elapsed();
+    let plan = match plans.get_or_inspect(&launch.host_path) {
+        Ok((_, Ok(plan), _)) => plan,
+        // Not a Go program, or gone: the scan after its exec says why, once.
+        _ => return,
+    };
+    let t2 = t0.elapsed();
+    let attached = attacher.attach_process_to(pid, &plan, &launch.host_path);
+    tracing::debug!(
+        "launch of pid {pid}: received {received_ms:.1} ms after, bundle+selection {:?}, plan {:?}, attach {:?}",
+        t1,
+        t2 - t1,
+        t0.elapsed() - t2
+    );
+    match attached {
+        Ok(n) => {
+            let after_ms = monotonic_ns().saturating_sub(launched_ns) as f64 / 1e6;
+            if crate::select::still_in_runtime(pid) {
+                tracing::info!(
+                    "instrumented pid {pid} ({}, Go {}) as service \"{}\" before its exec: {n} uprobes, {after_ms:.1} ms after runc started it",
+                    launch.exe.display(),
+                    plan.go_version,
+                    identity.service_name
+                );
+            } else {
+                tracing::warn!(
+                    "instrumented pid {pid} ({}, Go {}) as service \"{}\" only after its exec ({after_ms:.1} ms after runc started it): requests before that are missed",
+                    launch.exe.display(),
+                    plan.go_version,
+                    identity.service_name
+                );
+            }
+            tracker.adopt(pid, start_time, launch.exe);
+            if let Some(name) = &identity.container_name {
+                exporter.revive_container(name);
+            }
+            identities
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .live
+                .insert(pid, Arc::new(identity));
+        }
+        Err(e) => tracing::debug!("attaching before the exec of pid {pid}: {e}"),
+    }
+}
+
+/// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: a valid timespec to write to.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 /// An event from a PID we no longer know (should not happen): name it after its binary.
 fn fallback_identity(pid: u32) -> Arc<Identity> {
     let name = std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -221,22 +442,24 @@ fn fallback_identity(pid: u32) -> Arc<Identity> {
     })
 }
 
+#[allow(clippy::too_many_arguments)]
 fn discovery_loop(
-    mut attacher: Attacher,
-    selector: Selector,
+    shared: Shared,
+    plans: Arc<PlanCache>,
     identities: Arc<RwLock<Identities>>,
     exporter: Arc<Exporter>,
     stop: Arc<AtomicBool>,
     woken: std::sync::mpsc::Receiver<()>,
     series_ttl: Duration,
 ) {
-    let mut tracker = Tracker::new(selector);
-    let plans = PlanCache::new();
     // Processes whose attach failed, with the attempts made so far.
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let changes = tracker.update(crate::discover::scan());
+        let scan = crate::discover::scan();
+        let mut guard = lock(&shared);
+        let changes = guard.tracker.update(scan);
+        let attacher = &mut guard.attacher;
         if !changes.removed.is_empty() {
             let mut ids = identities.write().unwrap_or_else(|p| p.into_inner());
             for pid in changes.removed {
@@ -259,6 +482,7 @@ fn discovery_loop(
                 }
             }
         }
+        drop(guard);
         let candidates: Vec<_> = changes
             .added
             .into_iter()
@@ -267,6 +491,7 @@ fn discovery_loop(
             .collect();
         for (process, identity, attempts) in candidates {
             let pid = process.pid;
+            // Inspection can take tens of milliseconds: never while holding `shared`.
             let inspected = plans.get_or_inspect(Path::new(&format!("/proc/{pid}/exe")));
             if matches!(inspected, Ok((_, _, true))) {
                 // Inspection reads the whole binary and its DWARF (tens of MB, freed at once):
@@ -291,7 +516,16 @@ fn discovery_loop(
                     continue;
                 }
             };
-            match attacher.attach_process(pid, &plan) {
+            let mut guard = lock(&shared);
+            if !guard.tracker.is_selected(pid) {
+                // Exited, or replaced, since the scan.
+                continue;
+            }
+            if guard.attacher.is_attached(pid) {
+                // Instrumented at its launch meanwhile.
+                continue;
+            }
+            match guard.attacher.attach_process(pid, &plan) {
                 Ok(n) => {
                     tracing::info!(
                         "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes",
@@ -325,23 +559,26 @@ fn discovery_loop(
             ids.gone.retain(|_, (_, at)| at.elapsed() < IDENTITY_GRACE);
         }
         exporter.sweep(Instant::now());
-        exporter
-            .health()
-            .set_instrumented_processes(attacher.attached_count() as u64);
-        exporter
-            .health()
-            .set_uprobe_links(attacher.link_count() as u64);
+        {
+            let guard = lock(&shared);
+            exporter
+                .health()
+                .set_instrumented_processes(guard.attacher.attached_count() as u64);
+            exporter
+                .health()
+                .set_uprobe_links(guard.attacher.link_count() as u64);
+        }
         // Sleep until the next scan, or until Docker reports a change.
         match woken.recv_timeout(SCAN_INTERVAL.saturating_sub(started.elapsed())) {
             Ok(()) => while woken.try_recv().is_ok() {},
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-            // No Docker watcher: plain periodic scans.
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
                 std::thread::sleep(SCAN_INTERVAL.saturating_sub(started.elapsed()))
             }
         }
     }
-    for pid in attacher.attached_pids() {
-        attacher.detach_process(pid);
+    let mut guard = lock(&shared);
+    for pid in guard.attacher.attached_pids() {
+        guard.attacher.detach_process(pid);
     }
 }

@@ -93,6 +93,25 @@ impl HttpRequestEvent {
     }
 }
 
+/// `struct launch_event`: a container's init process, before it execs the application.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LaunchEvent {
+    pub pid: u32,
+    pub _pad: u32,
+    pub ktime_ns: u64,
+}
+
+impl LaunchEvent {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +182,7 @@ mod tests {
                 remote
             ]
         );
+        check!("launch_event", LaunchEvent, [pid, _pad, ktime_ns]);
         c.push_str("return 0; }\n");
         std::fs::write(&src, c).unwrap();
         let exe = dir.join("abi");

@@ -21,6 +21,7 @@ pub mod labels {
 /// The selection rules of the configuration. A host process is selected when it listens on
 /// one of `open_port` **or** its executable path matches `executable_name` (as Beyla does).
 /// A process in a container is selected by those rules too, or by its container's labels.
+#[derive(Clone)]
 pub struct Selector {
     ports: Option<PortSet>,
     exe: Option<regex::Regex>,
@@ -150,11 +151,54 @@ impl Selector {
         by_port || by_exe
     }
 
+    /// Whether a container's process that is about to exec `exe` is selected, decided before
+    /// the exec. `None` when that cannot be known yet: the rules need its listening ports.
+    pub fn selects_before_exec(&self, p: &HostProcess) -> Option<bool> {
+        let c = self.container_of(p)?;
+        if c.labels.contains_key(labels::OPEN_PORTS) {
+            return None;
+        }
+        if self.container_selects(&c, p) || self.host_rules_match(p) {
+            return Some(true);
+        }
+        // Not selected so far, but the host port rule may select it once it listens.
+        if self.ports.is_some() {
+            return None;
+        }
+        Some(false)
+    }
+
+    /// Whether a container could be selected at all, ignoring which of its processes: worth
+    /// reading its program ahead.
+    pub fn may_select_container(&self, c: &ContainerInfo) -> bool {
+        let probe = HostProcess {
+            pid: 0,
+            exe: std::path::PathBuf::new(),
+            start_time: 0,
+            listen_ports: Vec::new(),
+            container_id: None,
+        };
+        let mut unlabelled = c.clone();
+        // Its sonde.exe / sonde.open_ports labels narrow to processes, not to the container.
+        unlabelled.labels.remove(labels::EXE);
+        unlabelled.labels.remove(labels::OPEN_PORTS);
+        self.container_selects(&unlabelled, &probe) || self.ports.is_some() || self.exe.is_some()
+    }
+
     /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.
     /// Container: `sonde.service.name` label > OTEL_SERVICE_NAME > compose service > container
     /// name; namespace: label > compose project.
     pub fn identity(&self, p: &HostProcess) -> Identity {
-        let (env_name, env_namespace) = otel_env(p.pid);
+        self.identity_with_env(p, otel_env(p.pid))
+    }
+
+    /// As [`identity`](Self::identity), with the OTEL_SERVICE_NAME / _NAMESPACE the process
+    /// will have (before its exec, /proc shows the runtime's environment, not its own).
+    pub fn identity_with_env(
+        &self,
+        p: &HostProcess,
+        (env_name, env_namespace): (Option<String>, Option<String>),
+    ) -> Identity {
         if let Some(c) = self.container_of(p) {
             let label = |k: &str| c.labels.get(k).filter(|v| !v.is_empty()).cloned();
             let mut extra = Vec::new();
@@ -207,12 +251,18 @@ pub struct Changes {
     pub removed: Vec<u32>,
 }
 
+/// How long a process instrumented before its exec may take to exec the predicted program.
+const EXEC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Remembers the selected processes between scans.
 pub struct Tracker {
     selector: Selector,
     /// Selected PIDs with their start time (a reused PID has another) and executable (an
     /// exec replaces it: a container's init is the runtime's until it execs the app).
     selected: HashMap<u32, (u64, std::path::PathBuf)>,
+    /// PIDs instrumented before their exec (see `adopt`), with when: until the exec they
+    /// still run the runtime, so their executable is not the one remembered yet.
+    pending_exec: HashMap<u32, std::time::Instant>,
 }
 
 impl Tracker {
@@ -220,7 +270,24 @@ impl Tracker {
         Tracker {
             selector,
             selected: HashMap::new(),
+            pending_exec: HashMap::new(),
         }
+    }
+
+    pub fn selector(&self) -> &Selector {
+        &self.selector
+    }
+
+    /// A process instrumented ahead of its exec of `exe` (a container's init waiting in
+    /// runc): it counts as selected, and stays so until it runs `exe` or, if it never
+    /// does (an entrypoint that runs something else), for [`EXEC_DEADLINE`].
+    pub fn adopt(&mut self, pid: u32, start_time: u64, exe: std::path::PathBuf) {
+        self.selected.insert(pid, (start_time, exe));
+        self.pending_exec.insert(pid, std::time::Instant::now());
+    }
+
+    pub fn is_selected(&self, pid: u32) -> bool {
+        self.selected.contains_key(&pid)
     }
 
     pub fn update(&mut self, scan: Vec<HostProcess>) -> Changes {
@@ -229,12 +296,25 @@ impl Tracker {
             .iter()
             .map(|p| (p.pid, (p.start_time, p.exe.as_path())))
             .collect();
+        let pending = &mut self.pending_exec;
         self.selected.retain(|pid, (start, exe)| {
-            let same = alive.get(pid) == Some(&(*start, exe.as_path()));
-            if !same {
+            let now = alive.get(pid);
+            if now == Some(&(*start, exe.as_path())) {
+                pending.remove(pid);
+                return true;
+            }
+            // Until its exec completes, the process shows runc's executable (and, in the
+            // middle of the exec, sometimes "/"): not a reason to detach and re-attach,
+            // which would lose the very first requests.
+            let waiting = now.is_some_and(|(s, _)| s == start)
+                && pending
+                    .get(pid)
+                    .is_some_and(|since| since.elapsed() < EXEC_DEADLINE);
+            if !waiting {
+                pending.remove(pid);
                 changes.removed.push(*pid);
             }
-            same
+            waiting
         });
         for p in scan {
             if self.selected.contains_key(&p.pid) || !self.selector.matches(&p) {
@@ -246,6 +326,14 @@ impl Tracker {
         }
         changes
     }
+}
+
+/// runc's init before its exec of the container's program.
+pub const RUNC_INIT_COMM: &str = "runc:[2:INIT]";
+
+pub fn still_in_runtime(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .is_ok_and(|c| c.trim_end() == RUNC_INIT_COMM)
 }
 
 #[cfg(test)]
@@ -417,6 +505,26 @@ mod tests {
         assert!(s.matches(&proc_(1, "/bin/x", &[9050], 1)));
         assert!(s.matches(&proc_(1, "/srv/api", &[], 1)));
         assert!(!s.matches(&proc_(1, "/bin/x", &[22], 1)));
+    }
+
+    #[test]
+    fn a_process_adopted_before_its_exec_stays_until_it_runs_the_program() {
+        let mut t = Tracker::new(selector("8080", None));
+        t.adopt(20, 7, PathBuf::from("/server"));
+        // Still runc, then mid-exec: kept, nothing added or removed.
+        for exe in ["/memfd:runc_cloned:/proc/self/exe (deleted)", "/"] {
+            let c = t.update(vec![proc_(20, exe, &[], 7)]);
+            assert!(c.added.is_empty() && c.removed.is_empty(), "{exe}: {c:?}");
+        }
+        let c = t.update(vec![proc_(20, "/server", &[8080], 7)]);
+        assert!(c.added.is_empty() && c.removed.is_empty());
+        // Confirmed: from now on an exec is an exec.
+        let c = t.update(vec![proc_(20, "/bin/sh", &[], 7)]);
+        assert_eq!(c.removed, vec![20]);
+        // A reused PID is another process, pending or not.
+        t.adopt(21, 7, PathBuf::from("/server"));
+        let c = t.update(vec![proc_(21, "/server", &[], 8)]);
+        assert_eq!(c.removed, vec![21]);
     }
 
     #[test]

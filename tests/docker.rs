@@ -598,3 +598,102 @@ fn rules_select_containers_without_labels() {
     ));
     assert_eq!(count(&scrape(prom), &[]), Some(1.0));
 }
+
+/// A container is measured from its very first request: requests sent on the first
+/// connection its port accepts, while `docker run` / `docker start` are still returning, are
+/// all counted — sonde attaches to runc's init process before it execs the server.
+#[test]
+fn first_requests_of_started_and_restarted_containers_are_counted() {
+    if !require_docker_or_skip("first_requests_of_started_and_restarted_containers_are_counted") {
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/tracing/events/task/task_rename").exists()
+        && !std::path::Path::new("/sys/kernel/debug/tracing/events/task/task_rename").exists()
+    {
+        // sonde mounts tracefs itself; only a kernel without the tracepoint is a reason.
+        let _ = std::process::Command::new("mount")
+            .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+            .status();
+    }
+    test_image();
+    let (prom, sonde) = sonde_for_docker(&[("SONDE_LOG_LEVEL", "debug")]);
+    assert!(
+        sonde.wait_for_log("watching container launches", Duration::from_secs(5)),
+        "the launch tracepoint is not used:\n{}",
+        sonde.log()
+    );
+    // One container of the image first, so its binary is inspected: the very first container
+    // of an image sonde has never seen can lose the race on a loaded machine (README).
+    {
+        let port = free_port();
+        let warm = Container::run(
+            &container_name("first-warm"),
+            port,
+            &[("sonde.enable", "true")],
+        );
+        assert!(wait_for_port(port, Duration::from_secs(10)));
+        assert!(
+            sonde.wait_for_log(
+                &format!("as service \"{}\"", warm.name),
+                Duration::from_secs(10)
+            ),
+            "{}",
+            sonde.log()
+        );
+    }
+    assert!(links_closed(prom), "{}", sonde.log());
+
+    let port = free_port();
+    let name = container_name("first");
+    let labels = [("sonde.enable", "true")];
+    let (container, statuses) = std::thread::scope(|s| {
+        let started = s.spawn(|| Container::run(&name, port, &labels));
+        let statuses = first_requests(port, "/status/200", 10, Duration::from_secs(20));
+        (started.join().unwrap(), statuses)
+    });
+    assert_eq!(statuses, vec![200; 10]);
+    let counted = |n: f64| {
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &[
+                ("container_name", &name),
+                ("http_response_status_code", "200"),
+            ],
+            n,
+            Duration::from_secs(10),
+        )
+    };
+    assert!(
+        counted(10.0),
+        "not every first request was counted: {:?}\n{}",
+        count(&scrape(prom), &[("container_name", &name)]),
+        sonde.log()
+    );
+
+    // Stopped, then started again: a new init process, caught the same way.
+    container.stop();
+    assert!(links_closed(prom), "{}", sonde.log());
+    let statuses = std::thread::scope(|s| {
+        let started = s.spawn(|| container.start());
+        let statuses = first_requests(port, "/status/200", 5, Duration::from_secs(20));
+        started.join().unwrap();
+        statuses
+    });
+    assert_eq!(statuses, vec![200; 5]);
+    assert!(
+        counted(15.0),
+        "not every first request after the restart was counted: {:?}\n{}",
+        count(&scrape(prom), &[("container_name", &name)]),
+        sonde.log()
+    );
+    let log = sonde.log();
+    let before_exec = log
+        .lines()
+        .filter(|l| l.contains(&format!("as service \"{name}\" before its exec")))
+        .count();
+    for line in log.lines().filter(|l| l.contains("launch of pid")) {
+        eprintln!("{line}");
+    }
+    assert_eq!(before_exec, 2, "{log}");
+}

@@ -13,7 +13,9 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use thiserror::Error;
 
+pub mod launch;
 mod reaper;
+pub use reaper::Activity;
 
 use crate::ebpf_abi::GoOffsetsAbi;
 use crate::inspect::{ProbePlan, ProbeRole};
@@ -133,9 +135,21 @@ impl Attacher {
 
     /// Attaches the plan's probes to one process. On error nothing stays attached.
     pub fn attach_process(&mut self, pid: u32, plan: &ProbePlan) -> Result<usize, AttachError> {
-        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::InvalidPid)?);
         // The kernel resolves the magic link to the binary's inode, across mount namespaces.
-        let target = format!("/proc/{pid}/exe");
+        self.attach_process_to(pid, plan, std::path::Path::new(&format!("/proc/{pid}/exe")))
+    }
+
+    /// Attaches the plan's probes, set in the file at `binary`, to one process — which may
+    /// not run that file yet: the kernel arms them when the process maps it (its exec).
+    pub fn attach_process_to(
+        &mut self,
+        pid: u32,
+        plan: &ProbePlan,
+        binary: &std::path::Path,
+    ) -> Result<usize, AttachError> {
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::InvalidPid)?);
+        let target = binary;
+        self.reaper.activity().touch();
         let mut links = ProcessLinks { links: Vec::new() };
         let result = (|| {
             for probe in &plan.probes {
@@ -145,7 +159,7 @@ impl Attacher {
                 };
                 let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
                     uprobe(ebpf, prog)?
-                        .attach(UProbeAttachLocation::AbsoluteOffset(offset), &target, scope)
+                        .attach(UProbeAttachLocation::AbsoluteOffset(offset), target, scope)
                         .map_err(|source| AttachError::Uprobe {
                             pid,
                             symbol: probe.symbol.clone(),
@@ -192,6 +206,12 @@ impl Attacher {
         if let Some(links) = self.processes.remove(&pid) {
             self.detach_links(links);
         }
+    }
+
+    /// Where to say that attaches are coming (a container was created), so link closing,
+    /// which holds attaches up, waits.
+    pub fn activity(&self) -> Activity {
+        self.reaper.activity().clone()
     }
 
     /// Uprobe links sonde holds: attached ones plus detached ones still being closed.

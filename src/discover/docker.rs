@@ -1,6 +1,12 @@
 //! Containers, from the Docker API: subscribe to events first, then list, so no container
 //! started in between is missed; reconnect with back-off and resynchronise after the daemon
 //! restarts.
+//!
+//! A container is known from its create event to its destroy event, so that when runc
+//! starts its init process (see `attach::launch`) sonde already knows its labels, even for a
+//! `docker start` of a stopped container. The create event's attributes are used at once:
+//! Docker's inspect blocks while the container starts (~150 ms measured here), longer than
+//! runc's wait before the exec.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -20,8 +26,50 @@ pub struct ContainerInfo {
     pub labels: HashMap<String, String>,
 }
 
-/// Running containers by id, shared with the discovery thread.
+/// Containers by id, from create to destroy, shared with the discovery thread.
 pub type Containers = Arc<RwLock<HashMap<String, Arc<ContainerInfo>>>>;
+
+/// Where a created container's program can be read before the container runs: its image
+/// layers (the overlay is mounted only at start) and how the runtime will look it up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProgramHint {
+    pub container: Arc<ContainerInfo>,
+    /// Upper layer first, then the lower layers in order.
+    pub layers: Vec<std::path::PathBuf>,
+    pub program: String,
+    pub path_env: String,
+    pub cwd: String,
+}
+
+/// Attributes of a container event that are not labels.
+const NON_LABEL_ATTRIBUTES: &[&str] = &["name", "image", "exitCode", "signal", "execID"];
+
+/// A container as its create event describes it: labels are the attributes other than the
+/// event's own (a label named like one of those cannot be told apart; inspect fixes it).
+pub fn info_from_event(id: &str, attributes: &HashMap<String, String>) -> ContainerInfo {
+    ContainerInfo {
+        id: id.to_string(),
+        name: attributes.get("name").cloned().unwrap_or_default(),
+        image: attributes.get("image").cloned().unwrap_or_default(),
+        labels: attributes
+            .iter()
+            .filter(|(k, _)| !NON_LABEL_ATTRIBUTES.contains(&k.as_str()))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    }
+}
+
+/// The overlay2 layers of a container, upper first.
+pub fn overlay_layers(graph_driver: &HashMap<String, String>) -> Vec<std::path::PathBuf> {
+    let mut layers = Vec::new();
+    if let Some(upper) = graph_driver.get("UpperDir") {
+        layers.push(upper.into());
+    }
+    if let Some(lower) = graph_driver.get("LowerDir") {
+        layers.extend(lower.split(':').filter(|l| !l.is_empty()).map(Into::into));
+    }
+    layers
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
@@ -48,10 +96,29 @@ fn connect() -> Result<Docker, DockerError> {
         .map_err(|source| DockerError::Connect { socket, source })
 }
 
-async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInfo, DockerError> {
+async fn inspect(docker: &Docker, id: &str) -> Result<(ContainerInfo, ProgramParts), DockerError> {
     let c = docker.inspect_container(id, None).await?;
     let config = c.config.unwrap_or_default();
-    Ok(ContainerInfo {
+    let parts = ProgramParts {
+        layers: c
+            .graph_driver
+            .map(|g| overlay_layers(&g.data))
+            .unwrap_or_default(),
+        program: c.path.unwrap_or_default(),
+        path_env: config
+            .env
+            .iter()
+            .flatten()
+            .find_map(|e| e.strip_prefix("PATH="))
+            .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+            .to_string(),
+        cwd: config
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| "/".into()),
+    };
+    let info = ContainerInfo {
         id: c.id.unwrap_or_else(|| id.to_string()),
         name: c
             .name
@@ -60,15 +127,41 @@ async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInfo, DockerError
             .to_string(),
         image: config.image.unwrap_or_default(),
         labels: config.labels.unwrap_or_default(),
-    })
+    };
+    Ok((info, parts))
 }
 
-/// Keeps `containers` equal to the running containers, calling `changed` after every change,
-/// until the process ends. Never returns: a lost daemon is retried with back-off.
-pub async fn watch(containers: Containers, changed: impl Fn() + Send + 'static) {
+struct ProgramParts {
+    layers: Vec<std::path::PathBuf>,
+    program: String,
+    path_env: String,
+    cwd: String,
+}
+
+impl ProgramParts {
+    fn hint(self, container: Arc<ContainerInfo>) -> Option<ProgramHint> {
+        (!self.layers.is_empty() && !self.program.is_empty()).then_some(ProgramHint {
+            container,
+            layers: self.layers,
+            program: self.program,
+            path_env: self.path_env,
+            cwd: self.cwd,
+        })
+    }
+}
+
+/// Keeps `containers` equal to the containers Docker has, calling `changed` after every
+/// change and `created` with where a new container's program can be read ahead, until the
+/// process ends. Never returns: a lost daemon is retried with back-off.
+pub async fn watch(
+    containers: Containers,
+    changed: impl Fn() + Send + 'static,
+    created: impl Fn(ProgramHint) + Send + Sync + 'static,
+) {
+    let created = Arc::new(created);
     let mut backoff = Duration::from_millis(200);
     loop {
-        match run(&containers, &changed).await {
+        match run(&containers, &changed, &created).await {
             Ok(()) => tracing::warn!("Docker event stream ended; reconnecting"),
             Err(e) => tracing::warn!("{e}; retrying in {backoff:?}"),
         }
@@ -81,13 +174,20 @@ pub async fn watch(containers: Containers, changed: impl Fn() + Send + 'static) 
     }
 }
 
-async fn run(containers: &Containers, changed: &impl Fn()) -> Result<(), DockerError> {
+async fn run<C>(
+    containers: &Containers,
+    changed: &impl Fn(),
+    created: &Arc<C>,
+) -> Result<(), DockerError>
+where
+    C: Fn(ProgramHint) + Send + Sync + 'static,
+{
     let docker = connect()?;
     let filters: HashMap<String, Vec<String>> = [
         ("type".to_string(), vec!["container".to_string()]),
         (
             "event".to_string(),
-            ["start", "die", "destroy", "rename"]
+            ["create", "start", "die", "destroy", "rename"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -102,33 +202,66 @@ async fn run(containers: &Containers, changed: &impl Fn()) -> Result<(), DockerE
     }));
     let listed = docker
         .list_containers(Some(ListContainersOptions {
-            all: false,
+            // Stopped ones too: a `docker start` of one is caught at its launch.
+            all: true,
             ..Default::default()
         }))
         .await?;
     let mut fresh = HashMap::new();
+    let listed_running: Vec<bool> = listed
+        .iter()
+        .map(|s| {
+            s.state
+                .as_ref()
+                .is_some_and(|st| st.to_string() == "running")
+        })
+        .collect();
     for summary in listed {
         let Some(id) = summary.id else { continue };
         match inspect(&docker, &id).await {
-            Ok(info) => {
-                fresh.insert(id, Arc::new(info));
+            Ok((info, parts)) => {
+                let info = Arc::new(info);
+                if let Some(hint) = parts.hint(info.clone()) {
+                    created(hint);
+                }
+                fresh.insert(id, info);
             }
             Err(e) => tracing::debug!("container {id} vanished while listing: {e}"),
         }
     }
-    tracing::info!("Docker: {} running containers", fresh.len());
+    tracing::info!(
+        "Docker: {} running containers",
+        running_count(&listed_running)
+    );
     *containers.write().unwrap_or_else(|p| p.into_inner()) = fresh;
     changed();
 
     while let Some(event) = events.next().await {
         let event = event?;
         let action = event.action.unwrap_or_default();
-        let Some(id) = event.actor.and_then(|a| a.id) else {
-            continue;
-        };
+        let Some(actor) = event.actor else { continue };
+        let Some(id) = actor.id else { continue };
         match action.as_str() {
+            "create" => {
+                let info = Arc::new(info_from_event(&id, &actor.attributes.unwrap_or_default()));
+                tracing::debug!("container {} ({}) created", info.name, short(&id));
+                containers
+                    .write()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.clone(), info);
+                // Inspect is quick until the container starts: read its program ahead.
+                let docker = docker.clone();
+                let created = created.clone();
+                tokio::spawn(async move {
+                    if let Ok((info, parts)) = inspect(&docker, &id).await {
+                        if let Some(hint) = parts.hint(Arc::new(info)) {
+                            created(hint);
+                        }
+                    }
+                });
+            }
             "start" | "rename" => match inspect(&docker, &id).await {
-                Ok(info) => {
+                Ok((info, _)) => {
                     tracing::debug!("container {} ({}) {action}", info.name, short(&id));
                     containers
                         .write()
@@ -137,7 +270,9 @@ async fn run(containers: &Containers, changed: &impl Fn()) -> Result<(), DockerE
                 }
                 Err(e) => tracing::debug!("container {} gone before inspect: {e}", short(&id)),
             },
-            "die" | "destroy" => {
+            // A stopped container keeps its entry: it may be started again.
+            "die" => continue,
+            "destroy" => {
                 containers
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -150,6 +285,52 @@ async fn run(containers: &Containers, changed: &impl Fn()) -> Result<(), DockerE
     Ok(())
 }
 
+fn running_count(running: &[bool]) -> usize {
+    running.iter().filter(|r| **r).count()
+}
+
 fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn create_event_attributes_give_labels_name_and_image() {
+        let attributes: HashMap<String, String> = [
+            ("name", "shop-web-1"),
+            ("image", "web:1"),
+            ("sonde.enable", "true"),
+            ("com.docker.compose.service", "web"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let info = info_from_event("abc", &attributes);
+        assert_eq!(
+            (info.name.as_str(), info.image.as_str()),
+            ("shop-web-1", "web:1")
+        );
+        assert_eq!(info.labels.len(), 2);
+        assert_eq!(info.labels["sonde.enable"], "true");
+    }
+
+    #[test]
+    fn overlay_layers_upper_first() {
+        let data: HashMap<String, String> = [
+            ("LowerDir", "/l/a/diff:/l/b/diff"),
+            ("UpperDir", "/l/c/diff"),
+            ("MergedDir", "/l/c/merged"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let layers: Vec<String> = overlay_layers(&data)
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        assert_eq!(layers, ["/l/c/diff", "/l/a/diff", "/l/b/diff"]);
+    }
 }

@@ -1,5 +1,6 @@
 //! Host processes, from /proc: executable, listening TCP ports, start time, container.
 
+pub mod bundle;
 pub mod cgroup;
 pub mod docker;
 
@@ -77,7 +78,7 @@ pub fn scan_with(include_self: bool) -> Vec<HostProcess> {
     out
 }
 
-fn start_time(pid: u32) -> Option<u64> {
+pub fn start_time(pid: u32) -> Option<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];

@@ -9,10 +9,12 @@ use std::sync::{Arc, Mutex};
 use super::{inspect, InspectError, ProbePlan};
 
 /// Identity of a file's contents as far as the kernel tells: a replaced or rewritten
-/// binary gets a new key, so stale offsets are never reused.
+/// binary gets a new key, so stale offsets are never reused. The device is left out on
+/// purpose: every container's overlay mount has a device of its own while the file is the
+/// same lower-layer inode, so with it one image would be inspected once per container (and
+/// the image's layer file, inspected ahead on the create event, would never match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileKey {
-    pub dev: u64,
     pub ino: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
@@ -24,7 +26,6 @@ impl FileKey {
     pub fn of(path: &Path) -> Result<FileKey, InspectError> {
         let m = std::fs::metadata(path).map_err(|e| InspectError::io(path, &e))?;
         Ok(FileKey {
-            dev: m.dev(),
             ino: m.ino(),
             mtime_sec: m.mtime(),
             mtime_nsec: m.mtime_nsec(),

@@ -61,6 +61,23 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
         return Ok(None);
     }
     let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, DwarfError> {
+        // Types and their members need only these; decompressing the line tables, frames
+        // and locations too would triple the time and memory of an inspection.
+        use gimli::SectionId::*;
+        if !matches!(
+            id,
+            DebugInfo
+                | DebugAbbrev
+                | DebugStr
+                | DebugStrOffsets
+                | DebugLineStr
+                | DebugLine
+                | DebugAddr
+                | DebugRanges
+                | DebugRngLists
+        ) {
+            return Ok(Cow::Borrowed(&[][..]));
+        }
         let name = id.name();
         let section = file.section_by_name(name).or_else(|| {
             // Go before 1.20 wrote zlib-compressed `.zdebug_*` sections.

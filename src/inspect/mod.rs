@@ -1,14 +1,10 @@
 //! Turns a Go executable into a probe plan. A pure function of the file: no kernel, no
-//! process, testable without root; cached by (device, inode, mtime).
-//!
-//! OWNER: inspect helper. The public types below are the contract `attach` and the CLI use.
+//! process, testable without root; cached by (inode, size, mtime).
 //!
 //! Steps: read the file (size-capped), parse the x86-64 ELF layout ([`elf`]), read the Go
 //! version from the build-info blob ([`buildinfo`]), find functions through `.symtab` or the
 //! pclntab ([`symbols`], [`pclntab`]), decode their bodies for RET sites ([`ret`]), and take
 //! struct field offsets from DWARF or the built-in table ([`dwarf`], [`offsets_table`]).
-
-// Until every caller is wired in (the lead removes this).
 
 pub mod buildinfo;
 pub mod cache;

@@ -439,6 +439,14 @@ impl Container {
     pub fn restart(&self) {
         docker(&["restart", "-t", "1", &self.id]);
     }
+
+    pub fn stop(&self) {
+        docker(&["stop", "-t", "1", &self.id]);
+    }
+
+    pub fn start(&self) {
+        docker(&["start", &self.id]);
+    }
 }
 
 impl Drop for Container {
@@ -450,6 +458,49 @@ impl Drop for Container {
 /// A unique container name for this test run.
 pub fn container_name(what: &str) -> String {
     format!("sonde-test-{what}-{}", std::process::id())
+}
+
+/// Connects to 127.0.0.1:port the moment it accepts (trying every millisecond) and sends
+/// `n` keep-alive GET requests on that first connection; returns their statuses.
+pub fn first_requests(port: u16, path: &str, n: usize, timeout: Duration) -> Vec<u16> {
+    let t = Instant::now();
+    let mut stream = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(_) if t.elapsed() < timeout => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => panic!("nothing accepted on port {port} within {timeout:?}: {e}"),
+        }
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut statuses = Vec::new();
+    for _ in 0..n {
+        write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n").unwrap();
+        let mut status_line = String::new();
+        reader.read_line(&mut status_line).unwrap();
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut length = 0usize;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" || line.is_empty() {
+                break;
+            }
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        statuses.push(status);
+    }
+    statuses
 }
 
 /// Waits until something accepts on 127.0.0.1:port.

@@ -1,0 +1,141 @@
+//! Container launches before the application's exec: a `task/task_rename` tracepoint
+//! program reports runc's init process (see ebpf/launch.bpf.c), and a small thread hands
+//! each PID to discovery at once.
+
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use aya::maps::{MapData, RingBuf};
+use aya::programs::TracePoint;
+use aya::{Ebpf, EbpfLoader};
+use thiserror::Error;
+
+use crate::ebpf_abi::LaunchEvent;
+
+static LAUNCH_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/launch.bpf.o"));
+
+const FORMAT: &str = "/sys/kernel/tracing/events/task/task_rename/format";
+
+#[derive(Debug, Error)]
+pub enum LaunchError {
+    #[error("tracepoint task/task_rename is not available ({FORMAT}: {0})")]
+    NoTracepoint(std::io::Error),
+    #[error("tracepoint task/task_rename has no field {0}")]
+    Format(&'static str),
+    #[error("cannot load the launch program: {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("launch program: {0}")]
+    Program(#[from] aya::programs::ProgramError),
+    #[error("launch ring buffer: {0}")]
+    Map(#[from] aya::maps::MapError),
+    #[error("the launch object has no {0}")]
+    Missing(&'static str),
+    #[error("cannot start the launch thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// The byte offset of `field` in a tracepoint record, from its format file.
+pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+    format.lines().find_map(|line| {
+        let line = line.trim();
+        let decl = line.strip_prefix("field:")?.split(';').next()?;
+        // `char newcomm[16]` or `pid_t pid`: the name is the last word, before any `[`.
+        let name = decl.split_whitespace().last()?.split('[').next()?;
+        if name != field {
+            return None;
+        }
+        let off = line.split("offset:").nth(1)?.split(';').next()?;
+        off.trim().parse().ok()
+    })
+}
+
+/// The loaded, attached program and the thread that reads its reports; detached on drop.
+pub struct LaunchWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LaunchWatch {
+    /// Loads and attaches the program; `on_launch` is called with each init process's PID
+    /// and when it was renamed (CLOCK_MONOTONIC ns), from the watch thread.
+    pub fn start(on_launch: impl Fn(u32, u64) + Send + 'static) -> Result<Self, LaunchError> {
+        let format = std::fs::read_to_string(FORMAT).map_err(LaunchError::NoTracepoint)?;
+        let newcomm = field_offset(&format, "newcomm").ok_or(LaunchError::Format("newcomm"))?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("NEWCOMM_OFFSET", &newcomm, true)
+            .load(LAUNCH_BPF)?;
+        let program: &mut TracePoint = ebpf
+            .program_mut("task_rename")
+            .ok_or(LaunchError::Missing("task_rename"))?
+            .try_into()?;
+        program.load()?;
+        program.attach("task", "task_rename")?;
+        let ring = RingBuf::try_from(
+            ebpf.take_map("launches")
+                .ok_or(LaunchError::Missing("launches"))?,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("sonde-launch".into())
+                .spawn(move || watch(ebpf, ring, stop, on_launch))
+                .map_err(LaunchError::Thread)?
+        };
+        Ok(LaunchWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for LaunchWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Owns the program (so it stays attached) and reads reports until told to stop.
+fn watch(
+    _ebpf: Ebpf,
+    mut ring: RingBuf<MapData>,
+    stop: Arc<AtomicBool>,
+    on_launch: impl Fn(u32, u64),
+) {
+    let poll_ms = Duration::from_millis(200).as_millis() as i32;
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd {
+            fd: ring.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd for the duration of the call.
+        let _ = unsafe { libc::poll(&mut pfd, 1, poll_ms) };
+        while let Some(item) = ring.next() {
+            if let Some(e) = LaunchEvent::from_bytes(&item) {
+                on_launch(e.pid, e.ktime_ns);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_field_offsets_of_both_layouts() {
+        let with_pid = "name: task_rename\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:pid_t pid;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:char oldcomm[16];\toffset:12;\tsize:16;\tsigned:0;\n\tfield:char newcomm[16];\toffset:28;\tsize:16;\tsigned:0;\n";
+        assert_eq!(field_offset(with_pid, "newcomm"), Some(28));
+        assert_eq!(field_offset(with_pid, "pid"), Some(8));
+        assert_eq!(field_offset(with_pid, "comm"), None);
+        let without_pid = "\tfield:char oldcomm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:char newcomm[16];\toffset:24;\tsize:16;\tsigned:0;\n";
+        assert_eq!(field_offset(without_pid, "newcomm"), Some(24));
+        assert_eq!(field_offset(without_pid, "pid"), None);
+    }
+}
