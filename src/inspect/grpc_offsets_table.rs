@@ -8,7 +8,128 @@ use super::grpc::GrpcOffsets;
 use super::GoVersion;
 
 /// (grpc-go version, Go version, offsets).
-const ROWS: &[(&str, &str, GrpcOffsets)] = &[];
+const ROWS: &[(&str, &str, GrpcOffsets)] = &[
+    (
+        "1.33.3",
+        "1.19.8",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.21.13",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.22.10",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.23.9",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.24.11",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.25.5",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.26.6",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+    (
+        "1.33.3",
+        "1.27.3",
+        GrpcOffsets {
+            stream_method: 72,
+            stream_status: 224,
+            status_proto: 0,
+            proto_code: 0,
+            error_status: 0,
+            error_indirect: false,
+            cc_target: 24,
+            cs_attempt: 224,
+            attempt_stream: 24,
+        },
+    ),
+];
 
 /// The row for grpc-go `grpc` built by Go `go`; its name says both versions.
 pub fn lookup(grpc: &str, go: GoVersion) -> Option<(String, GrpcOffsets)> {
@@ -17,4 +138,19 @@ pub fn lookup(grpc: &str, go: GoVersion) -> Option<(String, GrpcOffsets)> {
     ROWS.iter()
         .find(|(g, v, _)| minor(g) == Some(want) && minor(v) == Some((go.major, go.minor)))
         .map(|(g, v, o)| (format!("grpc-go {g}, Go {v}"), *o))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn looks_up_both_versions_by_minor_only() {
+        let (grpc, go, _) = ROWS[0];
+        let go = GoVersion::parse(&format!("go{go}")).unwrap();
+        let (row, _) = lookup(grpc, go).expect("the first row finds itself");
+        assert!(row.contains(grpc), "{row}");
+        assert!(lookup("1.99.0", go).is_none());
+        assert!(lookup(grpc, GoVersion::new(1, 99, 0)).is_none());
+    }
 }

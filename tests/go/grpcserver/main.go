@@ -4,6 +4,8 @@
 //
 //	/sonde.test.Echo/Unary   unary; the request's `service` field picks the status
 //	/sonde.test.Echo/Stream  server streaming: three messages, then that status
+//	-http PORT               also serves plain HTTP (GET /ping), so the binary has
+//	                         net/http's server probes too
 //
 // Messages are grpc.health.v1's generated ones, so it builds offline from Debian's
 // golang-google-grpc-dev in GOPATH mode (GO111MODULE=off GOPATH=/usr/share/gocode).
@@ -16,6 +18,7 @@ import (
 	"io"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"syscall"
@@ -138,7 +141,16 @@ func script(self, closed string) {
 func main() {
 	port := flag.Int("port", 50051, "port to serve gRPC on (127.0.0.1)")
 	closed := flag.Int("closed", 1, "a port nothing listens on, for the UNAVAILABLE call")
+	httpPort := flag.Int("http", 0, "also serve HTTP on this port (127.0.0.1) when not 0")
 	flag.Parse()
+	if *httpPort != 0 {
+		hl, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *httpPort))
+		if err != nil {
+			log.Fatal(err)
+		}
+		http.HandleFunc("/ping", func(w http.ResponseWriter, r *http.Request) { w.Write([]byte("pong")) })
+		go func() { log.Fatal(http.Serve(hl, nil)) }()
+	}
 	lis, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", *port))
 	if err != nil {
 		log.Fatal(err)
