@@ -479,6 +479,7 @@ fn inspect_lists_grpc_probes() {
     let Some(targets) = targets_or_skip("inspect_lists_grpc_probes") else {
         return;
     };
+    let mut offsets_by_build = Vec::new();
     for t in targets {
         let out = Command::new(support::sonde_bin())
             .arg("inspect")
@@ -503,5 +504,17 @@ fn inspect_lists_grpc_probes() {
             "grpc offsets: DWARF"
         };
         assert!(text.contains(source), "{}: {text}", t.name());
+        let offsets = text
+            .split_once("grpc offsets:")
+            .map(|(_, rest)| rest.lines().skip(1).collect::<Vec<_>>().join("\n"))
+            .unwrap_or_default();
+        offsets_by_build.push((t.version.clone(), t.stripped, offsets));
+    }
+    // The table a stripped build uses says what the same build's DWARF says.
+    for (version, stripped, table) in offsets_by_build.iter().filter(|o| o.1) {
+        if let Some((_, _, dwarf)) = offsets_by_build.iter().find(|o| &o.0 == version && !o.1) {
+            assert!(*stripped);
+            assert_eq!(table, dwarf, "Go {version}: table row and DWARF disagree");
+        }
     }
 }

@@ -522,6 +522,21 @@ impl Exporter {
 /// One line per request for `print_traces`.
 pub fn print_trace_line(r: &EnrichedRequest) -> String {
     let q = &r.request;
+    if q.kind.is_rpc() {
+        let side = if q.kind == crate::collect::RequestKind::RpcClient {
+            format!(" server={}:{}", q.server_address, q.server_port)
+        } else {
+            String::new()
+        };
+        return format!(
+            "{:.3}ms grpc {} {}{side} service={} pid={}",
+            q.duration_seconds() * 1e3,
+            q.method,
+            rpc::status_name(q.status),
+            r.identity.service_name,
+            q.pid,
+        );
+    }
     format!(
         "{:.3}ms {} {} {} ({}) peer={} service={} pid={}{}",
         q.duration_seconds() * 1e3,
