@@ -249,3 +249,5 @@ int client_roundtrip_return(struct pt_regs *ctx)
     submit(e);
     return 0;
 }
+
+#include "grpc.bpf.h"

@@ -10,6 +10,8 @@
 enum sonde_event_kind {
     SONDE_EVENT_HTTP_SERVER = 1,
     SONDE_EVENT_HTTP_CLIENT = 2,
+    SONDE_EVENT_RPC_SERVER = 3, /* struct rpc_request_event */
+    SONDE_EVENT_RPC_CLIENT = 4, /* struct rpc_request_event */
 };
 
 /* flags */
@@ -64,6 +66,41 @@ struct launch_event {
     __u32 pid;      /* in the initial PID namespace */
     __u32 _pad;
     __u64 ktime_ns; /* bpf_ktime_get_ns */
+};
+
+/* gRPC (google.golang.org/grpc) field offsets of one binary: the value of `pid_grpc_offsets`.
+ * A PID without an entry emits no RPC events (its HTTP probes are unaffected). */
+struct grpc_offsets {
+    __u32 stream_method;  /* internal/transport.Stream.method (string) */
+    __u32 stream_status;  /* internal/transport.Stream.status (*status.Status), client side */
+    __u32 status_proto;   /* internal/status.Status.s (*spb.Status) */
+    __u32 proto_code;     /* genproto rpc/status.Status.Code (int32) */
+    __u32 error_status;   /* internal/status.Error.e (*spb.Status), or .s (*Status) */
+    __u32 error_indirect; /* 1: Error holds a *Status (grpc-go >= 1.38), 0: a *spb.Status */
+    __u32 cc_target;      /* grpc.ClientConn.target (string) */
+    __u32 cs_attempt;     /* grpc.clientStream.attempt (*csAttempt) */
+    __u32 attempt_stream; /* grpc.csAttempt.s (*transport.Stream) */
+};
+
+#define SONDE_RPC_METHOD_MAX 128
+#define SONDE_RPC_REMOTE_MAX 64
+
+/* One gRPC call, served (RPC_SERVER) or made (RPC_CLIENT). `status` is the gRPC status code
+ * (0 OK … 16 UNAUTHENTICATED); `remote` is the client's dial target. The first byte is the
+ * kind, as in every event, so user space can tell the records apart. */
+struct rpc_request_event {
+    __u8 kind;         /* enum sonde_event_kind */
+    __u8 flags;        /* SONDE_FLAG_PATH_TRUNCATED: the method was cut */
+    __u16 method_len;  /* bytes copied into method */
+    __u32 pid;
+    __u64 start_ns;
+    __u64 end_ns;
+    __u64 goroutine;
+    __u32 status;
+    __u16 remote_len;
+    __u16 _pad;
+    char method[SONDE_RPC_METHOD_MAX];
+    char remote[SONDE_RPC_REMOTE_MAX];
 };
 
 #endif

@@ -13,6 +13,7 @@ echo "== Docker engine"
 bash scripts/dockerd.sh
 echo "== Go test targets"
 bash scripts/build-go-targets.sh target/go-targets | tail -n 3
+bash scripts/build-grpc-targets.sh target/go-targets | tail -n 3
 echo "== unit tests"
 cargo test --lib --bins --quiet
 echo "== integration tests (one at a time: they load BPF and bind ports)"

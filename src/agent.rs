@@ -527,8 +527,13 @@ fn discovery_loop(
             }
             match guard.attacher.attach_process(pid, &plan) {
                 Ok(n) => {
+                    let grpc = plan
+                        .grpc
+                        .as_ref()
+                        .map(|g| format!(", with grpc-go {}", g.version))
+                        .unwrap_or_default();
                     tracing::info!(
-                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes",
+                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}",
                         process.exe.display(),
                         plan.go_version,
                         identity.service_name

@@ -1,6 +1,7 @@
 //! Rust mirror of ebpf/sonde_events.h: the records that cross between kernel and user space.
 //! `layout_matches_c_header` fails if this file and the header drift apart.
 
+use crate::inspect::grpc::GrpcOffsets;
 use crate::inspect::GoOffsets;
 
 pub const METHOD_MAX: usize = 16;
@@ -9,6 +10,10 @@ pub const REMOTE_MAX: usize = 48;
 
 pub const EVENT_HTTP_SERVER: u8 = 1;
 pub const EVENT_HTTP_CLIENT: u8 = 2;
+pub const EVENT_RPC_SERVER: u8 = 3;
+pub const EVENT_RPC_CLIENT: u8 = 4;
+pub const RPC_METHOD_MAX: usize = 128;
+pub const RPC_REMOTE_MAX: usize = 64;
 pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
 pub const FLAG_HTTP2: u8 = 0x2;
 pub const FLAG_ERROR: u8 = 0x4;
@@ -112,6 +117,70 @@ impl LaunchEvent {
     }
 }
 
+/// `struct grpc_offsets`: the value of the `pid_grpc_offsets` map.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GrpcOffsetsAbi {
+    pub stream_method: u32,
+    pub stream_status: u32,
+    pub status_proto: u32,
+    pub proto_code: u32,
+    pub error_status: u32,
+    pub error_indirect: u32,
+    pub cc_target: u32,
+    pub cs_attempt: u32,
+    pub attempt_stream: u32,
+}
+
+// SAFETY: plain old data, every bit pattern is valid, no padding.
+unsafe impl aya::Pod for GrpcOffsetsAbi {}
+
+impl From<&GrpcOffsets> for GrpcOffsetsAbi {
+    fn from(o: &GrpcOffsets) -> Self {
+        GrpcOffsetsAbi {
+            stream_method: o.stream_method,
+            stream_status: o.stream_status,
+            status_proto: o.status_proto,
+            proto_code: o.proto_code,
+            error_status: o.error_status,
+            error_indirect: u32::from(o.error_indirect),
+            cc_target: o.cc_target,
+            cs_attempt: o.cs_attempt,
+            attempt_stream: o.attempt_stream,
+        }
+    }
+}
+
+/// `struct rpc_request_event`.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct RpcRequestEvent {
+    pub kind: u8,
+    pub flags: u8,
+    pub method_len: u16,
+    pub pid: u32,
+    pub start_ns: u64,
+    pub end_ns: u64,
+    pub goroutine: u64,
+    pub status: u32,
+    pub remote_len: u16,
+    pub _pad: u16,
+    pub method: [u8; RPC_METHOD_MAX],
+    pub remote: [u8; RPC_REMOTE_MAX],
+}
+
+impl RpcRequestEvent {
+    /// Reads an event from ring-buffer bytes; `None` when the record is too short.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: the length was checked, the type is plain old data, and the read is
+        // unaligned-safe.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +252,29 @@ mod tests {
             ]
         );
         check!("launch_event", LaunchEvent, [pid, _pad, ktime_ns]);
+        check!(
+            "grpc_offsets",
+            GrpcOffsetsAbi,
+            [
+                stream_method,
+                stream_status,
+                status_proto,
+                proto_code,
+                error_status,
+                error_indirect,
+                cc_target,
+                cs_attempt,
+                attempt_stream
+            ]
+        );
+        check!(
+            "rpc_request_event",
+            RpcRequestEvent,
+            [
+                kind, flags, method_len, pid, start_ns, end_ns, goroutine, status, remote_len,
+                _pad, method, remote
+            ]
+        );
         c.push_str("return 0; }\n");
         std::fs::write(&src, c).unwrap();
         let exe = dir.join("abi");

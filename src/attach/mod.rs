@@ -17,7 +17,7 @@ pub mod launch;
 mod reaper;
 pub use reaper::Activity;
 
-use crate::ebpf_abi::GoOffsetsAbi;
+use crate::ebpf_abi::{GoOffsetsAbi, GrpcOffsetsAbi};
 use crate::inspect::{ProbePlan, ProbeRole};
 use reaper::Reaper;
 
@@ -28,11 +28,27 @@ const ENTRY_PROGRAM: &str = "server_handler_entry";
 const RETURN_PROGRAM: &str = "server_handler_return";
 const CLIENT_ENTRY_PROGRAM: &str = "client_roundtrip_entry";
 const CLIENT_RETURN_PROGRAM: &str = "client_roundtrip_return";
-const PROGRAMS: [&str; 4] = [
+const GRPC_SERVER_ENTRY: &str = "grpc_server_entry";
+const GRPC_SERVER_RETURN: &str = "grpc_server_return";
+const GRPC_SERVER_STATUS: &str = "grpc_server_status";
+const GRPC_INVOKE_ENTRY: &str = "grpc_client_invoke_entry";
+const GRPC_INVOKE_RETURN: &str = "grpc_client_invoke_return";
+const GRPC_STREAM_ENTRY: &str = "grpc_client_stream_entry";
+const GRPC_STREAM_RETURN: &str = "grpc_client_stream_return";
+const GRPC_STREAM_FINISH: &str = "grpc_client_stream_finish";
+const PROGRAMS: [&str; 12] = [
     ENTRY_PROGRAM,
     RETURN_PROGRAM,
     CLIENT_ENTRY_PROGRAM,
     CLIENT_RETURN_PROGRAM,
+    GRPC_SERVER_ENTRY,
+    GRPC_SERVER_RETURN,
+    GRPC_SERVER_STATUS,
+    GRPC_INVOKE_ENTRY,
+    GRPC_INVOKE_RETURN,
+    GRPC_STREAM_ENTRY,
+    GRPC_STREAM_RETURN,
+    GRPC_STREAM_FINISH,
 ];
 
 #[derive(Debug, Error)]
@@ -156,6 +172,12 @@ impl Attacher {
                 let (entry_prog, ret_prog) = match probe.role {
                     ProbeRole::HttpServerHandler => (ENTRY_PROGRAM, RETURN_PROGRAM),
                     ProbeRole::HttpClientRoundTrip => (CLIENT_ENTRY_PROGRAM, CLIENT_RETURN_PROGRAM),
+                    ProbeRole::GrpcServerHandleStream => (GRPC_SERVER_ENTRY, GRPC_SERVER_RETURN),
+                    // Entry-only roles have no RET sites.
+                    ProbeRole::GrpcServerWriteStatus => (GRPC_SERVER_STATUS, GRPC_SERVER_STATUS),
+                    ProbeRole::GrpcClientInvoke => (GRPC_INVOKE_ENTRY, GRPC_INVOKE_RETURN),
+                    ProbeRole::GrpcClientNewStream => (GRPC_STREAM_ENTRY, GRPC_STREAM_RETURN),
+                    ProbeRole::GrpcClientStreamFinish => (GRPC_STREAM_FINISH, GRPC_STREAM_FINISH),
                 };
                 let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
                     uprobe(ebpf, prog)?
@@ -182,6 +204,20 @@ impl Attacher {
             return Err(e);
         }
         let count = links.links.len();
+        // Before the HTTP filter entry, which marks the process as attached.
+        if let Some(grpc) = &plan.grpc {
+            let offsets = GrpcOffsetsAbi::from(&grpc.offsets);
+            if let Err(source) = self.grpc_filter().and_then(|mut m| {
+                m.insert(pid, offsets, 0)
+                    .map_err(|source| AttachError::Map {
+                        name: "pid_grpc_offsets",
+                        source,
+                    })
+            }) {
+                self.detach_links(links);
+                return Err(source);
+            }
+        }
         let offsets = GoOffsetsAbi::from(&plan.offsets);
         if let Err(source) = self.pid_filter().and_then(|mut m| {
             m.insert(pid, offsets, 0)
@@ -190,6 +226,9 @@ impl Attacher {
                     source,
                 })
         }) {
+            if let Ok(mut m) = self.grpc_filter() {
+                let _ = m.remove(&pid);
+            }
             self.detach_links(links);
             return Err(source);
         }
@@ -201,6 +240,9 @@ impl Attacher {
     pub fn detach_process(&mut self, pid: u32) {
         if let Ok(mut m) = self.pid_filter() {
             // Absent already is fine: the process may never have been fully attached.
+            let _ = m.remove(&pid);
+        }
+        if let Ok(mut m) = self.grpc_filter() {
             let _ = m.remove(&pid);
         }
         if let Some(links) = self.processes.remove(&pid) {
@@ -248,6 +290,19 @@ impl Attacher {
             .ok_or(AttachError::Missing("pid_offsets"))?;
         BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
             name: "pid_offsets",
+            source,
+        })
+    }
+
+    fn grpc_filter(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, u32, GrpcOffsetsAbi>, AttachError> {
+        let map = self
+            .ebpf
+            .map_mut("pid_grpc_offsets")
+            .ok_or(AttachError::Missing("pid_grpc_offsets"))?;
+        BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+            name: "pid_grpc_offsets",
             source,
         })
     }

@@ -3,7 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use super::{Request, RequestKind};
-use crate::ebpf_abi::{self, HttpRequestEvent};
+use crate::ebpf_abi::{self, HttpRequestEvent, RpcRequestEvent};
 
 /// Why a record was not turned into a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -43,6 +43,13 @@ pub fn split_host(host: &str, https: bool) -> (String, u16) {
 }
 
 pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
+    // Every event starts with its kind; RPC events have their own layout.
+    if matches!(
+        bytes.first(),
+        Some(&ebpf_abi::EVENT_RPC_SERVER) | Some(&ebpf_abi::EVENT_RPC_CLIENT)
+    ) {
+        return decode_rpc(bytes);
+    }
     let e = HttpRequestEvent::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
     let kind = match e.kind {
         ebpf_abi::EVENT_HTTP_SERVER => RequestKind::HttpServer,
@@ -85,8 +92,52 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
                 request.status = 0;
             }
         }
+        // Decoded by `decode_rpc`, never here.
+        RequestKind::RpcServer | RequestKind::RpcClient => {}
     }
     Ok(request)
+}
+
+/// A dial target (`host:port`, `dns:///host:port`, `passthrough:///host:port`) → server.
+/// Without a port grpc-go dials 443, as HTTPS does.
+pub fn split_target(target: &str) -> (String, u16) {
+    let endpoint = match target.split_once("://") {
+        Some((_, rest)) => rest.rsplit('/').next().unwrap_or(rest),
+        None => target,
+    };
+    split_host(endpoint, true)
+}
+
+fn decode_rpc(bytes: &[u8]) -> Result<Request, DecodeError> {
+    let e = RpcRequestEvent::from_bytes(bytes).ok_or(DecodeError::Short(bytes.len()))?;
+    let client = e.kind == ebpf_abi::EVENT_RPC_CLIENT;
+    let (server_address, server_port) = if client {
+        split_target(&text(&e.remote, e.remote_len as usize))
+    } else {
+        (String::new(), 0)
+    };
+    Ok(Request {
+        kind: if client {
+            RequestKind::RpcClient
+        } else {
+            RequestKind::RpcServer
+        },
+        pid: e.pid,
+        start_ns: e.start_ns,
+        end_ns: e.end_ns.max(e.start_ns),
+        method: text(&e.method, e.method_len as usize),
+        path: String::new(),
+        path_truncated: e.flags & ebpf_abi::FLAG_PATH_TRUNCATED != 0,
+        // Codes above 16 are not gRPC's: UNKNOWN, as grpc-go itself maps them.
+        status: if e.status <= 16 { e.status as u16 } else { 2 },
+        request_body_bytes: 0,
+        response_body_bytes: 0,
+        peer: None,
+        http2: true,
+        server_address,
+        server_port,
+        error: false,
+    })
 }
 
 #[cfg(test)]
@@ -165,6 +216,71 @@ mod tests {
         let r = decode(&b).unwrap();
         assert!(r.error);
         assert_eq!(r.status, 0);
+    }
+
+    fn rpc_event(kind: u8, method: &str, target: &str, status: u32) -> Vec<u8> {
+        let mut e = RpcRequestEvent {
+            kind,
+            flags: 0,
+            method_len: method.len() as u16,
+            pid: 9,
+            start_ns: 10,
+            end_ns: 20,
+            goroutine: 1,
+            status,
+            remote_len: target.len() as u16,
+            _pad: 0,
+            method: [0; ebpf_abi::RPC_METHOD_MAX],
+            remote: [0; ebpf_abi::RPC_REMOTE_MAX],
+        };
+        e.method[..method.len()].copy_from_slice(method.as_bytes());
+        e.remote[..target.len()].copy_from_slice(target.as_bytes());
+        // SAFETY: reading a POD struct as bytes.
+        unsafe {
+            std::slice::from_raw_parts(
+                (&e as *const RpcRequestEvent).cast::<u8>(),
+                std::mem::size_of::<RpcRequestEvent>(),
+            )
+        }
+        .to_vec()
+    }
+
+    #[test]
+    fn decodes_rpc_calls() {
+        let r = decode(&rpc_event(ebpf_abi::EVENT_RPC_SERVER, "/a.B/C", "", 5)).unwrap();
+        assert_eq!(
+            (r.kind, r.method.as_str(), r.status),
+            (RequestKind::RpcServer, "/a.B/C", 5)
+        );
+        let r = decode(&rpc_event(
+            ebpf_abi::EVENT_RPC_CLIENT,
+            "/a.B/C",
+            "dns:///api:8443",
+            99,
+        ))
+        .unwrap();
+        assert_eq!(r.kind, RequestKind::RpcClient);
+        assert_eq!((r.server_address.as_str(), r.server_port), ("api", 8443));
+        assert_eq!(r.status, 2);
+        assert_eq!(
+            decode(&[ebpf_abi::EVENT_RPC_CLIENT, 0]),
+            Err(DecodeError::Short(2))
+        );
+    }
+
+    #[test]
+    fn dial_targets_name_the_server() {
+        assert_eq!(split_target("127.0.0.1:50051"), ("127.0.0.1".into(), 50051));
+        assert_eq!(
+            split_target("passthrough:///localhost:9"),
+            ("localhost".into(), 9)
+        );
+        assert_eq!(
+            split_target("dns:///example.com"),
+            ("example.com".into(), 443)
+        );
+        assert_eq!(split_target("[::1]:7000"), ("::1".into(), 7000));
+        assert_eq!(split_target("[::1]"), ("::1".into(), 443));
     }
 
     #[test]

@@ -32,6 +32,17 @@ pub struct Request {
 pub enum RequestKind {
     HttpServer,
     HttpClient,
+    /// A gRPC call served: `method` is the RPC method (`/pkg.Service/Method`), `status` the
+    /// gRPC status code (0 OK … 16 UNAUTHENTICATED).
+    RpcServer,
+    /// A gRPC call made: as `RpcServer`, plus the server from the dial target.
+    RpcClient,
+}
+
+impl RequestKind {
+    pub fn is_rpc(self) -> bool {
+        matches!(self, RequestKind::RpcServer | RequestKind::RpcClient)
+    }
 }
 
 impl Request {

@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+mod rpc;
+
 use crate::config::{Config, MetricsNaming};
 use crate::enrich::EnrichedRequest;
 
@@ -357,6 +359,7 @@ pub struct Exporter {
     report_peer: bool,
     /// Server families, then client families.
     families: Mutex<(Families, Families)>,
+    rpc: Mutex<rpc::RpcFamilies>,
     health: Health,
     /// Containers that stopped, with when their series expire.
     retiring: Mutex<std::collections::HashMap<String, std::time::Instant>>,
@@ -381,6 +384,7 @@ impl Exporter {
             report_target,
             report_peer,
             families: Mutex::new(families),
+            rpc: Mutex::new(rpc::RpcFamilies::new(naming)),
             health: Health::default(),
             retiring: Mutex::new(std::collections::HashMap::new()),
         }
@@ -435,12 +439,19 @@ impl Exporter {
     }
 
     pub fn record(&self, r: &EnrichedRequest) {
+        if r.request.kind.is_rpc() {
+            self.health.events.fetch_add(1, Ordering::Relaxed);
+            let mut f = self.rpc.lock().unwrap_or_else(|p| p.into_inner());
+            f.observe(r);
+            return;
+        }
         let labels = self.labels(r);
         self.health.events.fetch_add(1, Ordering::Relaxed);
         let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
         match r.request.kind {
             crate::collect::RequestKind::HttpServer => f.0.observe(&labels, &r.request),
             crate::collect::RequestKind::HttpClient => f.1.observe(&labels, &r.request),
+            crate::collect::RequestKind::RpcServer | crate::collect::RequestKind::RpcClient => {}
         }
     }
 
@@ -484,6 +495,11 @@ impl Exporter {
         let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
         f.0.retain(keep);
         f.1.retain(keep);
+        drop(f);
+        self.rpc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(keep);
         tracing::info!("expired the series of stopped containers {expired:?}");
     }
 
@@ -494,6 +510,10 @@ impl Exporter {
             f.0.render(&mut out);
             f.1.render(&mut out);
         }
+        self.rpc
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .render(&mut out);
         self.health.render(&mut out);
         out
     }
@@ -502,6 +522,21 @@ impl Exporter {
 /// One line per request for `print_traces`.
 pub fn print_trace_line(r: &EnrichedRequest) -> String {
     let q = &r.request;
+    if q.kind.is_rpc() {
+        let side = if q.kind == crate::collect::RequestKind::RpcClient {
+            format!(" server={}:{}", q.server_address, q.server_port)
+        } else {
+            String::new()
+        };
+        return format!(
+            "{:.3}ms grpc {} {}{side} service={} pid={}",
+            q.duration_seconds() * 1e3,
+            q.method,
+            rpc::status_name(q.status),
+            r.identity.service_name,
+            q.pid,
+        );
+    }
     format!(
         "{:.3}ms {} {} {} ({}) peer={} service={} pid={}{}",
         q.duration_seconds() * 1e3,

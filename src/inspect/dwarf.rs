@@ -189,3 +189,101 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
         client_content_length: get("net/http.Response", "ContentLength")?,
     }))
 }
+
+/// Field offsets by (struct, field).
+pub type FieldOffsets = HashMap<(String, String), u32>;
+
+/// Offsets of the given struct fields, by (struct, field), for the structs the binary's
+/// DWARF describes; `None` when it has no DWARF. Fields it does not have are left out, so
+/// callers can tell layouts of different library versions apart.
+pub fn struct_fields(
+    file: &object::File,
+    wanted: &[(&str, &[&str])],
+) -> Result<Option<FieldOffsets>, DwarfError> {
+    if file.section_by_name(".debug_info").is_none()
+        && file.section_by_name(".zdebug_info").is_none()
+    {
+        return Ok(None);
+    }
+    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, DwarfError> {
+        let name = id.name();
+        let section = file.section_by_name(name).or_else(|| {
+            name.strip_prefix(".debug_")
+                .and_then(|rest| file.section_by_name(&format!(".zdebug_{rest}")))
+        });
+        match section {
+            Some(s) => s
+                .uncompressed_data()
+                .map_err(|e| DwarfError::Parse(format!("{name}: {e}"))),
+            None => Ok(Cow::Borrowed(&[][..])),
+        }
+    };
+    let owned = gimli::DwarfSections::load(load)?;
+    let dwarf = owned.borrow(|s| EndianSlice::new(s, LittleEndian));
+    let mut found = HashMap::new();
+    let mut structs_seen = 0usize;
+    let mut entries_seen = 0usize;
+    let mut units = dwarf.units();
+    while let Some(header) = units.next()? {
+        let unit = dwarf.unit(header)?;
+        let mut cursor = unit.entries();
+        let mut current: Option<(&str, &[&str], isize)> = None;
+        while let Some(entry) = cursor.next_dfs()? {
+            entries_seen += 1;
+            if entries_seen > MAX_ENTRIES {
+                return Err(DwarfError::Parse("too many DWARF entries".into()));
+            }
+            let depth = entry.depth();
+            if matches!(current, Some((_, _, d)) if depth <= d) {
+                current = None;
+            }
+            let name = || -> Result<&str, DwarfError> {
+                Ok(match entry.attr_value(gimli::DW_AT_name) {
+                    Some(v) => {
+                        std::str::from_utf8(dwarf.attr_string(&unit, v)?.slice()).unwrap_or("")
+                    }
+                    None => "",
+                })
+            };
+            match entry.tag() {
+                gimli::DW_TAG_structure_type => {
+                    let n = name()?;
+                    current = wanted
+                        .iter()
+                        .find(|(s, _)| *s == n)
+                        .map(|(s, fields)| (*s, *fields, depth));
+                    if current.is_some() {
+                        structs_seen += 1;
+                    }
+                }
+                gimli::DW_TAG_member => {
+                    let Some((strukt, fields, _)) = current else {
+                        continue;
+                    };
+                    let n = name()?;
+                    if !fields.contains(&n) {
+                        continue;
+                    }
+                    let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
+                        Some(AttributeValue::Udata(v)) => v,
+                        Some(AttributeValue::Data1(v)) => v.into(),
+                        Some(AttributeValue::Data2(v)) => v.into(),
+                        Some(AttributeValue::Data4(v)) => v.into(),
+                        Some(AttributeValue::Data8(v)) => v,
+                        Some(AttributeValue::Sdata(v)) => v as u64,
+                        _ => continue,
+                    };
+                    if let Ok(offset) = u32::try_from(offset) {
+                        found.insert((strukt.to_string(), n.to_string()), offset);
+                    }
+                }
+                _ => {}
+            }
+        }
+        // Each struct is described once per binary.
+        if structs_seen >= wanted.len() {
+            break;
+        }
+    }
+    Ok(Some(found))
+}

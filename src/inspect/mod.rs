@@ -10,6 +10,8 @@ pub mod buildinfo;
 pub mod cache;
 pub mod dwarf;
 pub mod elf;
+pub mod grpc;
+pub mod grpc_offsets_table;
 pub mod offsets_table;
 pub mod pclntab;
 pub mod ret;
@@ -55,6 +57,25 @@ pub enum ProbeRole {
     HttpServerHandler,
     /// `net/http.(*Transport).RoundTrip`: one outgoing call, entry and every RET.
     HttpClientRoundTrip,
+    /// grpc-go `(*Server).handleStream`: one served call, entry and every RET.
+    GrpcServerHandleStream,
+    /// grpc-go `(*http2Server).WriteStatus`: the served call's status; entry only.
+    GrpcServerWriteStatus,
+    /// grpc-go `(*ClientConn).Invoke`: one unary call made, entry and every RET.
+    GrpcClientInvoke,
+    /// grpc-go `(*ClientConn).NewStream`: a streaming call made, entry and every RET.
+    GrpcClientNewStream,
+    /// grpc-go `(*clientStream).finish`: a streaming call's end; entry only.
+    GrpcClientStreamFinish,
+}
+
+impl ProbeRole {
+    pub fn is_http(self) -> bool {
+        matches!(
+            self,
+            ProbeRole::HttpServerHandler | ProbeRole::HttpClientRoundTrip
+        )
+    }
 }
 
 /// One function to probe: its entry and every RET instruction, as file offsets (what
@@ -97,6 +118,9 @@ pub struct ProbePlan {
     pub offsets_source: OffsetsSource,
     pub offsets: GoOffsets,
     pub probes: Vec<FunctionProbe>,
+    /// grpc-go, when the binary has it and sonde knows its layout (its probes are in
+    /// `probes`).
+    pub grpc: Option<grpc::GrpcPlan>,
 }
 
 impl GoVersion {
@@ -399,11 +423,24 @@ impl GoBinary {
     pub fn plan(&self) -> Result<ProbePlan, InspectError> {
         let server = self.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP);
         let client = self.function_probe(ProbeRole::HttpClientRoundTrip, ROUND_TRIP);
-        let probes: Vec<FunctionProbe> = match (server, client) {
-            (Err(e), Err(_)) => return Err(e),
+        let grpc = grpc::plan(self);
+        let mut probes: Vec<FunctionProbe> = match (server, client) {
+            (Err(e), Err(_)) if grpc.is_none() => return Err(e),
             (server, client) => server.into_iter().chain(client).collect(),
         };
-        let (offsets_source, offsets) = self.offsets()?;
+        let grpc = grpc.map(|(plan, grpc_probes)| {
+            probes.extend(grpc_probes);
+            plan
+        });
+        let (offsets_source, offsets) = match self.offsets() {
+            Ok(o) => o,
+            // A gRPC-only binary (no net/http server or client linked in) needs no HTTP
+            // offsets: the HTTP programs never run for it.
+            Err(_) if probes.iter().all(|p| !p.role.is_http()) => {
+                (OffsetsSource::Table("none".into()), GoOffsets::default())
+            }
+            Err(e) => return Err(e),
+        };
         Ok(ProbePlan {
             path: self.path.clone(),
             go_version: self.go_version(),
@@ -411,6 +448,7 @@ impl GoBinary {
             offsets_source,
             offsets,
             probes,
+            grpc,
         })
     }
 }
@@ -435,6 +473,10 @@ pub fn render(plan: &ProbePlan) -> String {
             p.entry_vaddr, p.entry_offset
         );
         let rets: Vec<String> = p.ret_offsets.iter().map(|o| format!("{o:#x}")).collect();
+        if rets.is_empty() {
+            let _ = writeln!(s, "  returns:  not probed (entry only)");
+            continue;
+        }
         let _ = writeln!(
             s,
             "  returns:  {} RET(s) at file offsets {}",
@@ -465,6 +507,25 @@ pub fn render(plan: &ProbePlan) -> String {
         ("http.Response.ContentLength", o.client_content_length),
     ] {
         let _ = writeln!(s, "  {name:<42} {v}");
+    }
+    match &plan.grpc {
+        Some(g) => {
+            let source = match &g.offsets_source {
+                OffsetsSource::Dwarf => "DWARF".to_string(),
+                OffsetsSource::Table(row) => format!("built-in table (row for {row})"),
+            };
+            let _ = writeln!(s, "grpc:       grpc-go {}", g.version);
+            let _ = writeln!(s, "grpc offsets: {source}");
+            for (name, v) in grpc::render_offsets(&g.offsets) {
+                let _ = writeln!(s, "  {name:<42} {v}");
+            }
+        }
+        None => {
+            let _ = writeln!(
+                s,
+                "grpc:       not instrumented (no grpc-go, or layout unknown)"
+            );
+        }
     }
     s
 }
