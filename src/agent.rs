@@ -128,11 +128,20 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             exporter.clone(),
             config.prometheus_path.clone(),
         ));
-    } else if !config.print_traces {
+    } else if !config.print_traces && !config.otlp.enabled() {
         tracing::warn!(
             "no SONDE_PROMETHEUS_PORT and no PRINT_TRACES: requests are measured but not shown"
         );
     }
+
+    let otlp = if config.otlp.enabled() {
+        Some(
+            crate::export::otlp::Otlp::start(&config, exporter.clone())
+                .map_err(|e| AgentError::Serve(e.to_string()))?,
+        )
+    } else {
+        None
+    };
 
     let identities = Arc::new(RwLock::new(Identities::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -191,6 +200,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     println!("{}", crate::export::print_trace_line(&enriched));
                 }
                 exporter.record(&enriched);
+                if let Some(otlp) = &otlp {
+                    otlp.record(&enriched);
+                }
             });
         }
         if last_lost_check.elapsed() >= Duration::from_secs(1) {
