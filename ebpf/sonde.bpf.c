@@ -30,10 +30,17 @@ struct inflight_key {
     __u64 goroutine;
 };
 
+struct trace_ctx {
+    __u8 trace_id[16];
+    __u8 span_id[8];
+    __u8 parent_span_id[8];
+};
+
 struct inflight {
     __u64 start_ns;
     __u64 req;
     __u64 rw_data;
+    struct trace_ctx trace;
 };
 
 /* Bounded: a handler that panics never reaches a RET, and its entry is evicted in time. */
@@ -110,15 +117,32 @@ static __always_inline void submit(struct http_request_event *e)
     bpf_ringbuf_submit(e, wake);
 }
 
-/* Remembers a call's start and arguments by goroutine, for a selected process only. */
-static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, __u64 req,
-                                     __u64 rw_data)
+static __always_inline void random_words(__u32 *dst, int n)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = bpf_get_prandom_u32();
+}
+
+/* Remembers a call's start and arguments by goroutine, for a selected process only, with
+ * new span ids. `parent_map`: where a request this call belongs to may be in flight on the
+ * same goroutine (a handler's own outgoing call); NULL for server requests. */
+static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, void *parent_map,
+                                     __u64 req, __u64 rw_data)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     if (!bpf_map_lookup_elem(&pid_offsets, &pid))
         return;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     struct inflight v = {.start_ns = bpf_ktime_get_ns(), .req = req, .rw_data = rw_data};
+    random_words((__u32 *)v.trace.span_id, 2);
+    struct inflight *parent = parent_map ? bpf_map_lookup_elem(parent_map, &key) : NULL;
+    if (parent) {
+        __builtin_memcpy(v.trace.trace_id, parent->trace.trace_id, sizeof(v.trace.trace_id));
+        __builtin_memcpy(v.trace.parent_span_id, parent->trace.span_id,
+                         sizeof(v.trace.parent_span_id));
+    } else {
+        random_words((__u32 *)v.trace.trace_id, 4);
+    }
     bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
 }
 
@@ -150,6 +174,9 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
     e->start_ns = v->start_ns;
     e->end_ns = bpf_ktime_get_ns();
     e->goroutine = key.goroutine;
+    __builtin_memcpy(e->trace_id, v->trace.trace_id, sizeof(e->trace_id));
+    __builtin_memcpy(e->span_id, v->trace.span_id, sizeof(e->span_id));
+    __builtin_memcpy(e->parent_span_id, v->trace.parent_span_id, sizeof(e->parent_span_id));
 
     __u64 req = v->req;
     __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + (*off)->request_method);
@@ -172,7 +199,7 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
 SEC("uprobe")
 int server_handler_entry(struct pt_regs *ctx)
 {
-    remember(ctx, &server_inflight, ctx->rdi, ctx->rcx);
+    remember(ctx, &server_inflight, NULL, ctx->rdi, ctx->rcx);
     return 0;
 }
 
@@ -216,7 +243,7 @@ int server_handler_return(struct pt_regs *ctx)
 SEC("uprobe")
 int client_roundtrip_entry(struct pt_regs *ctx)
 {
-    remember(ctx, &client_inflight, ctx->rbx, 0);
+    remember(ctx, &client_inflight, &server_inflight, ctx->rbx, 0);
     return 0;
 }
 

@@ -56,6 +56,11 @@ struct http_request_event {
     char method[SONDE_METHOD_MAX];
     char path[SONDE_PATH_MAX];
     char remote[SONDE_REMOTE_MAX];
+    /* W3C trace context, made at the entry probe. A client call made on the goroutine of a
+     * request being served carries that request's trace id, and its span id as parent. */
+    __u8 trace_id[16];
+    __u8 span_id[8];
+    __u8 parent_span_id[8]; /* all zero: a root span */
 };
 
 #endif

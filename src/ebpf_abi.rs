@@ -79,6 +79,9 @@ pub struct HttpRequestEvent {
     pub method: [u8; METHOD_MAX],
     pub path: [u8; PATH_MAX],
     pub remote: [u8; REMOTE_MAX],
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
 }
 
 impl HttpRequestEvent {
@@ -160,7 +163,10 @@ mod tests {
                 path_len,
                 method,
                 path,
-                remote
+                remote,
+                trace_id,
+                span_id,
+                parent_span_id
             ]
         );
         c.push_str("return 0; }\n");

@@ -683,6 +683,39 @@ fn assert_spans(s: &Setup, r: &Receiver) {
         Some("_OTHER")
     );
 
+    // Parent links: each call is the child of the request whose handler made it.
+    let parent_of = |call: &Span, status: i64| {
+        let parent = server
+            .iter()
+            .find(|s| {
+                attr_str(&s.attributes, "url.path").as_deref() == Some("/call")
+                    && attr_int(&s.attributes, "http.response.status_code") == Some(status)
+            })
+            .expect("the /call server span");
+        assert_eq!(
+            call.trace_id, parent.trace_id,
+            "a call joins its request's trace"
+        );
+        assert_eq!(
+            call.parent_span_id, parent.span_id,
+            "a call is its request's child"
+        );
+        assert!(parent.start_time_unix_nano <= call.start_time_unix_nano);
+        assert!(call.end_time_unix_nano <= parent.end_time_unix_nano);
+    };
+    parent_of(options, 201);
+    parent_of(refused, 502);
+    for sp in &server {
+        assert!(sp.parent_span_id.is_empty(), "{} is a root span", sp.name);
+    }
+    let trace_ids: std::collections::HashSet<&Vec<u8>> =
+        server.iter().map(|s| &s.trace_id).collect();
+    assert_eq!(
+        trace_ids.len(),
+        server.len(),
+        "every request starts its own trace"
+    );
+
     // The back server handled the OPTIONS call: its own SERVER span.
     let back = i64::from(s.back.pid());
     assert!(spans

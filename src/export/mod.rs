@@ -611,6 +611,7 @@ mod tests {
                 server_address: String::new(),
                 server_port: 0,
                 error: false,
+                trace: None,
             },
             identity: Arc::new(Identity {
                 service_name: "svc \"q\"".into(),

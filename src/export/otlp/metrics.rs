@@ -321,6 +321,7 @@ mod tests {
                 server_address: "api".into(),
                 server_port: 81,
                 error,
+                trace: None,
             },
             identity: Arc::new(Identity::default()),
             route: "/a".into(),

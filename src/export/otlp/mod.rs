@@ -192,7 +192,14 @@ impl Otlp {
             m.record(r, || self.resource(r), WallClock::now_unix_ns());
         }
         if let Some(buf) = &self.spans {
-            let ids = self.ids.root();
+            let ids = match r.request.trace {
+                Some(t) => SpanIds {
+                    trace_id: t.trace_id,
+                    span_id: t.span_id,
+                    parent_span_id: t.parent_span_id,
+                },
+                None => self.ids.root(),
+            };
             if !traces::sampled(&ids.trace_id, self.sampler_ratio) {
                 return;
             }
