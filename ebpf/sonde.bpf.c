@@ -117,6 +117,158 @@ static __always_inline void submit(struct http_request_event *e)
     bpf_ringbuf_submit(e, wake);
 }
 
+/* Incoming W3C trace context: the `Traceparent` entry of the request's Header map
+ * (map[string][]string), found by a bounded scan of the map's memory. Go changed its map
+ * implementation in 1.24 (buckets of 8 → swiss tables), so there are two readers. */
+#define TRACEPARENT_LEN 55  /* 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags> */
+#define MAP_SCAN_GROUPS 4   /* buckets or groups looked at: headers of ordinary requests */
+#define GO_STRING_SIZE 16
+#define GO_SLICE_SIZE 24
+#define HMAP_BUCKET_SIZE (8 + 8 * GO_STRING_SIZE + 8 * GO_SLICE_SIZE + 8)
+#define HMAP_MIN_TOPHASH 5
+#define SWISS_SLOT_SIZE (GO_STRING_SIZE + GO_SLICE_SIZE)
+#define SWISS_GROUP_SIZE (8 + 8 * SWISS_SLOT_SIZE)
+
+/* Whether the Go string at `addr` is "Traceparent" (the canonical form Go stores). */
+static __always_inline int is_traceparent(__u64 addr)
+{
+    __u64 hdr[2] = {0, 0};
+    if (bpf_probe_read_user(hdr, sizeof(hdr), (void *)addr) != 0 || hdr[1] != 11 || !hdr[0])
+        return 0;
+    char k[11];
+    if (bpf_probe_read_user(k, sizeof(k), (void *)hdr[0]) != 0)
+        return 0;
+    return k[0] == 'T' && k[1] == 'r' && k[2] == 'a' && k[3] == 'c' && k[4] == 'e' &&
+           k[5] == 'p' && k[6] == 'a' && k[7] == 'r' && k[8] == 'e' && k[9] == 'n' &&
+           k[10] == 't';
+}
+
+/* Go < 1.24: hmap {count, flags, B, noverflow, hash0, buckets, ...}; a bucket is tophash[8],
+ * keys[8], elems[8], overflow. Returns the address of the value slice, or 0. */
+static __always_inline __u64 find_traceparent_buckets(__u64 h)
+{
+    __u8 b = 0;
+    bpf_probe_read_user(&b, 1, (void *)(h + 9));
+    __u64 buckets = read_u64(h + 16);
+    __u64 n = b < 2 ? (1ULL << b) : MAP_SCAN_GROUPS;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAP_SCAN_GROUPS; i++) {
+        if (i >= n || !buckets)
+            break;
+        __u64 bucket = buckets + i * HMAP_BUCKET_SIZE;
+        __u64 tophash = read_u64(bucket);
+#pragma clang loop unroll(disable)
+        for (int s = 0; s < 8; s++) {
+            if (((tophash >> (s * 8)) & 0xff) < HMAP_MIN_TOPHASH)
+                continue;
+            if (is_traceparent(bucket + 8 + s * GO_STRING_SIZE))
+                return bucket + 8 + 8 * GO_STRING_SIZE + s * GO_SLICE_SIZE;
+        }
+    }
+    return 0;
+}
+
+/* One swiss group: a control word (high bit set: empty or deleted) and 8 key/value slots. */
+static __always_inline __u64 find_in_group(__u64 group)
+{
+    __u64 ctrl = read_u64(group);
+#pragma clang loop unroll(disable)
+    for (int s = 0; s < 8; s++) {
+        if ((ctrl >> (s * 8)) & 0x80)
+            continue;
+        __u64 slot = group + 8 + s * SWISS_SLOT_SIZE;
+        if (is_traceparent(slot))
+            return slot + GO_STRING_SIZE;
+    }
+    return 0;
+}
+
+/* Go >= 1.24: Map {used, seed, dirPtr, dirLen, ...}. dirLen 0: dirPtr is the one group of a
+ * small map; else a directory of tables {used, capacity, growthLeft, localDepth, index,
+ * groups {data, lengthMask}}. */
+static __always_inline __u64 find_traceparent_swiss(__u64 m)
+{
+    __u64 dir = read_u64(m + 16);
+    __u64 dir_len = read_u64(m + 24);
+    if (!dir)
+        return 0;
+    if (dir_len == 0)
+        return find_in_group(dir);
+    __u64 table = read_u64(dir);
+    if (!table)
+        return 0;
+    __u64 groups = read_u64(table + 16);
+    __u64 mask = read_u64(table + 24);
+#pragma clang loop unroll(disable)
+    for (int g = 0; g < MAP_SCAN_GROUPS; g++) {
+        if (g > mask || !groups)
+            break;
+        __u64 found = find_in_group(groups + g * SWISS_GROUP_SIZE);
+        if (found)
+            return found;
+    }
+    return 0;
+}
+
+static __always_inline int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static __always_inline int parse_hex(const char *s, __u8 *out, int n)
+{
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < n; i++) {
+        int hi = hex_nibble(s[2 * i]);
+        int lo = hex_nibble(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (hi << 4) | lo;
+    }
+    return 0;
+}
+
+/* Makes this request join the trace of its incoming `traceparent`, if it has a valid one. */
+static __always_inline void join_incoming_trace(__u64 req, struct go_offsets *off,
+                                                struct trace_ctx *t)
+{
+    __u64 header = read_u64(req + off->request_header);
+    if (!header)
+        return;
+    __u64 value = off->map_layout == SONDE_MAP_SWISS ? find_traceparent_swiss(header)
+                                                     : find_traceparent_buckets(header);
+    if (!value)
+        return;
+    __u64 slice[2] = {0, 0};
+    if (bpf_probe_read_user(slice, sizeof(slice), (void *)value) != 0 || !slice[0] ||
+        !slice[1])
+        return;
+    __u64 str[2] = {0, 0};
+    if (bpf_probe_read_user(str, sizeof(str), (void *)slice[0]) != 0 || !str[0] ||
+        str[1] < TRACEPARENT_LEN)
+        return;
+    char tp[TRACEPARENT_LEN];
+    if (bpf_probe_read_user(tp, sizeof(tp), (void *)str[0]) != 0)
+        return;
+    if (tp[2] != '-' || tp[35] != '-' || tp[52] != '-')
+        return;
+    __u8 trace_id[16];
+    __u8 parent[8];
+    if (parse_hex(tp + 3, trace_id, 16) || parse_hex(tp + 36, parent, 8))
+        return;
+    __u64 *tw = (__u64 *)trace_id;
+    __u64 *pw = (__u64 *)parent;
+    /* All-zero ids are invalid: start a new trace instead. */
+    if ((tw[0] | tw[1]) == 0 || pw[0] == 0)
+        return;
+    __builtin_memcpy(t->trace_id, trace_id, sizeof(trace_id));
+    __builtin_memcpy(t->parent_span_id, parent, sizeof(parent));
+}
+
 static __always_inline void random_words(__u32 *dst, int n)
 {
     for (int i = 0; i < n; i++)
@@ -130,7 +282,8 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
                                      __u64 req, __u64 rw_data)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    if (!off)
         return;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     struct inflight v = {.start_ns = bpf_ktime_get_ns(), .req = req, .rw_data = rw_data};
@@ -142,6 +295,8 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
                          sizeof(v.trace.parent_span_id));
     } else {
         random_words((__u32 *)v.trace.trace_id, 4);
+        if (!parent_map)
+            join_incoming_trace(req, off, &v.trace);
     }
     bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
 }

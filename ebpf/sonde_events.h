@@ -36,7 +36,12 @@ struct go_offsets {
     __u32 url_host;               /* net/url.URL.Host (string) */
     __u32 client_status_code;     /* net/http.Response.StatusCode (int) */
     __u32 client_content_length;  /* net/http.Response.ContentLength (int64) */
+    __u32 request_header;         /* net/http.Request.Header (map[string][]string) */
+    __u32 map_layout;             /* SONDE_MAP_*: Go's map implementation */
 };
+
+#define SONDE_MAP_BUCKETS 0 /* Go < 1.24: hmap and buckets of 8 */
+#define SONDE_MAP_SWISS 1   /* Go >= 1.24: swiss tables */
 
 /* One HTTP request, served (SERVER) or made (CLIENT). For a client call, `remote` is the
  * URL's host[:port], `response_written` the response's Content-Length (-1 unknown). */

@@ -13,6 +13,8 @@ pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
 pub const FLAG_HTTP2: u8 = 0x2;
 pub const FLAG_ERROR: u8 = 0x4;
 pub const FLAG_HTTPS: u8 = 0x8;
+pub const MAP_BUCKETS: u32 = 0;
+pub const MAP_SWISS: u32 = 1;
 
 /// `struct go_offsets`: the value of the PID filter map.
 #[repr(C)]
@@ -33,6 +35,9 @@ pub struct GoOffsetsAbi {
     pub url_host: u32,
     pub client_status_code: u32,
     pub client_content_length: u32,
+    pub request_header: u32,
+    /// `MAP_BUCKETS` (Go < 1.24) or `MAP_SWISS`: how to read `Request.Header`.
+    pub map_layout: u32,
 }
 
 // SAFETY: plain old data, every bit pattern is valid, no padding.
@@ -56,6 +61,8 @@ impl From<&GoOffsets> for GoOffsetsAbi {
             url_host: o.url_host,
             client_status_code: o.client_status_code,
             client_content_length: o.client_content_length,
+            request_header: o.request_header,
+            map_layout: MAP_BUCKETS,
         }
     }
 }
@@ -142,7 +149,9 @@ mod tests {
                 url_scheme,
                 url_host,
                 client_status_code,
-                client_content_length
+                client_content_length,
+                request_header,
+                map_layout
             ]
         );
         check!(

@@ -990,3 +990,122 @@ impl KeepAlive {
         status
     }
 }
+
+/// One GET with extra headers on its own connection; returns the status.
+fn get_with_headers(port: u16, path: &str, headers: &[(String, String)]) -> u16 {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    resp.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// An incoming `traceparent` makes the SERVER span (and the calls its handler makes) join
+/// that trace, on both of Go's map layouts (buckets before 1.24, swiss tables since), for
+/// small and large header sets.
+#[test]
+fn incoming_traceparent_joins_the_trace() {
+    if !require_root_or_skip("incoming_traceparent_joins_the_trace") {
+        return;
+    }
+    let targets: Vec<GoTarget> = ["1.19", "1.23", "1.24", "1.27"]
+        .iter()
+        .filter_map(|minor| {
+            go_targets().into_iter().rfind(|t| {
+                t.linkage == "static" && !t.stripped && t.version.starts_with(&format!("{minor}."))
+            })
+        })
+        .collect();
+    assert!(targets.len() >= 2, "need Go builds on both sides of 1.24");
+    let ports: Vec<u16> = targets.iter().map(|_| free_port()).collect();
+    let servers: Vec<ChildGuard> = targets
+        .iter()
+        .zip(&ports)
+        .map(|(t, p)| spawn_go_server(&t.path, *p, false))
+        .collect();
+    let r = Receiver::http(free_port());
+    let endpoint = format!("http://127.0.0.1:{}/v1/traces", r.port);
+    let open = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let sonde = spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &open),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
+    ]);
+    for s in &servers {
+        assert!(
+            sonde.wait_for_log(
+                &format!("instrumented pid {} ", s.pid()),
+                Duration::from_secs(30)
+            ),
+            "{}",
+            sonde.log()
+        );
+    }
+    let upstream = free_port();
+    let mut sent = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        for (j, extra) in [2usize, 14].into_iter().enumerate() {
+            let trace_id: Vec<u8> = (0..16).map(|k| (i * 40 + j * 20 + k + 1) as u8).collect();
+            let parent: Vec<u8> = (0..8).map(|k| (0xa0 + i * 8 + j * 4 + k) as u8).collect();
+            let mut headers: Vec<(String, String)> = (0..extra)
+                .map(|n| (format!("X-Extra-{n}"), format!("value-{n}")))
+                .collect();
+            headers.insert(
+                extra / 2,
+                (
+                    "traceparent".into(),
+                    format!("00-{}-{}-01", hex(&trace_id), hex(&parent)),
+                ),
+            );
+            let path = format!("/call?url=http://127.0.0.1:{upstream}/&n={j}");
+            assert_eq!(get_with_headers(*port, &path, &headers), 502);
+            sent.push((*port, extra, trace_id, parent));
+        }
+    }
+    // And one without: a new trace.
+    assert_eq!(get_with_headers(ports[0], "/status/204", &[]), 204);
+    wait_until(&r, Duration::from_secs(30), "the spans", |got| {
+        all_spans(got).len() > 2 * sent.len()
+    });
+    let spans = all_spans(&r.got());
+    for (port, extra, trace_id, parent) in &sent {
+        let what = format!("server on :{port} with {extra} more headers");
+        let in_trace: Vec<&Span> = spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.trace_id == *trace_id)
+            .collect();
+        let server = in_trace
+            .iter()
+            .find(|s| s.kind == SERVER)
+            .unwrap_or_else(|| panic!("{what}: no SERVER span joined the trace"));
+        assert_eq!(server.parent_span_id, *parent, "{what}: remote parent");
+        let client = in_trace
+            .iter()
+            .find(|s| s.kind == CLIENT)
+            .unwrap_or_else(|| panic!("{what}: the call is not in the trace"));
+        assert_eq!(client.parent_span_id, server.span_id, "{what}");
+    }
+    let fresh = spans
+        .iter()
+        .find(|(_, s)| {
+            s.name == "GET /**" && attr_int(&s.attributes, "http.response.status_code") == Some(204)
+        })
+        .unwrap();
+    assert!(fresh.1.parent_span_id.is_empty());
+    assert!(!sent.iter().any(|(_, _, t, _)| *t == fresh.1.trace_id));
+}

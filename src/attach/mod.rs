@@ -168,7 +168,11 @@ impl Attacher {
             return Err(e);
         }
         let count = links.links.len();
-        let offsets = GoOffsetsAbi::from(&plan.offsets);
+        let mut offsets = GoOffsetsAbi::from(&plan.offsets);
+        // Go 1.24 replaced the bucket hash map by swiss tables.
+        if plan.go_version >= crate::inspect::GoVersion::new(1, 24, 0) {
+            offsets.map_layout = crate::ebpf_abi::MAP_SWISS;
+        }
         if let Err(source) = self.pid_filter().and_then(|mut m| {
             m.insert(pid, offsets, 0)
                 .map_err(|source| AttachError::Map {

@@ -90,6 +90,7 @@ pub struct GoOffsets {
     pub url_host: u32,
     pub client_status_code: u32,
     pub client_content_length: u32,
+    pub request_header: u32,
 }
 
 /// Everything needed to instrument one executable.
@@ -467,6 +468,7 @@ pub fn render(plan: &ProbePlan) -> String {
         ("url.URL.Host", o.url_host),
         ("http.Response.StatusCode", o.client_status_code),
         ("http.Response.ContentLength", o.client_content_length),
+        ("http.Request.Header", o.request_header),
     ] {
         let _ = writeln!(s, "  {name:<42} {v}");
     }
