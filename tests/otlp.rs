@@ -1109,3 +1109,63 @@ fn incoming_traceparent_joins_the_trace() {
     assert!(fresh.1.parent_span_id.is_empty());
     assert!(!sent.iter().any(|(_, _, t, _)| *t == fresh.1.trace_id));
 }
+
+/// Bad OTLP settings stop sonde before anything is attached, naming the variable; a
+/// malformed header is reported without its value.
+#[test]
+fn bad_otlp_settings_exit_2_naming_the_variable() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = std::process::Command::new(sonde_bin());
+        cmd.env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("SONDE_OPEN_PORT", "1");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for (key, value) in [
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "10s"),
+        ("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "often"),
+        ("SONDE_TRACES_SAMPLER_RATIO", "2"),
+        ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "collector:4318"),
+    ] {
+        let (code, err) = run(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+            (key, value),
+        ]);
+        assert_eq!(code, Some(2), "{key}={value}: {err}");
+        assert!(err.contains(key) && err.contains(value), "{err}");
+    }
+    let (code, err) = run(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318"),
+        (
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            &format!("Authorization Basic {SECRET}"),
+        ),
+    ]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("OTEL_EXPORTER_OTLP_HEADERS"), "{err}");
+    assert!(!err.contains(SECRET), "the header value is echoed: {err}");
+
+    // `sonde check` never shows them either.
+    let out = std::process::Command::new(sonde_bin())
+        .arg("check")
+        .env(
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            format!("Authorization=Basic%20{SECRET}"),
+        )
+        .output()
+        .unwrap();
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!all.contains(SECRET), "{all}");
+}
