@@ -34,6 +34,7 @@ struct trace_ctx {
     __u8 trace_id[16];
     __u8 span_id[8];
     __u8 parent_span_id[8];
+    __u64 remote_parent; /* the parent is the caller's span, from its traceparent */
 };
 
 struct inflight {
@@ -267,6 +268,7 @@ static __always_inline void join_incoming_trace(__u64 req, struct go_offsets *of
         return;
     __builtin_memcpy(t->trace_id, trace_id, sizeof(trace_id));
     __builtin_memcpy(t->parent_span_id, parent, sizeof(parent));
+    t->remote_parent = 1;
 }
 
 static __always_inline void random_words(__u32 *dst, int n)
@@ -332,6 +334,8 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
     __builtin_memcpy(e->trace_id, v->trace.trace_id, sizeof(e->trace_id));
     __builtin_memcpy(e->span_id, v->trace.span_id, sizeof(e->span_id));
     __builtin_memcpy(e->parent_span_id, v->trace.parent_span_id, sizeof(e->parent_span_id));
+    if (v->trace.remote_parent)
+        e->flags |= SONDE_FLAG_REMOTE_PARENT;
 
     __u64 req = v->req;
     __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + (*off)->request_method);

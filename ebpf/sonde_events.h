@@ -17,6 +17,7 @@ enum sonde_event_kind {
 #define SONDE_FLAG_HTTP2 0x2
 #define SONDE_FLAG_ERROR 0x4 /* client: the call returned an error, no response */
 #define SONDE_FLAG_HTTPS 0x8 /* client: the URL's scheme is https */
+#define SONDE_FLAG_REMOTE_PARENT 0x10 /* parent_span_id came from an incoming traceparent */
 
 /* Struct field offsets of one Go binary, written by user space per selected PID.
  * The value of the pid filter map: a PID without an entry emits nothing. */

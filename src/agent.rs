@@ -44,6 +44,8 @@ pub enum AgentError {
     Routes(String),
     #[error("cannot serve metrics: {0}")]
     Serve(String),
+    #[error("cannot start OTLP export: {0}")]
+    Otlp(#[from] crate::export::otlp::OtlpError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -135,10 +137,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     }
 
     let otlp = if config.otlp.enabled() {
-        Some(
-            crate::export::otlp::Otlp::start(&config, exporter.clone())
-                .map_err(|e| AgentError::Serve(e.to_string()))?,
-        )
+        Some(crate::export::otlp::Otlp::start(&config, exporter.clone())?)
     } else {
         None
     };

@@ -13,6 +13,7 @@ pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
 pub const FLAG_HTTP2: u8 = 0x2;
 pub const FLAG_ERROR: u8 = 0x4;
 pub const FLAG_HTTPS: u8 = 0x8;
+pub const FLAG_REMOTE_PARENT: u8 = 0x10;
 pub const MAP_BUCKETS: u32 = 0;
 pub const MAP_SWISS: u32 = 1;
 

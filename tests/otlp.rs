@@ -1094,11 +1094,13 @@ fn incoming_traceparent_joins_the_trace() {
             .find(|s| s.kind == SERVER)
             .unwrap_or_else(|| panic!("{what}: no SERVER span joined the trace"));
         assert_eq!(server.parent_span_id, *parent, "{what}: remote parent");
+        assert_eq!(server.flags & 0x300, 0x300, "{what}: the parent is remote");
         let client = in_trace
             .iter()
             .find(|s| s.kind == CLIENT)
             .unwrap_or_else(|| panic!("{what}: the call is not in the trace"));
         assert_eq!(client.parent_span_id, server.span_id, "{what}");
+        assert_eq!(client.flags & 0x300, 0x100, "{what}: a local parent");
     }
     let fresh = spans
         .iter()

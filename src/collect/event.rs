@@ -72,6 +72,7 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
             trace_id: e.trace_id,
             span_id: e.span_id,
             parent_span_id: (e.parent_span_id != [0; 8]).then_some(e.parent_span_id),
+            remote_parent: flag(ebpf_abi::FLAG_REMOTE_PARENT),
         }),
     };
     match kind {

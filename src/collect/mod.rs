@@ -37,6 +37,8 @@ pub struct TraceContext {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    /// The parent is another process's span, from an incoming `traceparent`.
+    pub remote_parent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -197,6 +197,7 @@ impl Otlp {
                     trace_id: t.trace_id,
                     span_id: t.span_id,
                     parent_span_id: t.parent_span_id,
+                    remote_parent: t.remote_parent,
                 },
                 None => self.ids.root(),
             };

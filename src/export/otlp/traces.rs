@@ -48,6 +48,7 @@ pub struct SpanIds {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
+    pub remote_parent: bool,
 }
 
 /// Ids for requests the kernel gave none: splitmix64 seeded from the OS.
@@ -89,6 +90,7 @@ impl IdGenerator {
             trace_id,
             span_id: self.next().max(1).to_be_bytes(),
             parent_span_id: None,
+            remote_parent: false,
         }
     }
 }
@@ -160,8 +162,8 @@ pub fn span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
         trace_id: ids.trace_id.to_vec(),
         span_id: ids.span_id.to_vec(),
         parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        // W3C "sampled": only sampled spans are ever exported.
-        flags: 0x1 | 0x100,
+        // W3C "sampled" (only sampled spans are exported), and whether the parent is remote.
+        flags: 0x1 | 0x100 | if ids.remote_parent { 0x200 } else { 0 },
         name: format!("{} {}", q.method, r.route),
         kind: if server {
             SpanKind::Server
