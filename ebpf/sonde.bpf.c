@@ -61,6 +61,24 @@ struct {
     __type(value, struct inflight);
 } client_inflight SEC(".maps");
 
+/* Goroutines started while serving a request (or by such a goroutine), with the trace id
+ * and span id (in span_id) of that request: their calls become its children. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct inflight_key);
+    __type(value, struct trace_ctx);
+} goroutine_trace SEC(".maps");
+
+/* runtime.newproc1 in flight, by (pid, g0 of the thread: it runs on the system stack):
+ * the goroutine that asked for the new one. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct inflight_key);
+    __type(value, __u64);
+} newproc_inflight SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 4 << 20);
@@ -296,9 +314,17 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
         __builtin_memcpy(v.trace.parent_span_id, parent->trace.span_id,
                          sizeof(v.trace.parent_span_id));
     } else {
-        random_words((__u32 *)v.trace.trace_id, 4);
-        if (!parent_map)
-            join_incoming_trace(req, off, &v.trace);
+        struct trace_ctx *started_by =
+            parent_map ? bpf_map_lookup_elem(&goroutine_trace, &key) : NULL;
+        if (started_by) {
+            __builtin_memcpy(v.trace.trace_id, started_by->trace_id, sizeof(v.trace.trace_id));
+            __builtin_memcpy(v.trace.parent_span_id, started_by->span_id,
+                             sizeof(v.trace.parent_span_id));
+        } else {
+            random_words((__u32 *)v.trace.trace_id, 4);
+            if (!parent_map)
+                join_incoming_trace(req, off, &v.trace);
+        }
     }
     bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
 }
@@ -433,5 +459,49 @@ int client_roundtrip_return(struct pt_regs *ctx)
         e->response_written = -1;
     }
     submit(e);
+    return 0;
+}
+
+/* runtime.newproc1(fn *funcval, callergp *g, callerpc uintptr, ...) *g: callergp in RBX at
+ * the entry, the new goroutine in RAX at a RET. Attached only when traces are exported. */
+SEC("uprobe")
+int goroutine_start_entry(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+        return 0;
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    __u64 caller = ctx->rbx;
+    bpf_map_update_elem(&newproc_inflight, &key, &caller, BPF_ANY);
+    return 0;
+}
+
+SEC("uprobe")
+int goroutine_start_return(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    __u64 *found = bpf_map_lookup_elem(&newproc_inflight, &key);
+    if (!found)
+        return 0;
+    struct inflight_key caller = {.pid = pid, .goroutine = *found};
+    bpf_map_delete_elem(&newproc_inflight, &key);
+    struct inflight_key started = {.pid = pid, .goroutine = (__u64)ctx->rax};
+    if (!started.goroutine)
+        return 0;
+    struct trace_ctx t = {};
+    struct inflight *req = bpf_map_lookup_elem(&server_inflight, &caller);
+    struct trace_ctx *inherited = bpf_map_lookup_elem(&goroutine_trace, &caller);
+    if (req) {
+        __builtin_memcpy(t.trace_id, req->trace.trace_id, sizeof(t.trace_id));
+        __builtin_memcpy(t.span_id, req->trace.span_id, sizeof(t.span_id));
+    } else if (inherited) {
+        t = *inherited;
+    } else {
+        /* Goroutine structs are reused: forget what an earlier one with this g inherited. */
+        bpf_map_delete_elem(&goroutine_trace, &started);
+        return 0;
+    }
+    bpf_map_update_elem(&goroutine_trace, &started, &t, BPF_ANY);
     return 0;
 }

@@ -111,6 +111,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     crate::kernel::can_run_go_probes(&features).map_err(AgentError::Unsupported)?;
 
     let mut attacher = Attacher::load()?;
+    attacher.set_goroutine_probes(config.otlp.traces.is_some());
     // Loading parses the kernel's BTF (megabytes, freed at once): return those pages.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };

@@ -1011,9 +1011,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An incoming `traceparent` makes the SERVER span (and the calls its handler makes) join
-/// that trace, on both of Go's map layouts (buckets before 1.24, swiss tables since), for
-/// small and large header sets.
+/// An incoming `traceparent` makes the SERVER span (and the calls its handler makes, on its
+/// goroutine or one it starts) join that trace, on both of Go's map layouts (buckets before
+/// 1.24, swiss tables since), for small and large header sets.
 #[test]
 fn incoming_traceparent_joins_the_trace() {
     if !require_root_or_skip("incoming_traceparent_joins_the_trace") {
@@ -1071,7 +1071,8 @@ fn incoming_traceparent_joins_the_trace() {
                     format!("00-{}-{}-01", hex(&trace_id), hex(&parent)),
                 ),
             );
-            let path = format!("/call?url=http://127.0.0.1:{upstream}/&n={j}");
+            // The second call is made on a goroutine the handler starts.
+            let path = format!("/call?url=http://127.0.0.1:{upstream}/&go={j}");
             assert_eq!(get_with_headers(*port, &path, &headers), 502);
             sent.push((*port, extra, trace_id, parent));
         }
@@ -1083,7 +1084,10 @@ fn incoming_traceparent_joins_the_trace() {
     });
     let spans = all_spans(&r.got());
     for (port, extra, trace_id, parent) in &sent {
-        let what = format!("server on :{port} with {extra} more headers");
+        let what = format!(
+            "server on :{port} with {extra} more headers (call on a new goroutine: {})",
+            *extra > 2
+        );
         let in_trace: Vec<&Span> = spans
             .iter()
             .map(|(_, s)| s)

@@ -26,11 +26,15 @@ const ENTRY_PROGRAM: &str = "server_handler_entry";
 const RETURN_PROGRAM: &str = "server_handler_return";
 const CLIENT_ENTRY_PROGRAM: &str = "client_roundtrip_entry";
 const CLIENT_RETURN_PROGRAM: &str = "client_roundtrip_return";
-const PROGRAMS: [&str; 4] = [
+const GOROUTINE_ENTRY_PROGRAM: &str = "goroutine_start_entry";
+const GOROUTINE_RETURN_PROGRAM: &str = "goroutine_start_return";
+const PROGRAMS: [&str; 6] = [
     ENTRY_PROGRAM,
     RETURN_PROGRAM,
     CLIENT_ENTRY_PROGRAM,
     CLIENT_RETURN_PROGRAM,
+    GOROUTINE_ENTRY_PROGRAM,
+    GOROUTINE_RETURN_PROGRAM,
 ];
 
 #[derive(Debug, Error)]
@@ -73,6 +77,8 @@ pub struct Attacher {
     reaper: Reaper,
     ebpf: Ebpf,
     processes: HashMap<u32, ProcessLinks>,
+    /// Probe goroutine starts (two hits per `go` statement): only worth it for traces.
+    goroutine_probes: bool,
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
@@ -96,6 +102,7 @@ impl Attacher {
             reaper: Reaper::new().map_err(AttachError::Thread)?,
             ebpf,
             processes: HashMap::new(),
+            goroutine_probes: false,
         })
     }
 
@@ -123,6 +130,12 @@ impl Attacher {
         })
     }
 
+    /// Also attach `runtime.newproc1` probes, so calls made on goroutines a handler started
+    /// are children of its request. Applies to processes attached from now on.
+    pub fn set_goroutine_probes(&mut self, on: bool) {
+        self.goroutine_probes = on;
+    }
+
     pub fn is_attached(&self, pid: u32) -> bool {
         self.processes.contains_key(&pid)
     }
@@ -142,6 +155,10 @@ impl Attacher {
                 let (entry_prog, ret_prog) = match probe.role {
                     ProbeRole::HttpServerHandler => (ENTRY_PROGRAM, RETURN_PROGRAM),
                     ProbeRole::HttpClientRoundTrip => (CLIENT_ENTRY_PROGRAM, CLIENT_RETURN_PROGRAM),
+                    ProbeRole::GoroutineStart if !self.goroutine_probes => continue,
+                    ProbeRole::GoroutineStart => {
+                        (GOROUTINE_ENTRY_PROGRAM, GOROUTINE_RETURN_PROGRAM)
+                    }
                 };
                 let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
                     uprobe(ebpf, prog)?

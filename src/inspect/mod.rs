@@ -59,6 +59,8 @@ pub enum ProbeRole {
     HttpServerHandler,
     /// `net/http.(*Transport).RoundTrip`: one outgoing call, entry and every RET.
     HttpClientRoundTrip,
+    /// `runtime.newproc1`: a goroutine starts (which request it belongs to, for traces).
+    GoroutineStart,
 }
 
 /// One function to probe: its entry and every RET instruction, as file offsets (what
@@ -221,6 +223,8 @@ pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 /// The exported wrapper, not `roundTrip` itself: the same call with one RET instead of ~16,
 /// and every uprobe costs a kernel grace period (~130 ms here) to detach.
 pub const ROUND_TRIP: &str = "net/http.(*Transport).RoundTrip";
+/// Where every goroutine is made: probed only when traces are exported.
+pub const NEWPROC1: &str = "runtime.newproc1";
 
 /// A parsed Go executable: owns the bytes, answers function and RET lookups.
 #[derive(Debug)]
@@ -406,7 +410,11 @@ impl GoBinary {
         let client = self.function_probe(ProbeRole::HttpClientRoundTrip, ROUND_TRIP);
         let probes: Vec<FunctionProbe> = match (server, client) {
             (Err(e), Err(_)) => return Err(e),
-            (server, client) => server.into_iter().chain(client).collect(),
+            (server, client) => server
+                .into_iter()
+                .chain(client)
+                .chain(self.function_probe(ProbeRole::GoroutineStart, NEWPROC1))
+                .collect(),
         };
         let (offsets_source, offsets) = self.offsets()?;
         Ok(ProbePlan {
@@ -880,7 +888,12 @@ mod tests {
         match inspect(&path) {
             Ok(plan) => {
                 assert_eq!(plan.symbols, SymbolSource::Symtab);
-                assert_eq!(plan.probes.len(), 1);
+                let http = plan
+                    .probes
+                    .iter()
+                    .filter(|p| p.role != ProbeRole::GoroutineStart)
+                    .count();
+                assert_eq!(http, 1);
                 let text = render(&plan);
                 assert!(text.contains(SERVE_HTTP), "{text}");
                 assert!(text.contains(&plan.go_version.to_string()), "{text}");
