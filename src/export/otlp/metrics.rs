@@ -108,6 +108,7 @@ impl Hist {
 }
 
 struct ProcessSeries {
+    identity: Arc<crate::enrich::Identity>,
     resource: Arc<Resource>,
     /// Start of the series: first request (cumulative) or last export (delta), Unix ns.
     start_unix_ns: u64,
@@ -206,12 +207,24 @@ impl MetricStore {
             q.response_body_bytes as f64,
         ];
         let mut by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());
-        let p = by_pid.entry(q.pid).or_insert_with(|| ProcessSeries {
-            resource: resource(),
-            start_unix_ns: now_unix_ns,
-            last_update: Instant::now(),
-            series: BTreeMap::new(),
-        });
+        let p = match by_pid.entry(q.pid) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                let p = e.into_mut();
+                if *p.identity != *r.identity {
+                    // Its identity was registered after its first events: name it right.
+                    p.identity = r.identity.clone();
+                    p.resource = resource();
+                }
+                p
+            }
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(ProcessSeries {
+                identity: r.identity.clone(),
+                resource: resource(),
+                start_unix_ns: now_unix_ns,
+                last_update: Instant::now(),
+                series: BTreeMap::new(),
+            }),
+        };
         p.last_update = Instant::now();
         for (instrument, v) in instruments.into_iter().zip(values) {
             let bounds = instrument.bounds();
@@ -377,6 +390,37 @@ mod tests {
             points(&s.collect(200).unwrap(), "http.server.request.duration")[0].count,
             3
         );
+    }
+
+    #[test]
+    fn a_late_identity_renames_the_resource() {
+        let s = MetricStore::new(
+            Temporality::Cumulative,
+            false,
+            false,
+            Duration::from_secs(60),
+        );
+        let named = |n: &str| {
+            let n = n.to_string();
+            move || {
+                Arc::new(Resource {
+                    attributes: vec![kv_str("service.name", n)],
+                    ..Default::default()
+                })
+            }
+        };
+        let mut r = request(RequestKind::HttpServer, 200, 0.01, false);
+        s.record(&r, named("pid-7"), 1);
+        r.identity = Arc::new(Identity {
+            service_name: "shop".into(),
+            ..Identity::default()
+        });
+        s.record(&r, named("shop"), 2);
+        let req = s.collect(3).unwrap();
+        let res = req.resource_metrics[0].resource.as_ref().unwrap();
+        assert_eq!(res.attributes[0], kv_str("service.name", "shop"));
+        let p = &points(&req, "http.server.request.duration")[0];
+        assert_eq!(p.count, 2, "the series carry on");
     }
 
     #[test]

@@ -59,6 +59,8 @@ fn retry(superseded_by_newer: bool) -> Retry {
     }
 }
 
+type ResourceCache = HashMap<u32, (Arc<crate::enrich::Identity>, Arc<Resource>)>;
+
 struct SpanBuffer {
     spans: Mutex<VecDeque<(Arc<Resource>, Span)>>,
     full: tokio::sync::Notify,
@@ -71,7 +73,9 @@ pub struct Otlp {
     clock: WallClock,
     ids: IdGenerator,
     host: String,
-    resources: Mutex<HashMap<u32, Arc<Resource>>>,
+    /// By PID, with the identity it was made for: an event that raced the identity's
+    /// registration is not allowed to name the process for good.
+    resources: Mutex<ResourceCache>,
     exporter: Arc<Exporter>,
 }
 
@@ -163,8 +167,10 @@ impl Otlp {
     fn resource(&self, r: &EnrichedRequest) -> Arc<Resource> {
         let pid = r.request.pid;
         let mut cache = self.resources.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(res) = cache.get(&pid) {
-            return res.clone();
+        if let Some((identity, res)) = cache.get(&pid) {
+            if **identity == *r.identity {
+                return res.clone();
+            }
         }
         // A PID is reused only after its process exited; forget the oldest resources first
         // so the cache stays bounded on hosts with many short-lived processes.
@@ -182,7 +188,7 @@ impl Otlp {
             &self.host,
             container_id.as_deref(),
         ));
-        cache.insert(pid, res.clone());
+        cache.insert(pid, (r.identity.clone(), res.clone()));
         res
     }
 
