@@ -83,8 +83,9 @@ fn init_logging(default_level: &str) {
         .unwrap_or_else(|| default_level.to_lowercase());
     // The HTTP/gRPC client crates log request details at debug level: never let them near
     // the OTLP credentials.
-    let filter =
-        format!("{filter},h2=info,hyper=info,hyper_util=info,tonic=info,tower=info,rustls=info");
+    let filter = format!(
+        "{filter},h2=error,hyper=error,hyper_util=error,tonic=error,tower=error,rustls=error"
+    );
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
