@@ -30,10 +30,18 @@ struct inflight_key {
     __u64 goroutine;
 };
 
+struct trace_ctx {
+    __u8 trace_id[16];
+    __u8 span_id[8];
+    __u8 parent_span_id[8];
+    __u64 remote_parent; /* the parent is the caller's span, from its traceparent */
+};
+
 struct inflight {
     __u64 start_ns;
     __u64 req;
     __u64 rw_data;
+    struct trace_ctx trace;
 };
 
 /* Bounded: a handler that panics never reaches a RET, and its entry is evicted in time. */
@@ -52,6 +60,24 @@ struct {
     __type(key, struct inflight_key);
     __type(value, struct inflight);
 } client_inflight SEC(".maps");
+
+/* Goroutines started while serving a request (or by such a goroutine), with the trace id
+ * and span id (in span_id) of that request: their calls become its children. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, struct inflight_key);
+    __type(value, struct trace_ctx);
+} goroutine_trace SEC(".maps");
+
+/* runtime.newproc1 in flight, by (pid, g0 of the thread: it runs on the system stack):
+ * the goroutine that asked for the new one. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 4096);
+    __type(key, struct inflight_key);
+    __type(value, __u64);
+} newproc_inflight SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -110,15 +136,196 @@ static __always_inline void submit(struct http_request_event *e)
     bpf_ringbuf_submit(e, wake);
 }
 
-/* Remembers a call's start and arguments by goroutine, for a selected process only. */
-static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, __u64 req,
-                                     __u64 rw_data)
+/* Incoming W3C trace context: the `Traceparent` entry of the request's Header map
+ * (map[string][]string), found by a bounded scan of the map's memory. Go changed its map
+ * implementation in 1.24 (buckets of 8 → swiss tables), so there are two readers. */
+#define TRACEPARENT_LEN 55  /* 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags> */
+#define MAP_SCAN_GROUPS 4   /* buckets or groups looked at: headers of ordinary requests */
+#define GO_STRING_SIZE 16
+#define GO_SLICE_SIZE 24
+#define HMAP_BUCKET_SIZE (8 + 8 * GO_STRING_SIZE + 8 * GO_SLICE_SIZE + 8)
+#define HMAP_MIN_TOPHASH 5
+#define SWISS_SLOT_SIZE (GO_STRING_SIZE + GO_SLICE_SIZE)
+#define SWISS_GROUP_SIZE (8 + 8 * SWISS_SLOT_SIZE)
+
+/* Whether the Go string at `addr` is "Traceparent" (the canonical form Go stores). */
+static __always_inline int is_traceparent(__u64 addr)
+{
+    __u64 hdr[2] = {0, 0};
+    if (bpf_probe_read_user(hdr, sizeof(hdr), (void *)addr) != 0 || hdr[1] != 11 || !hdr[0])
+        return 0;
+    char k[11];
+    if (bpf_probe_read_user(k, sizeof(k), (void *)hdr[0]) != 0)
+        return 0;
+    return k[0] == 'T' && k[1] == 'r' && k[2] == 'a' && k[3] == 'c' && k[4] == 'e' &&
+           k[5] == 'p' && k[6] == 'a' && k[7] == 'r' && k[8] == 'e' && k[9] == 'n' &&
+           k[10] == 't';
+}
+
+/* Go < 1.24: hmap {count, flags, B, noverflow, hash0, buckets, ...}; a bucket is tophash[8],
+ * keys[8], elems[8], overflow. Returns the address of the value slice, or 0. */
+static __always_inline __u64 find_traceparent_buckets(__u64 h)
+{
+    __u8 b = 0;
+    bpf_probe_read_user(&b, 1, (void *)(h + 9));
+    __u64 buckets = read_u64(h + 16);
+    __u64 n = b < 2 ? (1ULL << b) : MAP_SCAN_GROUPS;
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAP_SCAN_GROUPS; i++) {
+        if (i >= n || !buckets)
+            break;
+        __u64 bucket = buckets + i * HMAP_BUCKET_SIZE;
+        __u64 tophash = read_u64(bucket);
+#pragma clang loop unroll(disable)
+        for (int s = 0; s < 8; s++) {
+            if (((tophash >> (s * 8)) & 0xff) < HMAP_MIN_TOPHASH)
+                continue;
+            if (is_traceparent(bucket + 8 + s * GO_STRING_SIZE))
+                return bucket + 8 + 8 * GO_STRING_SIZE + s * GO_SLICE_SIZE;
+        }
+    }
+    return 0;
+}
+
+/* One swiss group: a control word (high bit set: empty or deleted) and 8 key/value slots. */
+static __always_inline __u64 find_in_group(__u64 group)
+{
+    __u64 ctrl = read_u64(group);
+#pragma clang loop unroll(disable)
+    for (int s = 0; s < 8; s++) {
+        if ((ctrl >> (s * 8)) & 0x80)
+            continue;
+        __u64 slot = group + 8 + s * SWISS_SLOT_SIZE;
+        if (is_traceparent(slot))
+            return slot + GO_STRING_SIZE;
+    }
+    return 0;
+}
+
+/* Go >= 1.24: Map {used, seed, dirPtr, dirLen, ...}. dirLen 0: dirPtr is the one group of a
+ * small map; else a directory of tables {used, capacity, growthLeft, localDepth, index,
+ * groups {data, lengthMask}}. */
+static __always_inline __u64 find_traceparent_swiss(__u64 m)
+{
+    __u64 dir = read_u64(m + 16);
+    __u64 dir_len = read_u64(m + 24);
+    if (!dir)
+        return 0;
+    if (dir_len == 0)
+        return find_in_group(dir);
+    __u64 table = read_u64(dir);
+    if (!table)
+        return 0;
+    __u64 groups = read_u64(table + 16);
+    __u64 mask = read_u64(table + 24);
+#pragma clang loop unroll(disable)
+    for (int g = 0; g < MAP_SCAN_GROUPS; g++) {
+        if (g > mask || !groups)
+            break;
+        __u64 found = find_in_group(groups + g * SWISS_GROUP_SIZE);
+        if (found)
+            return found;
+    }
+    return 0;
+}
+
+static __always_inline int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+static __always_inline int parse_hex(const char *s, __u8 *out, int n)
+{
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < n; i++) {
+        int hi = hex_nibble(s[2 * i]);
+        int lo = hex_nibble(s[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return -1;
+        out[i] = (hi << 4) | lo;
+    }
+    return 0;
+}
+
+/* Makes this request join the trace of its incoming `traceparent`, if it has a valid one. */
+static __always_inline void join_incoming_trace(__u64 req, struct go_offsets *off,
+                                                struct trace_ctx *t)
+{
+    __u64 header = read_u64(req + off->request_header);
+    if (!header)
+        return;
+    __u64 value = off->map_layout == SONDE_MAP_SWISS ? find_traceparent_swiss(header)
+                                                     : find_traceparent_buckets(header);
+    if (!value)
+        return;
+    __u64 slice[2] = {0, 0};
+    if (bpf_probe_read_user(slice, sizeof(slice), (void *)value) != 0 || !slice[0] ||
+        !slice[1])
+        return;
+    __u64 str[2] = {0, 0};
+    if (bpf_probe_read_user(str, sizeof(str), (void *)slice[0]) != 0 || !str[0] ||
+        str[1] < TRACEPARENT_LEN)
+        return;
+    char tp[TRACEPARENT_LEN];
+    if (bpf_probe_read_user(tp, sizeof(tp), (void *)str[0]) != 0)
+        return;
+    if (tp[2] != '-' || tp[35] != '-' || tp[52] != '-')
+        return;
+    __u8 trace_id[16];
+    __u8 parent[8];
+    if (parse_hex(tp + 3, trace_id, 16) || parse_hex(tp + 36, parent, 8))
+        return;
+    __u64 *tw = (__u64 *)trace_id;
+    __u64 *pw = (__u64 *)parent;
+    /* All-zero ids are invalid: start a new trace instead. */
+    if ((tw[0] | tw[1]) == 0 || pw[0] == 0)
+        return;
+    __builtin_memcpy(t->trace_id, trace_id, sizeof(trace_id));
+    __builtin_memcpy(t->parent_span_id, parent, sizeof(parent));
+    t->remote_parent = 1;
+}
+
+static __always_inline void random_words(__u32 *dst, int n)
+{
+    for (int i = 0; i < n; i++)
+        dst[i] = bpf_get_prandom_u32();
+}
+
+/* Remembers a call's start and arguments by goroutine, for a selected process only, with
+ * new span ids. `parent_map`: where a request this call belongs to may be in flight on the
+ * same goroutine (a handler's own outgoing call); NULL for server requests. */
+static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, void *parent_map,
+                                     __u64 req, __u64 rw_data)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    if (!off)
         return;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     struct inflight v = {.start_ns = bpf_ktime_get_ns(), .req = req, .rw_data = rw_data};
+    random_words((__u32 *)v.trace.span_id, 2);
+    struct inflight *parent = parent_map ? bpf_map_lookup_elem(parent_map, &key) : NULL;
+    if (parent) {
+        __builtin_memcpy(v.trace.trace_id, parent->trace.trace_id, sizeof(v.trace.trace_id));
+        __builtin_memcpy(v.trace.parent_span_id, parent->trace.span_id,
+                         sizeof(v.trace.parent_span_id));
+    } else {
+        struct trace_ctx *started_by =
+            parent_map ? bpf_map_lookup_elem(&goroutine_trace, &key) : NULL;
+        if (started_by) {
+            __builtin_memcpy(v.trace.trace_id, started_by->trace_id, sizeof(v.trace.trace_id));
+            __builtin_memcpy(v.trace.parent_span_id, started_by->span_id,
+                             sizeof(v.trace.parent_span_id));
+        } else {
+            random_words((__u32 *)v.trace.trace_id, 4);
+            if (!parent_map)
+                join_incoming_trace(req, off, &v.trace);
+        }
+    }
     bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
 }
 
@@ -150,6 +357,11 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
     e->start_ns = v->start_ns;
     e->end_ns = bpf_ktime_get_ns();
     e->goroutine = key.goroutine;
+    __builtin_memcpy(e->trace_id, v->trace.trace_id, sizeof(e->trace_id));
+    __builtin_memcpy(e->span_id, v->trace.span_id, sizeof(e->span_id));
+    __builtin_memcpy(e->parent_span_id, v->trace.parent_span_id, sizeof(e->parent_span_id));
+    if (v->trace.remote_parent)
+        e->flags |= SONDE_FLAG_REMOTE_PARENT;
 
     __u64 req = v->req;
     __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + (*off)->request_method);
@@ -172,7 +384,7 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
 SEC("uprobe")
 int server_handler_entry(struct pt_regs *ctx)
 {
-    remember(ctx, &server_inflight, ctx->rdi, ctx->rcx);
+    remember(ctx, &server_inflight, NULL, ctx->rdi, ctx->rcx);
     return 0;
 }
 
@@ -216,7 +428,7 @@ int server_handler_return(struct pt_regs *ctx)
 SEC("uprobe")
 int client_roundtrip_entry(struct pt_regs *ctx)
 {
-    remember(ctx, &client_inflight, ctx->rbx, 0);
+    remember(ctx, &client_inflight, &server_inflight, ctx->rbx, 0);
     return 0;
 }
 
@@ -247,6 +459,50 @@ int client_roundtrip_return(struct pt_regs *ctx)
         e->response_written = -1;
     }
     submit(e);
+    return 0;
+}
+
+/* runtime.newproc1(fn *funcval, callergp *g, callerpc uintptr, ...) *g: callergp in RBX at
+ * the entry, the new goroutine in RAX at a RET. Attached only when traces are exported. */
+SEC("uprobe")
+int goroutine_start_entry(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+        return 0;
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    __u64 caller = ctx->rbx;
+    bpf_map_update_elem(&newproc_inflight, &key, &caller, BPF_ANY);
+    return 0;
+}
+
+SEC("uprobe")
+int goroutine_start_return(struct pt_regs *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
+    __u64 *found = bpf_map_lookup_elem(&newproc_inflight, &key);
+    if (!found)
+        return 0;
+    struct inflight_key caller = {.pid = pid, .goroutine = *found};
+    bpf_map_delete_elem(&newproc_inflight, &key);
+    struct inflight_key started = {.pid = pid, .goroutine = (__u64)ctx->rax};
+    if (!started.goroutine)
+        return 0;
+    struct trace_ctx t = {};
+    struct inflight *req = bpf_map_lookup_elem(&server_inflight, &caller);
+    struct trace_ctx *inherited = bpf_map_lookup_elem(&goroutine_trace, &caller);
+    if (req) {
+        __builtin_memcpy(t.trace_id, req->trace.trace_id, sizeof(t.trace_id));
+        __builtin_memcpy(t.span_id, req->trace.span_id, sizeof(t.span_id));
+    } else if (inherited) {
+        t = *inherited;
+    } else {
+        /* Goroutine structs are reused: forget what an earlier one with this g inherited. */
+        bpf_map_delete_elem(&goroutine_trace, &started);
+        return 0;
+    }
+    bpf_map_update_elem(&goroutine_trace, &started, &t, BPF_ANY);
     return 0;
 }
 

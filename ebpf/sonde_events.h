@@ -19,6 +19,7 @@ enum sonde_event_kind {
 #define SONDE_FLAG_HTTP2 0x2
 #define SONDE_FLAG_ERROR 0x4 /* client: the call returned an error, no response */
 #define SONDE_FLAG_HTTPS 0x8 /* client: the URL's scheme is https */
+#define SONDE_FLAG_REMOTE_PARENT 0x10 /* parent_span_id came from an incoming traceparent */
 
 /* Struct field offsets of one Go binary, written by user space per selected PID.
  * The value of the pid filter map: a PID without an entry emits nothing. */
@@ -38,7 +39,12 @@ struct go_offsets {
     __u32 url_host;               /* net/url.URL.Host (string) */
     __u32 client_status_code;     /* net/http.Response.StatusCode (int) */
     __u32 client_content_length;  /* net/http.Response.ContentLength (int64) */
+    __u32 request_header;         /* net/http.Request.Header (map[string][]string) */
+    __u32 map_layout;             /* SONDE_MAP_*: Go's map implementation */
 };
+
+#define SONDE_MAP_BUCKETS 0 /* Go < 1.24: hmap and buckets of 8 */
+#define SONDE_MAP_SWISS 1   /* Go >= 1.24: swiss tables */
 
 /* One HTTP request, served (SERVER) or made (CLIENT). For a client call, `remote` is the
  * URL's host[:port], `response_written` the response's Content-Length (-1 unknown). */
@@ -58,6 +64,11 @@ struct http_request_event {
     char method[SONDE_METHOD_MAX];
     char path[SONDE_PATH_MAX];
     char remote[SONDE_REMOTE_MAX];
+    /* W3C trace context, made at the entry probe. A client call made on the goroutine of a
+     * request being served carries that request's trace id, and its span id as parent. */
+    __u8 trace_id[16];
+    __u8 span_id[8];
+    __u8 parent_span_id[8]; /* all zero: a root span */
 };
 
 /* A container's init process, renamed by runc before it execs the application

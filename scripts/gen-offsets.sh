@@ -41,6 +41,7 @@ for go in "${toolchains[@]}"; do
         url_host: $(field url.URL.Host),
         client_status_code: $(field http.Response.StatusCode),
         client_content_length: $(field http.Response.ContentLength),
+        request_header: $(field http.Request.Header),
     }),
 "
   echo "gen-offsets: Go $version done"

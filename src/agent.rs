@@ -45,6 +45,8 @@ pub enum AgentError {
     Routes(String),
     #[error("cannot serve metrics: {0}")]
     Serve(String),
+    #[error("cannot start OTLP export: {0}")]
+    Otlp(#[from] crate::export::otlp::OtlpError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -128,6 +130,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     crate::kernel::can_run_go_probes(&features).map_err(AgentError::Unsupported)?;
 
     let mut attacher = Attacher::load()?;
+    attacher.set_goroutine_probes(config.otlp.traces.is_some());
     // Loading parses the kernel's BTF (megabytes, freed at once): return those pages.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -147,11 +150,17 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             exporter.clone(),
             config.prometheus_path.clone(),
         ));
-    } else if !config.print_traces {
+    } else if !config.print_traces && !config.otlp.enabled() {
         tracing::warn!(
             "no SONDE_PROMETHEUS_PORT and no PRINT_TRACES: requests are measured but not shown"
         );
     }
+
+    let otlp = if config.otlp.enabled() {
+        Some(crate::export::otlp::Otlp::start(&config, exporter.clone())?)
+    } else {
+        None
+    };
 
     let identities = Arc::new(RwLock::new(Identities::default()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -238,6 +247,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                     println!("{}", crate::export::print_trace_line(&enriched));
                 }
                 exporter.record(&enriched);
+                if let Some(otlp) = &otlp {
+                    otlp.record(&enriched);
+                }
             });
         }
         if last_lost_check.elapsed() >= Duration::from_secs(1) {

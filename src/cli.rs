@@ -81,6 +81,11 @@ fn init_logging(default_level: &str) {
         .ok()
         .map(|s| s.to_lowercase())
         .unwrap_or_else(|| default_level.to_lowercase());
+    // The HTTP/gRPC client crates log request details at debug level: never let them near
+    // the OTLP credentials.
+    let filter = format!(
+        "{filter},h2=error,hyper=error,hyper_util=error,tonic=error,tower=error,rustls=error"
+    );
     let filter = tracing_subscriber::EnvFilter::try_new(&filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()

@@ -54,6 +54,8 @@ pub struct Config {
     /// How long the series of a container that stopped are kept.
     pub container_series_ttl: std::time::Duration,
     pub config_file: Option<PathBuf>,
+    /// OTLP export, from the standard `OTEL_*` variables.
+    pub otlp: crate::export::otlp::OtlpConfig,
 }
 
 /// A YAML rule: containers whose name, image and labels all match the globs (`*`, `?`) are
@@ -150,6 +152,7 @@ impl Default for Config {
             container_labels: Vec::new(),
             container_series_ttl: std::time::Duration::from_secs(300),
             config_file: None,
+            otlp: Default::default(),
         }
     }
 }
@@ -261,6 +264,12 @@ impl Config {
                 c.set(key, name, &value)?;
             }
         }
+        c.otlp =
+            crate::export::otlp::OtlpConfig::from_env(env).map_err(|e| ConfigError::Invalid {
+                key: e.key,
+                value: e.value,
+                expected: e.expected,
+            })?;
         Ok(c)
     }
 

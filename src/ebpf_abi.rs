@@ -18,6 +18,9 @@ pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
 pub const FLAG_HTTP2: u8 = 0x2;
 pub const FLAG_ERROR: u8 = 0x4;
 pub const FLAG_HTTPS: u8 = 0x8;
+pub const FLAG_REMOTE_PARENT: u8 = 0x10;
+pub const MAP_BUCKETS: u32 = 0;
+pub const MAP_SWISS: u32 = 1;
 
 /// `struct go_offsets`: the value of the PID filter map.
 #[repr(C)]
@@ -38,6 +41,9 @@ pub struct GoOffsetsAbi {
     pub url_host: u32,
     pub client_status_code: u32,
     pub client_content_length: u32,
+    pub request_header: u32,
+    /// `MAP_BUCKETS` (Go < 1.24) or `MAP_SWISS`: how to read `Request.Header`.
+    pub map_layout: u32,
 }
 
 // SAFETY: plain old data, every bit pattern is valid, no padding.
@@ -61,6 +67,8 @@ impl From<&GoOffsets> for GoOffsetsAbi {
             url_host: o.url_host,
             client_status_code: o.client_status_code,
             client_content_length: o.client_content_length,
+            request_header: o.request_header,
+            map_layout: MAP_BUCKETS,
         }
     }
 }
@@ -84,6 +92,9 @@ pub struct HttpRequestEvent {
     pub method: [u8; METHOD_MAX],
     pub path: [u8; PATH_MAX],
     pub remote: [u8; REMOTE_MAX],
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: [u8; 8],
 }
 
 impl HttpRequestEvent {
@@ -227,7 +238,9 @@ mod tests {
                 url_scheme,
                 url_host,
                 client_status_code,
-                client_content_length
+                client_content_length,
+                request_header,
+                map_layout
             ]
         );
         check!(
@@ -248,7 +261,10 @@ mod tests {
                 path_len,
                 method,
                 path,
-                remote
+                remote,
+                trace_id,
+                span_id,
+                parent_span_id
             ]
         );
         check!("launch_event", LaunchEvent, [pid, _pad, ktime_ns]);

@@ -36,7 +36,9 @@ const GRPC_INVOKE_RETURN: &str = "grpc_client_invoke_return";
 const GRPC_STREAM_ENTRY: &str = "grpc_client_stream_entry";
 const GRPC_STREAM_RETURN: &str = "grpc_client_stream_return";
 const GRPC_STREAM_FINISH: &str = "grpc_client_stream_finish";
-const PROGRAMS: [&str; 12] = [
+const GOROUTINE_ENTRY_PROGRAM: &str = "goroutine_start_entry";
+const GOROUTINE_RETURN_PROGRAM: &str = "goroutine_start_return";
+const PROGRAMS: [&str; 14] = [
     ENTRY_PROGRAM,
     RETURN_PROGRAM,
     CLIENT_ENTRY_PROGRAM,
@@ -49,6 +51,8 @@ const PROGRAMS: [&str; 12] = [
     GRPC_STREAM_ENTRY,
     GRPC_STREAM_RETURN,
     GRPC_STREAM_FINISH,
+    GOROUTINE_ENTRY_PROGRAM,
+    GOROUTINE_RETURN_PROGRAM,
 ];
 
 #[derive(Debug, Error)]
@@ -91,6 +95,8 @@ pub struct Attacher {
     reaper: Reaper,
     ebpf: Ebpf,
     processes: HashMap<u32, ProcessLinks>,
+    /// Probe goroutine starts (two hits per `go` statement): only worth it for traces.
+    goroutine_probes: bool,
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
@@ -114,6 +120,7 @@ impl Attacher {
             reaper: Reaper::new().map_err(AttachError::Thread)?,
             ebpf,
             processes: HashMap::new(),
+            goroutine_probes: false,
         })
     }
 
@@ -139,6 +146,12 @@ impl Attacher {
             name: "lost_events",
             source,
         })
+    }
+
+    /// Also attach `runtime.newproc1` probes, so calls made on goroutines a handler started
+    /// are children of its request. Applies to processes attached from now on.
+    pub fn set_goroutine_probes(&mut self, on: bool) {
+        self.goroutine_probes = on;
     }
 
     pub fn is_attached(&self, pid: u32) -> bool {
@@ -178,6 +191,10 @@ impl Attacher {
                     ProbeRole::GrpcClientInvoke => (GRPC_INVOKE_ENTRY, GRPC_INVOKE_RETURN),
                     ProbeRole::GrpcClientNewStream => (GRPC_STREAM_ENTRY, GRPC_STREAM_RETURN),
                     ProbeRole::GrpcClientStreamFinish => (GRPC_STREAM_FINISH, GRPC_STREAM_FINISH),
+                    ProbeRole::GoroutineStart if !self.goroutine_probes => continue,
+                    ProbeRole::GoroutineStart => {
+                        (GOROUTINE_ENTRY_PROGRAM, GOROUTINE_RETURN_PROGRAM)
+                    }
                 };
                 let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
                     uprobe(ebpf, prog)?
@@ -218,7 +235,11 @@ impl Attacher {
                 return Err(source);
             }
         }
-        let offsets = GoOffsetsAbi::from(&plan.offsets);
+        let mut offsets = GoOffsetsAbi::from(&plan.offsets);
+        // Go 1.24 replaced the bucket hash map by swiss tables.
+        if plan.go_version >= crate::inspect::GoVersion::new(1, 24, 0) {
+            offsets.map_layout = crate::ebpf_abi::MAP_SWISS;
+        }
         if let Err(source) = self.pid_filter().and_then(|mut m| {
             m.insert(pid, offsets, 0)
                 .map_err(|source| AttachError::Map {

@@ -2,7 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use super::{Request, RequestKind};
+use super::{Request, RequestKind, TraceContext};
 use crate::ebpf_abi::{self, HttpRequestEvent, RpcRequestEvent};
 
 /// Why a record was not turned into a request.
@@ -75,6 +75,12 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
         server_address: String::new(),
         server_port: 0,
         error: false,
+        trace: (e.trace_id != [0; 16]).then_some(TraceContext {
+            trace_id: e.trace_id,
+            span_id: e.span_id,
+            parent_span_id: (e.parent_span_id != [0; 8]).then_some(e.parent_span_id),
+            remote_parent: flag(ebpf_abi::FLAG_REMOTE_PARENT),
+        }),
     };
     match kind {
         RequestKind::HttpServer => {
@@ -137,6 +143,7 @@ fn decode_rpc(bytes: &[u8]) -> Result<Request, DecodeError> {
         server_address,
         server_port,
         error: false,
+        trace: None,
     })
 }
 
@@ -162,6 +169,9 @@ mod tests {
             method: [0; METHOD_MAX],
             path: [0; PATH_MAX],
             remote: [0; REMOTE_MAX],
+            trace_id: [0; 16],
+            span_id: [0; 8],
+            parent_span_id: [0; 8],
         };
         e.method[..method.len()].copy_from_slice(method.as_bytes());
         e.path[..path.len()].copy_from_slice(path.as_bytes());
@@ -186,6 +196,25 @@ mod tests {
         assert_eq!(r.request_body_bytes, 0);
         assert_eq!(r.response_body_bytes, 12);
         assert_eq!(r.duration_seconds(), 2e-6);
+        assert_eq!(r.trace, None, "no ids: sonde makes its own");
+    }
+
+    #[test]
+    fn carries_the_kernel_trace_context() {
+        let mut b = event("GET", "/", "", 200);
+        let at = std::mem::offset_of!(HttpRequestEvent, trace_id);
+        b[at..at + 16].copy_from_slice(&[7; 16]);
+        b[at + 16..at + 24].copy_from_slice(&[8; 8]);
+        let t = decode(&b).unwrap().trace.unwrap();
+        assert_eq!(
+            (t.trace_id, t.span_id, t.parent_span_id),
+            ([7; 16], [8; 8], None)
+        );
+        b[at + 24..at + 32].copy_from_slice(&[9; 8]);
+        assert_eq!(
+            decode(&b).unwrap().trace.unwrap().parent_span_id,
+            Some([9; 8])
+        );
     }
 
     #[test]

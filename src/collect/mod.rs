@@ -26,6 +26,19 @@ pub struct Request {
     pub server_port: u16,
     /// Client calls: the call failed (refused, timed out…) and there is no response.
     pub error: bool,
+    /// Ids made in the kernel at the entry probe; `None` from programs that make none.
+    pub trace: Option<TraceContext>,
+}
+
+/// W3C ids of one request's span, and its parent's when it has one (a client call made
+/// while serving a request on the same goroutine).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub parent_span_id: Option<[u8; 8]>,
+    /// The parent is another process's span, from an incoming `traceparent`.
+    pub remote_parent: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -16,6 +16,8 @@ mod rpc;
 use crate::config::{Config, MetricsNaming};
 use crate::enrich::EnrichedRequest;
 
+pub mod otlp;
+
 pub const DURATION_BUCKETS: &[f64] = &[
     0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
@@ -223,6 +225,9 @@ pub struct Health {
     events: AtomicU64,
     lost: AtomicU64,
     skipped: Mutex<BTreeMap<&'static str, u64>>,
+    /// OTLP export attempts that failed, and data dropped: [metrics, traces].
+    otlp_errors: [AtomicU64; 2],
+    otlp_dropped: [AtomicU64; 2],
 }
 
 impl Health {
@@ -245,6 +250,13 @@ impl Health {
             .unwrap_or_else(|p| p.into_inner())
             .entry(reason)
             .or_default() += 1;
+    }
+
+    pub fn inc_otlp_export_errors(&self, signal: otlp::Signal) {
+        self.otlp_errors[signal as usize].fetch_add(1, Ordering::Relaxed);
+    }
+    pub fn add_otlp_dropped(&self, signal: otlp::Signal, n: u64) {
+        self.otlp_dropped[signal as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     fn render(&self, out: &mut String) {
@@ -290,6 +302,25 @@ impl Health {
             "counter",
             "Requests the kernel dropped because the ring buffer was full.",
             format!("sonde_events_lost_total {}", g(&self.lost)),
+        );
+        let by_signal = |name: &str, a: &[AtomicU64; 2]| {
+            [otlp::Signal::Metrics, otlp::Signal::Traces]
+                .iter()
+                .map(|s| format!("{name}{{signal=\"{}\"}} {}", s.name(), g(&a[*s as usize])))
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        metric(
+            "sonde_otlp_export_errors_total",
+            "counter",
+            "OTLP export attempts that failed (endpoint down, slow, or refusing).",
+            by_signal("sonde_otlp_export_errors_total", &self.otlp_errors),
+        );
+        metric(
+            "sonde_otlp_dropped_total",
+            "counter",
+            "OTLP data given up on: metric export requests, or spans.",
+            by_signal("sonde_otlp_dropped_total", &self.otlp_dropped),
         );
         let skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
         if !skipped.is_empty() {
@@ -615,6 +646,7 @@ mod tests {
                 server_address: String::new(),
                 server_port: 0,
                 error: false,
+                trace: None,
             },
             identity: Arc::new(Identity {
                 service_name: "svc \"q\"".into(),

@@ -26,7 +26,7 @@ impl From<gimli::Error> for DwarfError {
 const WANTED: &[(&str, &[&str])] = &[
     (
         "net/http.Request",
-        &["Method", "URL", "ContentLength", "RemoteAddr"],
+        &["Method", "URL", "ContentLength", "RemoteAddr", "Header"],
     ),
     ("net/url.URL", &["Path", "Scheme", "Host"]),
     ("net/http.Response", &["StatusCode", "ContentLength"]),
@@ -187,6 +187,7 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
         url_host: get("net/url.URL", "Host")?,
         client_status_code: get("net/http.Response", "StatusCode")?,
         client_content_length: get("net/http.Response", "ContentLength")?,
+        request_header: get("net/http.Request", "Header")?,
     }))
 }
 

@@ -67,6 +67,8 @@ pub enum ProbeRole {
     GrpcClientNewStream,
     /// grpc-go `(*clientStream).finish`: a streaming call's end; entry only.
     GrpcClientStreamFinish,
+    /// `runtime.newproc1`: a goroutine starts (which request it belongs to, for traces).
+    GoroutineStart,
 }
 
 impl ProbeRole {
@@ -107,6 +109,7 @@ pub struct GoOffsets {
     pub url_host: u32,
     pub client_status_code: u32,
     pub client_content_length: u32,
+    pub request_header: u32,
 }
 
 /// Everything needed to instrument one executable.
@@ -240,6 +243,8 @@ pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 /// The exported wrapper, not `roundTrip` itself: the same call with one RET instead of ~16,
 /// and every uprobe costs a kernel grace period (~130 ms here) to detach.
 pub const ROUND_TRIP: &str = "net/http.(*Transport).RoundTrip";
+/// Where every goroutine is made: probed only when traces are exported.
+pub const NEWPROC1: &str = "runtime.newproc1";
 
 /// A parsed Go executable: owns the bytes, answers function and RET lookups.
 #[derive(Debug)]
@@ -426,7 +431,11 @@ impl GoBinary {
         let grpc = grpc::plan(self);
         let mut probes: Vec<FunctionProbe> = match (server, client) {
             (Err(e), Err(_)) if grpc.is_none() => return Err(e),
-            (server, client) => server.into_iter().chain(client).collect(),
+            (server, client) => server
+                .into_iter()
+                .chain(client)
+                .chain(self.function_probe(ProbeRole::GoroutineStart, NEWPROC1))
+                .collect(),
         };
         let grpc = grpc.map(|(plan, grpc_probes)| {
             probes.extend(grpc_probes);
@@ -505,6 +514,7 @@ pub fn render(plan: &ProbePlan) -> String {
         ("url.URL.Host", o.url_host),
         ("http.Response.StatusCode", o.client_status_code),
         ("http.Response.ContentLength", o.client_content_length),
+        ("http.Request.Header", o.request_header),
     ] {
         let _ = writeln!(s, "  {name:<42} {v}");
     }
@@ -935,7 +945,12 @@ mod tests {
         match inspect(&path) {
             Ok(plan) => {
                 assert_eq!(plan.symbols, SymbolSource::Symtab);
-                assert_eq!(plan.probes.len(), 1);
+                let http = plan
+                    .probes
+                    .iter()
+                    .filter(|p| p.role != ProbeRole::GoroutineStart)
+                    .count();
+                assert_eq!(http, 1);
                 let text = render(&plan);
                 assert!(text.contains(SERVE_HTTP), "{text}");
                 assert!(text.contains(&plan.go_version.to_string()), "{text}");

@@ -25,6 +25,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -45,6 +46,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -65,6 +67,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -85,6 +88,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -105,6 +109,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -125,6 +130,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -145,6 +151,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
     (
@@ -165,6 +172,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
             url_host: 40,
             client_status_code: 16,
             client_content_length: 80,
+            request_header: 56,
         },
     ),
 ];

@@ -6,7 +6,8 @@
 //	/implicit              a body written without WriteHeader (net/http sends 200)
 //	/slow?ms=N             sleeps N ms, then 200 with no body
 //	/call?url=U&method=M   makes that HTTP call (Go's default client; a body of size=N when
-//	                       given) and answers with its status, or 502 when the call failed
+//	                       given) and answers with its status, or 502 when the call failed;
+//	                       with go=1 the call is made on a goroutine the handler starts
 //
 // Builds with Go 1.19 to 1.27 and the standard library only.
 package main
@@ -62,7 +63,17 @@ func handle(w http.ResponseWriter, r *http.Request) {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		resp, err := http.DefaultClient.Do(req)
+		var resp *http.Response
+		if r.URL.Query().Get("go") == "1" {
+			done := make(chan struct{})
+			go func() {
+				resp, err = http.DefaultClient.Do(req)
+				close(done)
+			}()
+			<-done
+		} else {
+			resp, err = http.DefaultClient.Do(req)
+		}
 		if err != nil {
 			w.WriteHeader(http.StatusBadGateway)
 			return

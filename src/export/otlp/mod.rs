@@ -1,0 +1,302 @@
+//! OTLP export: the Prometheus set of metrics under OTel names, and one span per request,
+//! pushed over http/protobuf or gRPC to any OTLP endpoint.
+//!
+//! Collection only ever takes a short lock here: metrics are aggregated in memory and
+//! snapshotted on a timer, spans go into a bounded buffer; the network side runs in its
+//! own tasks with bounded queues, so a slow or dead endpoint costs data, never memory or
+//! collection time.
+
+pub mod config;
+pub mod metrics;
+pub mod queue;
+pub mod resource;
+pub mod traces;
+pub mod transport;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
+
+pub use config::{OtlpConfig, Signal};
+use metrics::MetricStore;
+use queue::{BatchQueue, Retry};
+use traces::{IdGenerator, SpanIds, WallClock};
+use transport::{Payload, Transport};
+
+use crate::enrich::EnrichedRequest;
+use crate::export::Exporter;
+
+#[derive(Debug, thiserror::Error)]
+pub enum OtlpError {
+    #[error("OTLP {signal} exporter for {endpoint}: {source}")]
+    Transport {
+        signal: &'static str,
+        endpoint: String,
+        source: transport::SendError,
+    },
+}
+
+/// Spans waiting for the next batch; beyond this the oldest are dropped (about 1 KiB each).
+const SPAN_BUFFER: usize = 8192;
+/// Spans per export request.
+const SPAN_BATCH: usize = 512;
+/// Spans are sent at least this often.
+const SPAN_FLUSH: Duration = Duration::from_secs(1);
+/// Export requests waiting while the endpoint is down.
+const TRACE_BATCHES_QUEUED: usize = 4;
+const DELTA_BATCHES_QUEUED: usize = 8;
+
+fn retry(superseded_by_newer: bool) -> Retry {
+    Retry {
+        first: Duration::from_secs(1),
+        max: Duration::from_secs(10),
+        attempts: 6,
+        superseded_by_newer,
+    }
+}
+
+type ResourceCache = HashMap<u32, (Arc<crate::enrich::Identity>, Arc<Resource>)>;
+
+struct SpanBuffer {
+    spans: Mutex<VecDeque<(Arc<Resource>, Span)>>,
+    full: tokio::sync::Notify,
+}
+
+pub struct Otlp {
+    metrics: Option<Arc<MetricStore>>,
+    spans: Option<Arc<SpanBuffer>>,
+    sampler_ratio: f64,
+    clock: WallClock,
+    ids: IdGenerator,
+    host: String,
+    /// By PID, with the identity it was made for: an event that raced the identity's
+    /// registration is not allowed to name the process for good.
+    resources: Mutex<ResourceCache>,
+    exporter: Arc<Exporter>,
+}
+
+impl Otlp {
+    /// Starts the export tasks on the current tokio runtime.
+    pub fn start(
+        config: &crate::config::Config,
+        exporter: Arc<Exporter>,
+    ) -> Result<Arc<Otlp>, OtlpError> {
+        let c = &config.otlp;
+        let transport = |s: &config::SignalConfig| {
+            Transport::new(s).map_err(|source| OtlpError::Transport {
+                signal: s.signal.name(),
+                endpoint: s.shown_endpoint(),
+                source,
+            })
+        };
+        let otlp = Arc::new(Otlp {
+            metrics: c.metrics.as_ref().map(|_| {
+                Arc::new(MetricStore::new(
+                    c.temporality,
+                    config.metrics_report_target,
+                    config.metrics_report_peer,
+                    config.container_series_ttl,
+                ))
+            }),
+            spans: c.traces.as_ref().map(|_| {
+                Arc::new(SpanBuffer {
+                    spans: Mutex::new(VecDeque::new()),
+                    full: tokio::sync::Notify::new(),
+                })
+            }),
+            sampler_ratio: c.sampler_ratio,
+            clock: WallClock::measure(),
+            ids: IdGenerator::new(),
+            host: resource::host_name(),
+            resources: Mutex::new(HashMap::new()),
+            exporter: exporter.clone(),
+        });
+        if let (Some(s), Some(store)) = (&c.metrics, &otlp.metrics) {
+            let t = transport(s)?;
+            let cumulative = c.temporality == config::Temporality::Cumulative;
+            // A cumulative snapshot holds everything older ones did: keep only the newest.
+            let q = BatchQueue::new(if cumulative { 1 } else { DELTA_BATCHES_QUEUED });
+            tracing::info!(
+                "exporting OTLP metrics to {} ({}, every {:?}, {})",
+                s.shown_endpoint(),
+                s.protocol,
+                c.metric_interval,
+                if cumulative { "cumulative" } else { "delta" }
+            );
+            tokio::spawn(queue::run_sender(
+                Signal::Metrics,
+                s.shown_endpoint(),
+                t,
+                q.clone(),
+                retry(cumulative),
+                exporter.clone(),
+            ));
+            tokio::spawn(metrics_ticker(
+                store.clone(),
+                q,
+                c.metric_interval,
+                exporter.clone(),
+            ));
+        }
+        if let (Some(s), Some(buf)) = (&c.traces, &otlp.spans) {
+            let t = transport(s)?;
+            let q = BatchQueue::new(TRACE_BATCHES_QUEUED);
+            tracing::info!(
+                "exporting OTLP traces to {} ({}, sampler ratio {})",
+                s.shown_endpoint(),
+                s.protocol,
+                c.sampler_ratio
+            );
+            tokio::spawn(queue::run_sender(
+                Signal::Traces,
+                s.shown_endpoint(),
+                t,
+                q.clone(),
+                retry(false),
+                exporter.clone(),
+            ));
+            tokio::spawn(span_batcher(buf.clone(), q, exporter));
+        }
+        Ok(otlp)
+    }
+
+    fn resource(&self, r: &EnrichedRequest) -> Arc<Resource> {
+        let pid = r.request.pid;
+        let mut cache = self.resources.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((identity, res)) = cache.get(&pid) {
+            if **identity == *r.identity {
+                return res.clone();
+            }
+        }
+        // A PID is reused only after its process exited; forget the oldest resources first
+        // so the cache stays bounded on hosts with many short-lived processes.
+        if cache.len() >= 4096 {
+            cache.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
+        let container_id = r
+            .identity
+            .container_name
+            .as_ref()
+            .and_then(|_| crate::discover::cgroup::container_id_of(pid));
+        let res = Arc::new(resource::resource(
+            &r.identity,
+            pid,
+            &self.host,
+            container_id.as_deref(),
+        ));
+        cache.insert(pid, (r.identity.clone(), res.clone()));
+        res
+    }
+
+    /// Called for every request, on the collection path: never blocks on the network.
+    pub fn record(&self, r: &EnrichedRequest) {
+        if let Some(m) = &self.metrics {
+            m.record(r, || self.resource(r), WallClock::now_unix_ns());
+        }
+        if let Some(buf) = &self.spans {
+            let ids = match r.request.trace {
+                Some(t) => SpanIds {
+                    trace_id: t.trace_id,
+                    span_id: t.span_id,
+                    parent_span_id: t.parent_span_id,
+                    remote_parent: t.remote_parent,
+                },
+                None => self.ids.root(),
+            };
+            if !traces::sampled(&ids.trace_id, self.sampler_ratio) {
+                return;
+            }
+            self.push_span(buf, r, &ids);
+        }
+    }
+
+    fn push_span(&self, buf: &SpanBuffer, r: &EnrichedRequest, ids: &SpanIds) {
+        let span = traces::span(r, ids, &self.clock);
+        let res = self.resource(r);
+        let mut spans = buf.spans.lock().unwrap_or_else(|p| p.into_inner());
+        if spans.len() >= SPAN_BUFFER {
+            spans.pop_front();
+            self.exporter.health().add_otlp_dropped(Signal::Traces, 1);
+        }
+        spans.push_back((res, span));
+        if spans.len() >= SPAN_BATCH {
+            buf.full.notify_one();
+        }
+    }
+}
+
+async fn metrics_ticker(
+    store: Arc<MetricStore>,
+    queue: Arc<BatchQueue>,
+    interval: Duration,
+    exporter: Arc<Exporter>,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Some(req) = store.collect(WallClock::now_unix_ns()) {
+            let dropped = queue.push(Payload::Metrics(req));
+            exporter
+                .health()
+                .add_otlp_dropped(Signal::Metrics, dropped as u64);
+        }
+    }
+}
+
+async fn span_batcher(buf: Arc<SpanBuffer>, queue: Arc<BatchQueue>, exporter: Arc<Exporter>) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SPAN_FLUSH) => {}
+            _ = buf.full.notified() => {}
+        }
+        loop {
+            let batch: Vec<(Arc<Resource>, Span)> = {
+                let mut spans = buf.spans.lock().unwrap_or_else(|p| p.into_inner());
+                let n = spans.len().min(SPAN_BATCH);
+                spans.drain(..n).collect()
+            };
+            if batch.is_empty() {
+                break;
+            }
+            let more = batch.len() == SPAN_BATCH;
+            let dropped = queue.push(Payload::Traces(group_spans(batch)));
+            exporter
+                .health()
+                .add_otlp_dropped(Signal::Traces, (dropped * SPAN_BATCH) as u64);
+            if !more {
+                break;
+            }
+        }
+    }
+}
+
+/// One `ResourceSpans` per process, in the order spans arrived.
+fn group_spans(batch: Vec<(Arc<Resource>, Span)>) -> ExportTraceServiceRequest {
+    let mut out: Vec<(Arc<Resource>, Vec<Span>)> = Vec::new();
+    for (res, span) in batch {
+        match out.iter_mut().find(|(r, _)| Arc::ptr_eq(r, &res)) {
+            Some((_, spans)) => spans.push(span),
+            None => out.push((res, vec![span])),
+        }
+    }
+    ExportTraceServiceRequest {
+        resource_spans: out
+            .into_iter()
+            .map(|(res, spans)| ResourceSpans {
+                resource: Some((*res).clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(resource::scope()),
+                    spans,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
