@@ -163,6 +163,7 @@ mod tests {
                 server_address: "127.0.0.1".into(),
                 server_port: 50051,
                 error: false,
+                trace: None,
             },
             identity: Arc::new(Identity {
                 service_name: "svc".into(),
