@@ -189,14 +189,20 @@ def metric_sum(text, name, **labels):
     return total
 
 
-def counted(service=None, container=None, text=None):
+def counted(service=None, container=None, text=None, **labels):
     text = text if text is not None else scrape()
-    labels = {}
     if service:
         labels["service_name"] = service
     if container:
         labels["container_name"] = container
     return int(metric_sum(text, "http_server_request_duration_seconds_count", **labels))
+
+
+def get(port, path):
+    try:
+        urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5).read()
+    except OSError:
+        pass
 
 
 def wait_port(port, timeout):
@@ -518,11 +524,25 @@ class Containers:
         self.names = [n for n in self.names if n not in names]
 
 
+def until_counted(port, name, timeout):
+    """Sends a request every 20 ms until the container's series counts one; when, or None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        get(port, "/")
+        try:
+            if counted(container=name) >= 1:
+                return time.monotonic()
+        except OSError:
+            pass
+        time.sleep(0.02)
+    return None
+
+
 def containers(sonde, count, trials):
     """Peak RSS with `count` instrumented containers; container start → first request counted."""
     out = {}
     env = dict(os.environ, SONDE_PROMETHEUS_PORT=str(PROM_PORT), SONDE_DOCKER="true",
-               SONDE_LOG_LEVEL="warn")
+               SONDE_METRICS_REPORT_TARGET="true", SONDE_LOG_LEVEL="warn")
     cs = Containers()
     agent = Proc([sonde], env=env)
     try:
@@ -530,7 +550,7 @@ def containers(sonde, count, trials):
             sys.exit("bench: sonde (docker) did not serve metrics")
         out["rss_idle_kb"] = proc_mem_kb(agent.pid)["VmRSS"]
         # Start → first request counted, one container at a time.
-        times, accept, missing = [], [], 0
+        times, accept, attached, missing = [], [], [], 0
         for t in range(trials):
             port = CONTAINER_PORT_BASE + 100 + t
             t0 = time.monotonic()
@@ -540,35 +560,40 @@ def containers(sonde, count, trials):
                 cs.remove([name])
                 continue
             t_accept = time.monotonic()
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/first", timeout=5).read()
-            except OSError:
-                pass
-            got = wait_until(lambda: counted(container=name) >= 1, 3, 0.005)
-            if got:
-                times.append(1e3 * (time.monotonic() - t0))
-                accept.append(1e3 * (t_accept - t0))
+            get(port, "/first")
+            accept.append(1e3 * (t_accept - t0))
+            # Then a request every 20 ms on another path: when one of those is counted, the
+            # container is instrumented; the first request is counted then or never (sonde
+            # drains every 50 ms, so 1 s later settles it).
+            first = later = None
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                text = scrape()
+                now = time.monotonic()
+                if first is None and counted(container=name, url_path="/first", text=text):
+                    first = now
+                if later is None and counted(container=name, url_path="/later", text=text):
+                    later = now
+                if first is not None or (later is not None and now - later > 1):
+                    break
+                get(port, "/later")
+                time.sleep(0.02)
+            if first is not None:
+                times.append(1e3 * (first - t0))
             else:
                 missing += 1
-                accept.append(1e3 * (t_accept - t0))
+            if later is not None or first is not None:
+                attached.append(1e3 * (min(t for t in (first, later) if t is not None) - t0))
             cs.remove([name])
         out["start"] = {"trials": trials, "counted": len(times), "ms": times,
-                        "accept_ms": accept}
+                        "accept_ms": accept, "later_ms": attached}
         # Peak RSS: `count` containers instrumented at once, each serving a few requests.
         names = []
         for i in range(count):
             names.append((cs.run(f"peak{i}", CONTAINER_PORT_BASE + i), CONTAINER_PORT_BASE + i))
         for name, port in names:
             wait_port(port, 30)
-        served = 0
-        for name, port in names:
-            for _ in range(5):
-                try:
-                    urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read()
-                except OSError:
-                    pass
-            if wait_until(lambda: counted(container=name) >= 1, 10, 0.05):
-                served += 1
+        served = sum(until_counted(port, name, 30) is not None for name, port in names)
         mem = proc_mem_kb(agent.pid)
         text = scrape()
         out["peak"] = {"containers": count, "instrumented": served,
@@ -778,7 +803,10 @@ def report(res, args, command):
         p99 = pctl(st["ms"], 99) if st["counted"] == st["trials"] else None
         target("container start → first request counted ≤ 300 ms at p99",
                f"p50 {fmt(p50, '.0f')} ms, p99 {fmt(p99, '.0f', '∞ (missed)')} ms; "
-               f"{st['counted']}/{st['trials']} first requests counted; docker run → port "
+               f"{st['counted']}/{st['trials']} first requests counted; start → instrumented "
+               f"(a request every 20 ms after the first is counted): p50 "
+               f"{fmt(pctl(st['later_ms'], 50), '.0f')} ms, p99 "
+               f"{fmt(pctl(st['later_ms'], 99), '.0f')} ms; docker run → port "
                f"accepts: p50 {fmt(pctl(st['accept_ms'], 50), '.0f')} ms, p99 "
                f"{fmt(pctl(st['accept_ms'], 99), '.0f')} ms",
                p99 is not None and p99 <= TARGETS["start_p99_ms"])

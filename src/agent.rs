@@ -236,7 +236,12 @@ fn discovery_loop(
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let changes = tracker.update(crate::discover::scan());
+        let processes = if tracker.needs_listen_ports() {
+            crate::discover::scan()
+        } else {
+            crate::discover::scan_without_ports()
+        };
+        let changes = tracker.update(processes);
         if !changes.removed.is_empty() {
             let mut ids = identities.write().unwrap_or_else(|p| p.into_inner());
             for pid in changes.removed {
