@@ -119,6 +119,55 @@ static __always_inline __u64 read_go_string(char *dst, __u32 cap, __u64 str_addr
     return len;
 }
 
+/* A struct is copied from user memory once, as far as the fields read from it reach, and the
+ * fields are taken from that copy: one bpf_probe_read_user per struct instead of one per
+ * field (each costs ~100 ns here; bench/NOTES.md). A field beyond the window, in a layout
+ * not seen yet, is read on its own. */
+#define REQUEST_WINDOW 192
+#define RESPONSE_WINDOW 144
+
+struct window {
+    __u64 base; /* user address the copy starts at */
+    __u32 len;  /* bytes copied (0: the copy failed, every field is read on its own) */
+};
+
+static __always_inline void window_copy(struct window *w, void *buf, __u64 cap, __u64 base,
+                                        __u64 need)
+{
+    __u64 n = need < cap ? need : cap;
+    w->base = base;
+    w->len = 0;
+    if (n == 0 || n > cap)
+        return;
+    if (bpf_probe_read_user(buf, n, (void *)base) == 0)
+        w->len = n;
+}
+
+static __always_inline __u64 window_u64(const struct window *w, const __u8 *buf, __u64 cap,
+                                        __u64 off)
+{
+    if (off <= cap - 8 && off + 8 <= w->len) {
+        __u64 v;
+        __builtin_memcpy(&v, buf + off, sizeof(v));
+        return v;
+    }
+    return read_u64(w->base + off);
+}
+
+static __always_inline __u64 max_u64(__u64 a, __u64 b)
+{
+    return a > b ? a : b;
+}
+
+/* Copies a Go string whose header (pointer, length) was already read; returns its length. */
+static __always_inline __u64 copy_go_string(char *dst, __u32 cap, __u64 ptr, __u64 len)
+{
+    __u64 n = len < cap ? len : cap;
+    if (n > 0 && ptr != 0)
+        bpf_probe_read_user(dst, n, (void *)ptr);
+    return len;
+}
+
 static __always_inline void count_lost(void)
 {
     __u32 zero = 0;
@@ -309,7 +358,8 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
     struct inflight v = {.start_ns = bpf_ktime_get_ns(), .req = req, .rw_data = rw_data};
     random_words((__u32 *)v.trace.span_id, 2);
     struct inflight *parent = parent_map ? bpf_map_lookup_elem(parent_map, &key) : NULL;
-    if (parent) {
+    /* start_ns 0: that request is over (its slot stays for reuse), it is no parent. */
+    if (parent && parent->start_ns) {
         __builtin_memcpy(v.trace.trace_id, parent->trace.trace_id, sizeof(v.trace.trace_id));
         __builtin_memcpy(v.trace.parent_span_id, parent->trace.span_id,
                          sizeof(v.trace.parent_span_id));
@@ -326,14 +376,23 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
                 join_incoming_trace(req, off, &v.trace);
         }
     }
-    bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
+    /* A goroutine that made a call before keeps its slot (the RET marks it consumed instead
+     * of deleting it): storing into it costs ~200 ns less per request here than an LRU update
+     * plus a delete (bench/NOTES.md). Go reuses goroutines, so the slots in use stay about as
+     * many as the goroutines that serve at once. */
+    struct inflight *cur = bpf_map_lookup_elem(inflight_map, &key);
+    if (cur)
+        *cur = v;
+    else
+        bpf_map_update_elem(inflight_map, &key, &v, BPF_ANY);
 }
 
 /* At a RET: takes this goroutine's call out of `inflight_map` and starts its event with
- * what both sides share (timing, method, path, Content-Length). NULL: nothing to report. */
+ * what both sides share (timing, method, path, Content-Length), copying the *Request into
+ * req_buf (REQUEST_WINDOW bytes) once. NULL: nothing to report. */
 static __always_inline struct http_request_event *
 start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight *v,
-            struct go_offsets **off, __u64 *url)
+            struct go_offsets **off, __u64 *url, __u8 *req_buf, struct window *reqw)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     *off = bpf_map_lookup_elem(&pid_offsets, &pid);
@@ -341,10 +400,11 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
         return NULL;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     struct inflight *found = bpf_map_lookup_elem(inflight_map, &key);
-    if (!found)
+    /* start_ns 0: consumed by an earlier RET (the server entry reuses slots, see there). */
+    if (!found || !found->start_ns)
         return NULL;
     *v = *found;
-    bpf_map_delete_elem(inflight_map, &key);
+    found->start_ns = 0;
 
     struct http_request_event *e = bpf_ringbuf_reserve(&events, sizeof(*e), 0);
     if (!e) {
@@ -363,11 +423,18 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
     if (v->trace.remote_parent)
         e->flags |= SONDE_FLAG_REMOTE_PARENT;
 
-    __u64 req = v->req;
-    __u64 len = read_go_string(e->method, SONDE_METHOD_MAX, req + (*off)->request_method);
+    struct go_offsets *o = *off;
+    struct window *w = reqw;
+    __u64 need = max_u64(max_u64(o->request_method + 16, o->request_url + 8),
+                         max_u64(o->request_content_length + 8, o->request_remote_addr + 16));
+    window_copy(w, req_buf, REQUEST_WINDOW, v->req, need);
+    __u64 len = copy_go_string(e->method, SONDE_METHOD_MAX,
+                               window_u64(w, req_buf, REQUEST_WINDOW, o->request_method),
+                               window_u64(w, req_buf, REQUEST_WINDOW, o->request_method + 8));
     e->method_len = len < SONDE_METHOD_MAX ? len : SONDE_METHOD_MAX;
-    e->request_content_length = (__s64)read_u64(req + (*off)->request_content_length);
-    *url = read_u64(req + (*off)->request_url);
+    e->request_content_length =
+        (__s64)window_u64(w, req_buf, REQUEST_WINDOW, o->request_content_length);
+    *url = window_u64(w, req_buf, REQUEST_WINDOW, o->request_url);
     if (*url) {
         len = read_go_string(e->path, SONDE_PATH_MAX, *url + (*off)->url_path);
         if (len > SONDE_PATH_MAX) {
@@ -394,12 +461,17 @@ int server_handler_return(struct pt_regs *ctx)
     struct inflight v;
     struct go_offsets *off;
     __u64 url;
-    struct http_request_event *e =
-        start_event(ctx, &server_inflight, SONDE_EVENT_HTTP_SERVER, &v, &off, &url);
+    __u8 req_buf[REQUEST_WINDOW];
+    struct window w;
+    struct http_request_event *e = start_event(ctx, &server_inflight, SONDE_EVENT_HTTP_SERVER, &v,
+                                               &off, &url, req_buf, &w);
     if (!e)
         return 0;
     __u64 req = v.req;
-    __u64 len = read_go_string(e->remote, SONDE_REMOTE_MAX, req + off->request_remote_addr);
+    __u64 len = copy_go_string(
+        e->remote, SONDE_REMOTE_MAX,
+        window_u64(&w, req_buf, REQUEST_WINDOW, off->request_remote_addr),
+        window_u64(&w, req_buf, REQUEST_WINDOW, off->request_remote_addr + 8));
     e->remote_len = len < SONDE_REMOTE_MAX ? len : SONDE_REMOTE_MAX;
 
     /* Which ResponseWriter is it? Only two kinds reach serverHandler.ServeHTTP: HTTP/1's
@@ -407,11 +479,19 @@ int server_handler_return(struct pt_regs *ctx)
      * its state (Go 1.27 rebuilds the *Request for HTTP/2, so nothing there points back).
      * No itab symbols needed, so this works on stripped binaries too. */
     __u64 rw = v.rw_data;
-    if (rw && read_u64(rw + off->response_req) == req) {
-        e->status = (__u32)read_u64(rw + off->response_status);
-        e->response_written = (__s64)read_u64(rw + off->response_written);
+    __u8 rw_buf[RESPONSE_WINDOW];
+    struct window rw_w = {.base = rw, .len = 0};
+    if (rw) {
+        __u64 need = max_u64(max_u64(off->response_req + 8, off->response_status + 8),
+                             max_u64(off->response_written + 8, off->h2rw_rws + 8));
+        window_copy(&rw_w, rw_buf, RESPONSE_WINDOW, rw, need);
+    }
+    if (rw && window_u64(&rw_w, rw_buf, RESPONSE_WINDOW, off->response_req) == req) {
+        e->status = (__u32)window_u64(&rw_w, rw_buf, RESPONSE_WINDOW, off->response_status);
+        e->response_written =
+            (__s64)window_u64(&rw_w, rw_buf, RESPONSE_WINDOW, off->response_written);
     } else if (rw) {
-        __u64 rws = read_u64(rw + off->h2rw_rws);
+        __u64 rws = window_u64(&rw_w, rw_buf, RESPONSE_WINDOW, off->h2rw_rws);
         if (rws) {
             e->flags |= SONDE_FLAG_HTTP2;
             e->status = (__u32)read_u64(rws + off->rws_status);
@@ -438,8 +518,10 @@ int client_roundtrip_return(struct pt_regs *ctx)
     struct inflight v;
     struct go_offsets *off;
     __u64 url;
-    struct http_request_event *e =
-        start_event(ctx, &client_inflight, SONDE_EVENT_HTTP_CLIENT, &v, &off, &url);
+    __u8 req_buf[REQUEST_WINDOW];
+    struct window w;
+    struct http_request_event *e = start_event(ctx, &client_inflight, SONDE_EVENT_HTTP_CLIENT, &v,
+                                               &off, &url, req_buf, &w);
     if (!e)
         return 0;
     if (url) {
@@ -492,7 +574,7 @@ int goroutine_start_return(struct pt_regs *ctx)
     struct trace_ctx t = {};
     struct inflight *req = bpf_map_lookup_elem(&server_inflight, &caller);
     struct trace_ctx *inherited = bpf_map_lookup_elem(&goroutine_trace, &caller);
-    if (req) {
+    if (req && req->start_ns) {
         __builtin_memcpy(t.trace_id, req->trace.trace_id, sizeof(t.trace_id));
         __builtin_memcpy(t.span_id, req->trace.span_id, sizeof(t.span_id));
     } else if (inherited) {

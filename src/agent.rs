@@ -468,7 +468,12 @@ fn discovery_loop(
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        let scan = crate::discover::scan();
+        let needs_ports = lock(&shared).tracker.needs_listen_ports();
+        let scan = if needs_ports {
+            crate::discover::scan()
+        } else {
+            crate::discover::scan_without_ports()
+        };
         let mut guard = lock(&shared);
         let changes = guard.tracker.update(scan);
         let attacher = &mut guard.attacher;

@@ -41,6 +41,12 @@ enum Command {
     },
     /// Show what this kernel and these privileges allow.
     Check,
+    /// Benchmark floor: count-only uprobes on the offsets sonde would probe (bench/).
+    #[command(hide = true)]
+    Floor {
+        /// The process to probe.
+        pid: u32,
+    },
 }
 
 pub fn run() -> i32 {
@@ -60,6 +66,10 @@ pub fn run() -> i32 {
         Command::Check => {
             init_logging("warn");
             check()
+        }
+        Command::Floor { pid } => {
+            init_logging("warn");
+            crate::floor::run(pid)
         }
         Command::Run => {
             let config = match Config::from_env_and_file(cli.config.as_deref()) {

@@ -13,6 +13,7 @@ pub mod discover;
 pub mod ebpf_abi;
 pub mod enrich;
 pub mod export;
+pub mod floor;
 pub mod inspect;
 pub mod kernel;
 pub mod select;

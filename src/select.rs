@@ -70,6 +70,20 @@ impl Selector {
         self
     }
 
+    /// Whether any rule looks at listening ports (`open_port`, a `sonde.open_ports` label):
+    /// when none does, discovery skips reading them, by far the costliest part of a scan.
+    pub fn needs_listen_ports(&self) -> bool {
+        if self.ports.is_some() {
+            return true;
+        }
+        let Some(containers) = self.containers.as_ref() else {
+            return false;
+        };
+        let map = containers.read().unwrap_or_else(|e| e.into_inner());
+        map.values()
+            .any(|c| c.labels.contains_key(labels::OPEN_PORTS))
+    }
+
     fn container_of(&self, p: &HostProcess) -> Option<std::sync::Arc<ContainerInfo>> {
         let id = p.container_id.as_ref()?;
         let containers = self.containers.as_ref()?;
@@ -290,6 +304,10 @@ impl Tracker {
         self.selected.contains_key(&pid)
     }
 
+    pub fn needs_listen_ports(&self) -> bool {
+        self.selector.needs_listen_ports()
+    }
+
     pub fn update(&mut self, scan: Vec<HostProcess>) -> Changes {
         let mut changes = Changes::default();
         let alive: HashMap<u32, (u64, &std::path::Path)> = scan
@@ -401,6 +419,25 @@ mod tests {
             &[("sonde.enable", "true"), ("sonde.exe", "^/srv/")],
         );
         assert!(!exe.matches(&container_proc(1, &[], "c1")));
+    }
+
+    #[test]
+    fn listen_ports_are_read_only_when_a_rule_uses_them() {
+        assert!(!Selector::new(&Config::default()).needs_listen_ports());
+        let ports = Config {
+            open_port: PortSet::parse("8080"),
+            ..Config::default()
+        };
+        assert!(Selector::new(&ports).needs_listen_ports());
+        assert!(
+            !with_container(DockerSelect::Labelled, &[("sonde.enable", "true")])
+                .needs_listen_ports()
+        );
+        assert!(with_container(
+            DockerSelect::Labelled,
+            &[("sonde.enable", "true"), ("sonde.open_ports", "8080")]
+        )
+        .needs_listen_ports());
     }
 
     #[test]
