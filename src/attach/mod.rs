@@ -14,6 +14,7 @@ use aya::Ebpf;
 use thiserror::Error;
 
 mod reaper;
+pub mod syscalls;
 
 use crate::ebpf_abi::GoOffsetsAbi;
 use crate::inspect::{ProbePlan, ProbeRole};
