@@ -28,7 +28,7 @@ char LICENSE[] SEC("license") = "Dual BSD/GPL";
 #define AF_INET6 10
 #define EINPROGRESS 115
 /* iovecs of one readv/writev/recvmsg/sendmsg copied; bytes past them are counted only. */
-#define MAX_IOV 8
+#define MAX_IOV 32
 
 /* The syscalls/sys_enter_* and sys_exit_* record layouts (see their format files). */
 struct sys_enter_ctx {

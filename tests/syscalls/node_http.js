@@ -1,0 +1,48 @@
+// A Node.js HTTP server that is also a client: /call makes one outgoing request (on a
+// keep-alive agent) to this same server and answers with its status. Used by tests/syscalls.rs.
+'use strict';
+const http = require('http');
+
+const port = Number(process.argv[2]);
+const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+
+const server = http.createServer((req, res) => {
+  const url = new URL(req.url, 'http://localhost');
+  req.resume();
+  req.on('end', () => {
+    if (url.pathname === '/call') {
+      const method = url.searchParams.get('method') || 'GET';
+      const body = Number(url.searchParams.get('size') || 0);
+      const out = http.request(
+        { host: '127.0.0.1', port, path: url.searchParams.get('to'), method, agent },
+        (up) => {
+          up.resume();
+          up.on('end', () => {
+            res.writeHead(up.statusCode, { 'Content-Length': 2 });
+            res.end('ok');
+          });
+        },
+      );
+      out.on('error', () => {
+        res.writeHead(502, { 'Content-Length': 0 });
+        res.end();
+      });
+      if (body > 0) {
+        out.setHeader('Content-Length', body);
+        out.end('x'.repeat(body));
+      } else {
+        out.end();
+      }
+    } else if (url.pathname.startsWith('/status/')) {
+      // Two writes without a length: a chunked body of 5 bytes.
+      res.statusCode = Number(url.pathname.slice('/status/'.length));
+      res.write('abc');
+      res.end('de');
+    } else {
+      res.statusCode = 404;
+      res.end('nope');
+    }
+  });
+});
+
+server.listen(port, '127.0.0.1', () => console.log(`listening on ${port}`));
