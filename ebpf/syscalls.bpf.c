@@ -8,8 +8,9 @@
  * map lookup, and data syscalls on a file descriptor that is not a known connection cost two.
  *
  * OpenSSL: uprobes/uretprobes on SSL_read/SSL_write (and the _ex forms) report plaintext. The
- * read/write syscall nested inside an SSL call on the same thread names the socket; from then
- * on that socket is marked TLS and its encrypted bytes are no longer sent.
+ * read/write syscall nested inside an SSL call on the same thread names the socket (nginx,
+ * Python); without one (Node.js's memory BIOs), the socket this thread last read from does.
+ * From then on that socket is marked TLS and its encrypted bytes are no longer sent.
  *
  * Tracepoint arguments are read with the layout of events/syscalls/<name>/format (args at
  * offset 16, ret at 16): no raw-tracepoint ctx->args, which aya's CO-RE mishandles. Nothing
@@ -131,6 +132,16 @@ struct {
     __type(value, __s32);
 } ssl_fds SEC(".maps");
 
+/* The connection each thread last read from. Runtimes that run OpenSSL over memory BIOs
+ * (Node.js) read the socket themselves and call SSL_read after it on the same thread, so no
+ * syscall nests inside the SSL call: this names the socket of an SSL object not seen yet. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, __s32);
+} last_read_fd SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
     __uint(max_entries, 16 << 20);
@@ -249,6 +260,8 @@ static __always_inline void data_enter(__s32 fd, __u8 op, __u8 direction, __u64 
         return;
     struct conn_key key = {.pid = pid, .fd = fd};
     struct conn *c = bpf_map_lookup_elem(&conns, &key);
+    if (c && direction == SONDE_SYS_DIR_IN)
+        bpf_map_update_elem(&last_read_fd, &tid, &fd, BPF_ANY);
     struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
     if (call) {
         call->fd = fd;
@@ -499,6 +512,8 @@ static __always_inline void ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 
         return;
     struct ssl_key key = {.pid = pid, .ssl = ssl};
     __s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
+    if (!fd)
+        fd = bpf_map_lookup_elem(&last_read_fd, &tid);
     struct ssl_call call = {
         .ssl = ssl, .buf = buf, .len_ptr = len_ptr, .fd = fd ? *fd : -1, .direction = direction};
     bpf_map_update_elem(&ssl_calls, &tid, &call, BPF_ANY);

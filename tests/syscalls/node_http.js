@@ -1,12 +1,16 @@
 // A Node.js HTTP server that is also a client: /call makes one outgoing request (on a
-// keep-alive agent) to this same server and answers with its status. Used by tests/syscalls.rs.
+// keep-alive agent) to this same server and answers with its status. With TLS_PORT CERT KEY,
+// the same handler is served over HTTPS too. Used by tests/syscalls.rs.
+// Usage: node_http.js PORT [TLS_PORT CERT KEY]
 'use strict';
+const fs = require('fs');
 const http = require('http');
+const https = require('https');
 
 const port = Number(process.argv[2]);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
 
-const server = http.createServer((req, res) => {
+function handle(req, res) {
   const url = new URL(req.url, 'http://localhost');
   req.resume();
   req.on('end', () => {
@@ -43,6 +47,10 @@ const server = http.createServer((req, res) => {
       res.end('nope');
     }
   });
-});
+}
 
-server.listen(port, '127.0.0.1', () => console.log(`listening on ${port}`));
+http.createServer(handle).listen(port, '127.0.0.1', () => console.log(`listening on ${port}`));
+if (process.argv.length > 5) {
+  const options = { cert: fs.readFileSync(process.argv[4]), key: fs.readFileSync(process.argv[5]) };
+  https.createServer(options, handle).listen(Number(process.argv[3]), '127.0.0.1');
+}
