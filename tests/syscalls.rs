@@ -620,3 +620,27 @@ fn node_http_server_and_client() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sonde_check_names_the_syscall_source() {
+    if !require_root_or_skip("sonde_check_names_the_syscall_source") {
+        return;
+    }
+    let out = Command::new(sonde_bin()).arg("check").output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("syscall source"))
+        .unwrap_or_else(|| panic!("no syscall source line:\n{text}"));
+    assert!(line.contains("tracepoints"), "{line}");
+    if !Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        assert!(
+            line.contains("kprobes: absent (CONFIG_KPROBES off)"),
+            "{line}"
+        );
+    }
+    assert!(
+        text.contains("syscall + OpenSSL tracer (non-Go processes): available"),
+        "{text}"
+    );
+}
