@@ -733,6 +733,45 @@ impl Http1Parser {
     }
 }
 
+/// Runs a parser over arbitrary bytes, for fuzzing and property tests: the first byte picks
+/// the role (bit 0: client), then each chunk is a control byte — bit 0 the direction (1: out),
+/// bits 1-6 times 4 the known bytes that follow, bit 7 a 2-byte little-endian count of unknown
+/// bytes after them (as for a buffer copied only in part, or sendfile) — and the connection is
+/// closed at the end. Never panics; returns the exchanges produced.
+pub fn parse_arbitrary(data: &[u8]) -> Vec<Exchange> {
+    let Some((&first, mut rest)) = data.split_first() else {
+        return Vec::new();
+    };
+    let role = if first & 1 == 1 {
+        Role::Client
+    } else {
+        Role::Server
+    };
+    let mut parser = Http1Parser::new(role);
+    let mut out = Vec::new();
+    let mut ts = 0;
+    while let Some((&c, tail)) = rest.split_first() {
+        rest = tail;
+        let direction = if c & 1 == 1 {
+            Direction::Out
+        } else {
+            Direction::In
+        };
+        let known = (((c >> 1) & 0x3f) as usize * 4).min(rest.len());
+        let (chunk, tail) = rest.split_at(known);
+        rest = tail;
+        let mut gap = 0;
+        if c & 0x80 != 0 && rest.len() >= 2 {
+            gap = u16::from_le_bytes([rest[0], rest[1]]) as u64;
+            rest = &rest[2..];
+        }
+        ts += 1;
+        parser.feed(direction, chunk, known as u64 + gap, ts, &mut out);
+    }
+    parser.close(ts + 1, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -985,6 +1024,22 @@ mod tests {
             ],
         );
         assert!(out.is_empty());
+    }
+
+    #[test]
+    fn the_fuzz_entry_point_parses_what_it_is_given() {
+        // Chunk lengths are multiples of 4.
+        let req = b"GET /ff HTTP/1.1\r\n\r\n";
+        let resp = b"HTTP/1.1 200 OKK\r\nContent-Length: 5\r\n\r\nhello";
+        assert_eq!((req.len(), resp.len()), (20, 44));
+        let mut input = vec![0u8, (20 / 4) << 1];
+        input.extend_from_slice(req);
+        input.push(1 | ((44 / 4) << 1));
+        input.extend_from_slice(resp);
+        let out = parse_arbitrary(&input);
+        assert_eq!(summary(&out), vec![s("GET", "/ff", 200, 0, 5)]);
+        assert!(parse_arbitrary(&[]).is_empty());
+        assert!(parse_arbitrary(&[0xff; 300]).is_empty());
     }
 
     #[test]
