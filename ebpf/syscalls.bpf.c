@@ -163,24 +163,38 @@ static __always_inline int selected(__u32 pid)
     return bpf_map_lookup_elem(&sys_pids, &pid) != NULL;
 }
 
-static __always_inline struct sys_event *reserve(void)
+/* Records are built here and copied into the ring buffer at their used size (a 150-byte
+ * write takes ~200 bytes of ring, not the whole struct). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct sys_event);
+} scratch SEC(".maps");
+
+static __always_inline struct sys_event *scratch_event(void)
 {
-    struct sys_event *e = bpf_ringbuf_reserve(&sys_events, sizeof(*e), 0);
-    if (!e) {
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+#define SYS_EVENT_HEADER (sizeof(struct sys_event) - SONDE_SYS_DATA_MAX)
+
+/* Sends the record's header and its first `copied` data bytes; never wakes user space
+ * unless the buffer is filling up. */
+static __always_inline void output(struct sys_event *e, __u32 copied)
+{
+    if (copied > SONDE_SYS_DATA_MAX)
+        copied = SONDE_SYS_DATA_MAX;
+    __u64 wake = bpf_ringbuf_query(&sys_events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
+                     ? BPF_RB_FORCE_WAKEUP
+                     : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(&sys_events, e, SYS_EVENT_HEADER + copied, wake) != 0) {
         __u32 zero = 0;
         __u64 *lost = bpf_map_lookup_elem(&sys_lost, &zero);
         if (lost)
             *lost += 1;
     }
-    return e;
-}
-
-static __always_inline void submit(struct sys_event *e)
-{
-    __u64 wake = bpf_ringbuf_query(&sys_events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
-                     ? BPF_RB_FORCE_WAKEUP
-                     : BPF_RB_NO_WAKEUP;
-    bpf_ringbuf_submit(e, wake);
 }
 
 /* Reads a sockaddr_in/_in6 into family, port (host order) and addr. */
@@ -202,7 +216,7 @@ static __always_inline void read_sockaddr(__u64 ptr, __u16 *family, __u16 *port,
 static __always_inline void emit_data(__u32 pid, __s32 fd, struct conn *c, __u8 direction,
                                       __u8 flags, __u64 buf, __u64 len)
 {
-    struct sys_event *e = reserve();
+    struct sys_event *e = scratch_event();
     if (!e)
         return;
     e->kind = SONDE_SYS_DATA;
@@ -222,13 +236,13 @@ static __always_inline void emit_data(__u32 pid, __s32 fd, struct conn *c, __u8 
     if (n > 0 && bpf_probe_read_user(e->data, n, (void *)buf) != 0)
         n = 0;
     e->copied = n;
-    submit(e);
+    output(e, n);
 }
 
 static __always_inline void emit_conn(__u8 kind, __u32 pid, __s32 fd, __u8 role, __u16 family,
                                       __u16 port, const __u8 *addr)
 {
-    struct sys_event *e = reserve();
+    struct sys_event *e = scratch_event();
     if (!e)
         return;
     e->kind = kind;
@@ -246,7 +260,7 @@ static __always_inline void emit_conn(__u8 kind, __u32 pid, __s32 fd, __u8 role,
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     if (addr)
         __builtin_memcpy(e->addr, addr, 16);
-    submit(e);
+    output(e, 0);
 }
 
 /* Entry of a data syscall: inside an SSL call it only names the SSL object's socket;
