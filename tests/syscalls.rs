@@ -331,7 +331,13 @@ fn nginx_http_and_https_keepalive_and_pipelining() {
         ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
         ("SONDE_ROUTES_PATTERNS", "/ok,/missing,/static/{file}"),
     ]);
-    let workers = children_of(nginx.pid());
+    // The master listens before it forks its worker: wait for the worker.
+    let t = Instant::now();
+    let mut workers = children_of(nginx.pid());
+    while workers.is_empty() && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(50));
+        workers = children_of(nginx.pid());
+    }
     assert_eq!(workers.len(), 1, "one nginx worker");
     wait_traced(&sonde, nginx.pid());
     wait_traced(&sonde, workers[0]);
