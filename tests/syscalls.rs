@@ -650,3 +650,167 @@ fn sonde_check_names_the_syscall_source() {
         "{text}"
     );
 }
+
+/// A container removed (by name) when dropped, and its image (by tag).
+struct NginxContainer {
+    name: String,
+    image: String,
+}
+
+impl Drop for NginxContainer {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rm", "-f", &self.name])
+            .output();
+        let _ = Command::new("docker")
+            .args(["rmi", "-f", &self.image])
+            .output();
+    }
+}
+
+fn docker(args: &[&str]) -> String {
+    let out = Command::new("docker").args(args).output().expect("docker");
+    assert!(
+        out.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// An image holding only the host's nginx, the libraries `ldd` names (its own libssl among
+/// them), a configuration and a certificate: `docker import` of that tree.
+fn nginx_image(dir: &Path, tag: &str, http: u16, https: u16) {
+    let root = dir.join("rootfs");
+    let etc = root.join("etc");
+    std::fs::create_dir_all(&etc).unwrap();
+    std::fs::create_dir_all(root.join("tmp")).unwrap();
+    let ldd = Command::new("ldd").arg("/usr/sbin/nginx").output().unwrap();
+    let mut files = vec![PathBuf::from("/usr/sbin/nginx")];
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        if let Some(p) = line.split_whitespace().find(|w| w.starts_with('/')) {
+            files.push(PathBuf::from(p));
+        }
+    }
+    for f in files {
+        let to = root.join(f.strip_prefix("/").unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &to).unwrap_or_else(|e| panic!("copy {}: {e}", f.display()));
+    }
+    std::fs::write(etc.join("passwd"), "root:x:0:0:root:/:/none\n").unwrap();
+    std::fs::write(etc.join("group"), "root:x:0:\n").unwrap();
+    make_cert(&etc);
+    let conf = nginx_conf(
+        &root.join("tmp"),
+        http,
+        https,
+        Path::new("/etc/cert.pem"),
+        Path::new("/etc/key.pem"),
+    );
+    let text = std::fs::read_to_string(&conf)
+        .unwrap()
+        .replace(&root.join("tmp").display().to_string(), "/tmp");
+    std::fs::write(etc.join("nginx.conf"), text).unwrap();
+    let tar = dir.join("rootfs.tar");
+    let st = Command::new("tar")
+        .arg("-C")
+        .arg(&root)
+        .arg("-cf")
+        .arg(&tar)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(st.success(), "tar");
+    docker(&[
+        "import",
+        "--change",
+        r#"ENTRYPOINT ["/usr/sbin/nginx", "-e", "/tmp/error.log", "-p", "/tmp", "-c", "/etc/nginx.conf"]"#,
+        tar.to_str().unwrap(),
+        tag,
+    ]);
+}
+
+#[test]
+fn labelled_nginx_container_is_traced_with_its_own_libssl() {
+    let test = "labelled_nginx_container_is_traced_with_its_own_libssl";
+    if !require_docker_or_skip(test) || !prerequisites(test, &["nginx", "openssl", "curl", "ldd"]) {
+        return;
+    }
+    let dir = scratch_dir("nginx-image");
+    let (http, https, prom) = (free_port(), free_port(), free_port());
+    let id = std::process::id();
+    let c = NginxContainer {
+        name: format!("sonde-test-nginx-{id}"),
+        image: format!("sonde-test/nginx-{id}:latest"),
+    };
+    nginx_image(&dir, &c.image, http, https);
+    docker(&[
+        "run",
+        "-d",
+        "--network",
+        "host",
+        "--name",
+        &c.name,
+        "--label",
+        "sonde.enable=true",
+        &c.image,
+    ]);
+    for p in [http, https] {
+        assert!(
+            wait_for_port(p, Duration::from_secs(20)),
+            "nginx container on {p}"
+        );
+    }
+    let master: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &c.name])
+        .parse()
+        .unwrap();
+    let t = Instant::now();
+    let mut workers = children_of(master);
+    while workers.is_empty() && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(50));
+        workers = children_of(master);
+    }
+    assert_eq!(workers.len(), 1, "one nginx worker");
+    // Selected by its label only: no port or executable rule.
+    let sonde = spawn_sonde(&[
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_ROUTES_PATTERNS", "/ok,/missing"),
+    ]);
+    wait_traced(&sonde, workers[0]);
+    assert!(
+        sonde.log().contains(&format!(
+            "OpenSSL /proc/{}/root/lib/x86_64-linux-gnu/libssl.so",
+            workers[0]
+        )) || sonde.log().contains(&format!(
+            "OpenSSL /proc/{}/root/usr/lib/x86_64-linux-gnu/libssl.so",
+            workers[0]
+        )),
+        "the container's own libssl is probed:\n{}",
+        sonde.log()
+    );
+    let mut tally = Tally::default();
+    let base = format!("https://127.0.0.1:{https}");
+    let reqs = [
+        ("GET", format!("{base}/ok"), 0),
+        ("GET", format!("{base}/ok"), 0),
+        ("GET", format!("{base}/missing"), 0),
+        ("GET", format!("http://127.0.0.1:{http}/ok"), 0),
+    ];
+    for ((method, url, body), (status, len)) in reqs.iter().zip(curl(&reqs)) {
+        let route = if url.ends_with("/ok") {
+            "/ok"
+        } else {
+            "/missing"
+        };
+        tally.add(method, status, route, *body as u64, len);
+    }
+    assert_tally(
+        prom,
+        "server",
+        &c.name,
+        &[("container_name", &c.name)],
+        &tally,
+    );
+    drop(c);
+    let _ = std::fs::remove_dir_all(&dir);
+}
