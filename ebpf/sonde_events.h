@@ -66,6 +66,7 @@ enum sonde_sys_kind {
     SONDE_SYS_OPEN = 1,  /* accept/connect succeeded: a new connection, with its peer */
     SONDE_SYS_DATA = 2,  /* bytes read or written on a connection */
     SONDE_SYS_CLOSE = 3, /* close(fd) of a connection */
+    SONDE_SYS_BIND = 4,  /* the SSL object in addr[0..8] runs over this fd */
 };
 
 #define SONDE_SYS_ROLE_SERVER 1 /* accepted */
@@ -75,6 +76,8 @@ enum sonde_sys_kind {
 #define SONDE_SYS_DIR_OUT 2 /* written by the process */
 
 #define SONDE_SYS_FLAG_TLS 0x1 /* plaintext from SSL_read/SSL_write, not the socket */
+#define SONDE_SYS_FLAG_UNBOUND 0x2 /* TLS plaintext whose socket is not known yet: fd is -1,
+                                      addr[0..8] the SSL object; a BIND record follows */
 
 /* One record of the syscall tracer. `addr` holds the peer (IPv4 in its first 4 bytes) for
  * OPEN; `data` the first `copied` bytes of the `len` bytes of a DATA record. */

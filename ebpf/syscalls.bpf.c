@@ -9,7 +9,9 @@
  *
  * OpenSSL: uprobes/uretprobes on SSL_read/SSL_write (and the _ex forms) report plaintext. The
  * read/write syscall nested inside an SSL call on the same thread names the socket (nginx,
- * Python); without one (Node.js's memory BIOs), the socket this thread last read from does.
+ * Python); without one (Node.js's memory BIOs), the socket this thread last read from names
+ * an SSL_read's, and the socket write that follows on the thread an SSL_write's (its
+ * plaintext is sent first, unbound, and a BIND record follows).
  * From then on that socket is marked TLS and its encrypted bytes are no longer sent.
  *
  * Tracepoint arguments are read with the layout of events/syscalls/<name>/format (args at
@@ -107,7 +109,10 @@ struct ssl_call {
     __u64 len_ptr; /* _ex forms: where the byte count is written; 0 otherwise */
     __s32 fd;      /* learnt from the nested syscall, or from an earlier call on this SSL */
     __u8 direction;
-    __u8 _pad[3];
+    /* 0: fd is only the socket this thread last read (a guess), trusted once the call
+     * returns data. */
+    __u8 trusted;
+    __u8 _pad[2];
 };
 
 struct {
@@ -141,6 +146,16 @@ struct {
     __type(key, __u64);
     __type(value, __s32);
 } last_read_fd SEC(".maps");
+
+/* An SSL object whose SSL_write returned plaintext before its socket was known, by thread:
+ * over memory BIOs the encrypted bytes are written to the socket right after, on the same
+ * thread, and that write names the socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, __u64);
+} unbound_write SEC(".maps");
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
@@ -214,7 +229,7 @@ static __always_inline void read_sockaddr(__u64 ptr, __u16 *family, __u16 *port,
 
 /* Emits `len` bytes whose first ones are at `buf` (copies at most SONDE_SYS_DATA_MAX). */
 static __always_inline void emit_data(__u32 pid, __s32 fd, struct conn *c, __u8 direction,
-                                      __u8 flags, __u64 buf, __u64 len)
+                                      __u8 flags, __u64 buf, __u64 len, __u64 ssl)
 {
     struct sys_event *e = scratch_event();
     if (!e)
@@ -230,6 +245,9 @@ static __always_inline void emit_data(__u32 pid, __s32 fd, struct conn *c, __u8 
     e->ts_ns = bpf_ktime_get_ns();
     e->len = len;
     e->_pad = 0;
+    /* Unbound TLS plaintext names its SSL object here; see SONDE_SYS_FLAG_UNBOUND. */
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+    __builtin_memcpy(e->addr, &ssl, sizeof(ssl));
     __u32 n = len < SONDE_SYS_DATA_MAX ? (__u32)len : SONDE_SYS_DATA_MAX;
     if (!buf)
         n = 0;
@@ -263,6 +281,14 @@ static __always_inline void emit_conn(__u8 kind, __u32 pid, __s32 fd, __u8 role,
     output(e, 0);
 }
 
+/* The socket under an SSL object whose plaintext was sent unbound. */
+static __always_inline void emit_bind(__u32 pid, __s32 fd, __u8 role, __u64 ssl)
+{
+    __u8 addr[16] = {};
+    __builtin_memcpy(addr, &ssl, sizeof(ssl));
+    emit_conn(SONDE_SYS_BIND, pid, fd, role, 0, 0, addr);
+}
+
 /* Entry of a data syscall: inside an SSL call it only names the SSL object's socket;
  * otherwise a known, non-TLS connection's call is remembered until its exit. */
 static __always_inline void data_enter(__s32 fd, __u8 op, __u8 direction, __u64 ptr,
@@ -279,9 +305,21 @@ static __always_inline void data_enter(__s32 fd, __u8 op, __u8 direction, __u64 
     struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
     if (call) {
         call->fd = fd;
+        call->trusted = 1;
         if (c)
             c->tls = 1;
         return;
+    }
+    if (c && direction == SONDE_SYS_DIR_OUT) {
+        __u64 *ssl = bpf_map_lookup_elem(&unbound_write, &tid);
+        if (ssl) {
+            struct ssl_key skey = {.pid = pid, .ssl = *ssl};
+            bpf_map_update_elem(&ssl_fds, &skey, &fd, BPF_ANY);
+            c->tls = 1;
+            emit_bind(pid, fd, c->role, *ssl);
+            bpf_map_delete_elem(&unbound_write, &tid);
+            return;
+        }
     }
     if (!c || c->tls)
         return;
@@ -310,11 +348,11 @@ static __always_inline void data_exit(__s64 ret)
     if (!c)
         return;
     if (p.op == OP_BUF) {
-        emit_data(pid, p.fd, c, p.direction, 0, p.ptr, ret);
+        emit_data(pid, p.fd, c, p.direction, 0, p.ptr, ret, 0);
         return;
     }
     if (p.op == OP_COUNT) {
-        emit_data(pid, p.fd, c, p.direction, 0, 0, ret);
+        emit_data(pid, p.fd, c, p.direction, 0, 0, ret, 0);
         return;
     }
     /* The bytes fill the iovecs in order: one record per iovec used. */
@@ -328,11 +366,11 @@ static __always_inline void data_exit(__s64 ret)
         __u64 n = iov.len < left ? iov.len : left;
         if (n == 0)
             continue;
-        emit_data(pid, p.fd, c, p.direction, 0, iov.base, n);
+        emit_data(pid, p.fd, c, p.direction, 0, iov.base, n, 0);
         left -= n;
     }
     if (left > 0)
-        emit_data(pid, p.fd, c, p.direction, 0, 0, left);
+        emit_data(pid, p.fd, c, p.direction, 0, 0, left, 0);
 }
 
 #define BUF_PROBES(name, direction)                                                          \
@@ -525,11 +563,18 @@ static __always_inline void ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 
     if (!selected(pid))
         return;
     struct ssl_key key = {.pid = pid, .ssl = ssl};
+    __u8 trusted = 1;
     __s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
-    if (!fd)
+    if (!fd && direction == SONDE_SYS_DIR_IN) {
         fd = bpf_map_lookup_elem(&last_read_fd, &tid);
-    struct ssl_call call = {
-        .ssl = ssl, .buf = buf, .len_ptr = len_ptr, .fd = fd ? *fd : -1, .direction = direction};
+        trusted = 0;
+    }
+    struct ssl_call call = {.ssl = ssl,
+                            .buf = buf,
+                            .len_ptr = len_ptr,
+                            .fd = fd ? *fd : -1,
+                            .direction = direction,
+                            .trusted = trusted};
     bpf_map_update_elem(&ssl_calls, &tid, &call, BPF_ANY);
 }
 
@@ -550,7 +595,17 @@ static __always_inline void ssl_exit(__s64 ret)
     } else if (ret > 0) {
         n = ret;
     }
-    if (call.fd < 0)
+    if (call.fd < 0) {
+        if (call.direction == SONDE_SYS_DIR_OUT && n > 0) {
+            emit_data(pid, -1, NULL, call.direction, SONDE_SYS_FLAG_TLS | SONDE_SYS_FLAG_UNBOUND,
+                      call.buf, n, call.ssl);
+            bpf_map_update_elem(&unbound_write, &tid, &call.ssl, BPF_ANY);
+        }
+        return;
+    }
+    /* A guessed socket is kept only for a call that moved data: a client's first SSL_read
+     * runs the handshake before the thread ever read its own socket. */
+    if (!call.trusted && n == 0)
         return;
     struct ssl_key skey = {.pid = pid, .ssl = call.ssl};
     bpf_map_update_elem(&ssl_fds, &skey, &call.fd, BPF_ANY);
@@ -560,7 +615,7 @@ static __always_inline void ssl_exit(__s64 ret)
         return;
     c->tls = 1;
     if (n > 0)
-        emit_data(pid, call.fd, c, call.direction, SONDE_SYS_FLAG_TLS, call.buf, n);
+        emit_data(pid, call.fd, c, call.direction, SONDE_SYS_FLAG_TLS, call.buf, n, 0);
 }
 
 /* int SSL_read(SSL *ssl, void *buf, int num) */

@@ -97,11 +97,13 @@ pub const SYS_DATA_MAX: usize = 1024;
 pub const SYS_OPEN: u8 = 1;
 pub const SYS_DATA: u8 = 2;
 pub const SYS_CLOSE: u8 = 3;
+pub const SYS_BIND: u8 = 4;
 pub const SYS_ROLE_SERVER: u8 = 1;
 pub const SYS_ROLE_CLIENT: u8 = 2;
 pub const SYS_DIR_IN: u8 = 1;
 pub const SYS_DIR_OUT: u8 = 2;
 pub const SYS_FLAG_TLS: u8 = 0x1;
+pub const SYS_FLAG_UNBOUND: u8 = 0x2;
 
 /// `struct sys_event`: one record of the syscall/OpenSSL tracer.
 #[repr(C)]

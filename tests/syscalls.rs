@@ -614,7 +614,17 @@ fn node_http_server_and_client() {
         assert!(url.contains("/status/"));
         server_tally.add(method, status, "/status/{code}", *body as u64, len);
     }
-    assert_eq!(server_tally.total(), 12);
+    // An HTTPS client call (OpenSSL over memory BIOs again) to the HTTPS port.
+    let mut tls_client_tally = Tally::default();
+    for _ in 0..2 {
+        let url = format!("http://127.0.0.1:{port}/call?to=/status/206&tls=1");
+        let (status, len) = http("GET", &url, 0);
+        assert_eq!(status, 206);
+        server_tally.add("GET", 206, "/call", 0, len as u64);
+        server_tally.add("GET", 206, "/status/{code}", 0, 5);
+        tls_client_tally.add("GET", 206, "/status/{code}", 0, 5);
+    }
+    assert_eq!(server_tally.total(), 16);
     assert_tally(prom, "server", &service, &[], &server_tally);
     let port_s = port.to_string();
     assert_tally(
@@ -623,6 +633,17 @@ fn node_http_server_and_client() {
         &service,
         &[("server_address", "127.0.0.1"), ("server_port", &port_s)],
         &client_tally,
+    );
+    let tls_port_s = tls_port.to_string();
+    assert_tally(
+        prom,
+        "client",
+        &service,
+        &[
+            ("server_address", "127.0.0.1"),
+            ("server_port", &tls_port_s),
+        ],
+        &tls_client_tally,
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

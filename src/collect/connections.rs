@@ -12,6 +12,9 @@ use crate::ebpf_abi::{self, SysEvent, SYS_EVENT_HEADER};
 
 /// Connections tracked at once; past it the least recently used are dropped.
 pub const MAX_CONNECTIONS: usize = 16384;
+/// TLS plaintext waiting for its socket (see `SysRecord::Bind`): SSL objects, and chunks each.
+const MAX_UNBOUND: usize = 1024;
+const MAX_UNBOUND_CHUNKS: usize = 16;
 
 /// A kernel record, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +34,15 @@ pub enum SysRecord<'a> {
         ts_ns: u64,
         len: u64,
         data: &'a [u8],
+        /// TLS plaintext whose socket is not known yet: the SSL object it belongs to.
+        unbound_ssl: Option<u64>,
+    },
+    /// The SSL object runs over this connection: its unbound plaintext belongs here.
+    Bind {
+        pid: u32,
+        fd: i32,
+        role: Option<Role>,
+        ssl: u64,
     },
     Close {
         pid: u32,
@@ -69,6 +81,12 @@ fn peer_of(family: u16, addr: &[u8; 16], port: u16) -> Option<SocketAddr> {
     Some(SocketAddr::new(ip, port))
 }
 
+fn ssl_of(addr: &[u8; 16]) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&addr[..8]);
+    u64::from_ne_bytes(b)
+}
+
 /// Decodes one ring-buffer record (the data may be shorter than the fixed struct).
 pub fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
     if bytes.len() < SYS_EVENT_HEADER {
@@ -95,6 +113,7 @@ pub fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
             let copied = (e.copied as usize)
                 .min(ebpf_abi::SYS_DATA_MAX)
                 .min(bytes.len() - SYS_EVENT_HEADER);
+            let unbound = e.flags & ebpf_abi::SYS_FLAG_UNBOUND != 0;
             Ok(SysRecord::Data {
                 pid: e.pid,
                 fd: e.fd,
@@ -104,8 +123,15 @@ pub fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
                 ts_ns: e.ts_ns,
                 len: e.len.max(copied as u64),
                 data: &bytes[SYS_EVENT_HEADER..SYS_EVENT_HEADER + copied],
+                unbound_ssl: unbound.then(|| ssl_of(&e.addr)),
             })
         }
+        ebpf_abi::SYS_BIND => Ok(SysRecord::Bind {
+            pid: e.pid,
+            fd: e.fd,
+            role: role_of(e.role),
+            ssl: ssl_of(&e.addr),
+        }),
         ebpf_abi::SYS_CLOSE => Ok(SysRecord::Close {
             pid: e.pid,
             fd: e.fd,
@@ -137,12 +163,22 @@ impl Conn {
     }
 }
 
+/// A chunk kept until its socket is known.
+struct Unbound {
+    direction: Direction,
+    ts_ns: u64,
+    len: u64,
+    data: Vec<u8>,
+}
+
 /// Every traced connection.
 #[derive(Default)]
 pub struct Connections {
     conns: HashMap<(u32, i32), Conn>,
     clock: u64,
     exchanges: Vec<Exchange>,
+    /// TLS plaintext by (pid, SSL object), waiting for its `Bind`.
+    unbound: HashMap<(u32, u64), Vec<Unbound>>,
 }
 
 impl Connections {
@@ -180,7 +216,25 @@ impl Connections {
                 ts_ns,
                 len,
                 data,
+                unbound_ssl,
             } => {
+                if let Some(ssl) = unbound_ssl {
+                    if self.unbound.len() >= MAX_UNBOUND && !self.unbound.contains_key(&(pid, ssl))
+                    {
+                        // Binds that never came: start over rather than grow.
+                        self.unbound.clear();
+                    }
+                    let chunks = self.unbound.entry((pid, ssl)).or_default();
+                    if chunks.len() < MAX_UNBOUND_CHUNKS {
+                        chunks.push(Unbound {
+                            direction,
+                            ts_ns,
+                            len,
+                            data: data.to_vec(),
+                        });
+                    }
+                    return;
+                }
                 if !self.conns.contains_key(&(pid, fd)) {
                     // Its open record was lost: the kernel still knows the role.
                     let Some(role) = role else { return };
@@ -202,6 +256,27 @@ impl Connections {
                     .feed(direction, data, len, ts_ns, &mut self.exchanges);
                 emit(&mut self.exchanges, pid, c, sink);
             }
+            SysRecord::Bind { pid, fd, role, ssl } => {
+                let Some(chunks) = self.unbound.remove(&(pid, ssl)) else {
+                    return;
+                };
+                for u in chunks {
+                    self.handle(
+                        SysRecord::Data {
+                            pid,
+                            fd,
+                            role,
+                            direction: u.direction,
+                            tls: true,
+                            ts_ns: u.ts_ns,
+                            len: u.len,
+                            data: &u.data,
+                            unbound_ssl: None,
+                        },
+                        sink,
+                    );
+                }
+            }
             SysRecord::Close { pid, fd, ts_ns } => {
                 if let Some(mut c) = self.conns.remove(&(pid, fd)) {
                     c.parser.close(ts_ns, &mut self.exchanges);
@@ -215,6 +290,8 @@ impl Connections {
     pub fn retain_pids(&mut self, mut alive: impl FnMut(u32) -> bool) {
         let mut verdict: HashMap<u32, bool> = HashMap::new();
         self.conns
+            .retain(|&(pid, _), _| *verdict.entry(pid).or_insert_with(|| alive(pid)));
+        self.unbound
             .retain(|&(pid, _), _| *verdict.entry(pid).or_insert_with(|| alive(pid)));
     }
 
@@ -294,6 +371,7 @@ mod tests {
             ts_ns: 100,
             len: bytes.len() as u64,
             data: bytes,
+            unbound_ssl: None,
         }
     }
 
@@ -365,6 +443,51 @@ mod tests {
         );
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].path, "/s");
+    }
+
+    #[test]
+    fn unbound_tls_plaintext_waits_for_its_socket() {
+        let mut c = Connections::default();
+        let request = b"GET /tls HTTP/1.1\r\nHost: api:8443\r\n\r\n";
+        let out = collect(
+            &mut c,
+            vec![
+                SysRecord::Open {
+                    pid: 7,
+                    fd: 9,
+                    role: Role::Client,
+                    peer: None,
+                },
+                SysRecord::Data {
+                    pid: 7,
+                    fd: -1,
+                    role: None,
+                    direction: Direction::Out,
+                    tls: true,
+                    ts_ns: 50,
+                    len: request.len() as u64,
+                    data: request,
+                    unbound_ssl: Some(0xabc),
+                },
+                SysRecord::Bind {
+                    pid: 7,
+                    fd: 9,
+                    role: Some(Role::Client),
+                    ssl: 0xabc,
+                },
+                data(
+                    9,
+                    Direction::In,
+                    true,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                ),
+            ],
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            (out[0].path.as_str(), out[0].server_port, out[0].status),
+            ("/tls", 8443, 200)
+        );
     }
 
     #[test]

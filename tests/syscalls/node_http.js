@@ -9,6 +9,8 @@ const https = require('https');
 
 const port = Number(process.argv[2]);
 const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+const tlsPort = process.argv.length > 5 ? Number(process.argv[3]) : 0;
+const tlsAgent = new https.Agent({ keepAlive: true, maxSockets: 1, rejectUnauthorized: false });
 
 function handle(req, res) {
   const url = new URL(req.url, 'http://localhost');
@@ -17,8 +19,16 @@ function handle(req, res) {
     if (url.pathname === '/call') {
       const method = url.searchParams.get('method') || 'GET';
       const body = Number(url.searchParams.get('size') || 0);
-      const out = http.request(
-        { host: '127.0.0.1', port, path: url.searchParams.get('to'), method, agent },
+      // ?tls=1: the call goes to this server's HTTPS port.
+      const tls = url.searchParams.get('tls') === '1';
+      const out = (tls ? https : http).request(
+        {
+          host: '127.0.0.1',
+          port: tls ? tlsPort : port,
+          path: url.searchParams.get('to'),
+          method,
+          agent: tls ? tlsAgent : agent,
+        },
         (up) => {
           up.resume();
           up.on('end', () => {
@@ -52,5 +62,5 @@ function handle(req, res) {
 http.createServer(handle).listen(port, '127.0.0.1', () => console.log(`listening on ${port}`));
 if (process.argv.length > 5) {
   const options = { cert: fs.readFileSync(process.argv[4]), key: fs.readFileSync(process.argv[5]) };
-  https.createServer(options, handle).listen(Number(process.argv[3]), '127.0.0.1');
+  https.createServer(options, handle).listen(tlsPort, '127.0.0.1');
 }
