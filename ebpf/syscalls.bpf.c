@@ -373,10 +373,15 @@ static __always_inline void data_exit(__s64 ret)
         emit_data(pid, p.fd, c, p.direction, 0, 0, left, 0);
 }
 
-#define BUF_PROBES(name, direction)                                                          \
+/* MSG_PEEK reads leave the bytes in the socket: they are read again. */
+#define MSG_PEEK 2
+
+#define BUF_PROBES(name, direction, flags)                                                   \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
     int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
     {                                                                                        \
+        if ((flags) & MSG_PEEK)                                                              \
+            return 0;                                                                        \
         data_enter((__s32)ctx->args[0], OP_BUF, direction, ctx->args[1], 0);                 \
         return 0;                                                                            \
     }                                                                                        \
@@ -387,10 +392,10 @@ static __always_inline void data_exit(__s64 ret)
         return 0;                                                                            \
     }
 
-BUF_PROBES(read, SONDE_SYS_DIR_IN)
-BUF_PROBES(recvfrom, SONDE_SYS_DIR_IN)
-BUF_PROBES(write, SONDE_SYS_DIR_OUT)
-BUF_PROBES(sendto, SONDE_SYS_DIR_OUT)
+BUF_PROBES(read, SONDE_SYS_DIR_IN, 0)
+BUF_PROBES(recvfrom, SONDE_SYS_DIR_IN, ctx->args[3])
+BUF_PROBES(write, SONDE_SYS_DIR_OUT, 0)
+BUF_PROBES(sendto, SONDE_SYS_DIR_OUT, 0)
 
 #define IOV_PROBES(name, direction)                                                          \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
@@ -415,7 +420,8 @@ IOV_PROBES(writev, SONDE_SYS_DIR_OUT)
     int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
     {                                                                                        \
         __u64 hdr[4] = {};                                                                   \
-        if (bpf_probe_read_user(hdr, sizeof(hdr), (void *)ctx->args[1]) != 0)                \
+        if ((ctx->args[2] & MSG_PEEK) ||                                                     \
+            bpf_probe_read_user(hdr, sizeof(hdr), (void *)ctx->args[1]) != 0)                \
             return 0;                                                                        \
         data_enter((__s32)ctx->args[0], OP_IOV, direction, hdr[2], hdr[3]);                  \
         return 0;                                                                            \
