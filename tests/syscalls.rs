@@ -80,10 +80,7 @@ fn spawn_listening(cmd: &mut Command, ports: &[u16]) -> ChildGuard {
         .unwrap_or_else(|e| panic!("start {cmd:?}: {e}"));
     let guard = ChildGuard { child };
     for &p in ports {
-        assert!(
-            wait_for_port(p, Duration::from_secs(20)),
-            "{cmd:?} does not listen on {p}"
-        );
+        assert!(wait_for_port(p, WAIT), "{cmd:?} does not listen on {p}");
     }
     guard
 }
@@ -262,9 +259,17 @@ fn curl(requests: &[(&str, String, usize)]) -> Vec<(u16, u64)> {
         if i > 0 {
             cmd.arg("--next");
         }
-        cmd.args(["-sk", "--http1.1", "-o", "/dev/null", "-w"])
-            .arg("%{http_code} %{size_download}\\n")
-            .args(["-X", method]);
+        cmd.args([
+            "-sk",
+            "--http1.1",
+            "--max-time",
+            "30",
+            "-o",
+            "/dev/null",
+            "-w",
+        ])
+        .arg("%{http_code} %{size_download}\\n")
+        .args(["-X", method]);
         if *body > 0 {
             cmd.args(["--data-binary", &"d".repeat(*body)]);
         }
@@ -777,10 +782,7 @@ fn labelled_nginx_container_is_traced_with_its_own_libssl() {
         &c.image,
     ]);
     for p in [http, https] {
-        assert!(
-            wait_for_port(p, Duration::from_secs(20)),
-            "nginx container on {p}"
-        );
+        assert!(wait_for_port(p, WAIT), "nginx container on {p}");
     }
     let master: u32 = docker(&["inspect", "-f", "{{.State.Pid}}", &c.name])
         .parse()
