@@ -503,6 +503,14 @@ fn python_http_server_and_a_go_server_counted_once() {
         "a Go process is never traced through syscalls:\n{}",
         sonde.log()
     );
+    // The last traced process exits: the tracepoints, which slow every syscall on the host,
+    // go away.
+    drop(server);
+    assert!(
+        sonde.wait_for_log("syscall tracepoints detached", WAIT),
+        "{}",
+        sonde.log()
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

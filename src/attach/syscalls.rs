@@ -12,8 +12,8 @@ use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::trace_point::TracePointLinkId;
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
 use aya::Ebpf;
 use object::{Object, ObjectSegment, ObjectSymbol};
@@ -277,7 +277,10 @@ impl SyscallTracer {
     pub fn trace_process(&mut self, pid: u32) -> Result<Traced, SyscallTraceError> {
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(SyscallTraceError::InvalidPid)?);
-        self.attach_tracepoints()?;
+        if !self.tracepoints_attached() {
+            self.attach_tracepoints()?;
+            tracing::info!("syscall tracepoints attached");
+        }
         let mut links = Vec::new();
         let mut openssl = None;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
@@ -365,8 +368,9 @@ impl SyscallTracer {
         if let Some(links) = self.processes.remove(&pid) {
             self.detach_links(links);
         }
-        if self.processes.is_empty() {
+        if self.processes.is_empty() && self.tracepoints_attached() {
             self.detach_tracepoints();
+            tracing::info!("syscall tracepoints detached: no process is traced");
         }
     }
 
