@@ -451,6 +451,9 @@ fn python_http_server_and_a_go_server_counted_once() {
         ("SONDE_OPEN_PORT", &format!("{py},{go}")),
         ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
         ("SONDE_ROUTES_PATTERNS", "/hello.txt,/status/{code}"),
+        // Only this test's processes: other labelled containers on the host would keep the
+        // tracepoints attached.
+        ("SONDE_DOCKER", "false"),
     ]);
     wait_traced(&sonde, server.pid());
     assert!(
