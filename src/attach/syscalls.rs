@@ -88,7 +88,18 @@ pub struct SyscallTracer {
     processes: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// The attached tracepoints, by program name; empty while nothing is traced.
     tracepoints: Vec<(String, TracePointLinkId)>,
+    /// OpenSSL offsets by file (device, inode, mtime): finding them reads the whole file
+    /// (a Node.js binary is ~100 MB), once per file rather than once per process.
+    offsets: HashMap<FileKey, SslOffsets>,
 }
+
+/// A file's (device, inode, mtime).
+type FileKey = (u64, u64, i64);
+/// Entry program and file offset of each OpenSSL function a file defines.
+type SslOffsets = Vec<(&'static str, u64)>;
+
+/// Bound on `offsets`: past it the cache starts over.
+const OFFSETS_CACHE_MAX: usize = 256;
 
 fn tracepoint_programs() -> impl Iterator<Item = String> {
     SYSCALLS
@@ -190,6 +201,7 @@ impl SyscallTracer {
             ebpf,
             processes: HashMap::new(),
             tracepoints: Vec::new(),
+            offsets: HashMap::new(),
         };
         // Fail now, not at the first non-Go process, if the tracepoints cannot attach.
         tracer.attach_tracepoints()?;
@@ -285,7 +297,7 @@ impl SyscallTracer {
         let mut openssl = None;
         let exe = PathBuf::from(format!("/proc/{pid}/exe"));
         for file in mapped_libssl(pid).into_iter().chain(std::iter::once(exe)) {
-            let offsets = ssl_offsets(&file);
+            let offsets = self.cached_ssl_offsets(&file);
             if offsets.is_empty() {
                 continue;
             }
@@ -318,6 +330,26 @@ impl SyscallTracer {
         }
         self.processes.insert(pid, links);
         Ok(Traced { openssl, uprobes })
+    }
+
+    fn cached_ssl_offsets(&mut self, file: &Path) -> Vec<(&'static str, u64)> {
+        use std::os::unix::fs::MetadataExt;
+        let Ok(meta) = std::fs::metadata(file) else {
+            return Vec::new();
+        };
+        let key = (meta.dev(), meta.ino(), meta.mtime());
+        if let Some(found) = self.offsets.get(&key) {
+            return found.clone();
+        }
+        let found = ssl_offsets(file);
+        // The file was read whole and freed: hand those pages back.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        if self.offsets.len() >= OFFSETS_CACHE_MAX {
+            self.offsets.clear();
+        }
+        self.offsets.insert(key, found.clone());
+        found
     }
 
     /// Entry probes on each function the file has, one return probe each; all or nothing.
