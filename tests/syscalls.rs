@@ -17,6 +17,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
+/// Debian's nginx, by path: /usr/sbin may not be on a test's PATH.
+const NGINX: &str = "/usr/sbin/nginx";
+
 /// Generous: CI is a loaded 2-core machine.
 const WAIT: Duration = Duration::from_secs(40);
 
@@ -314,7 +317,7 @@ fn nginx_conf(dir: &Path, http: u16, https: u16, cert: &Path, key: &Path) -> Pat
 #[test]
 fn nginx_http_and_https_keepalive_and_pipelining() {
     let test = "nginx_http_and_https_keepalive_and_pipelining";
-    if !prerequisites(test, &["nginx", "openssl", "curl"]) {
+    if !prerequisites(test, &[NGINX, "openssl", "curl"]) {
         return;
     }
     let dir = scratch_dir("nginx");
@@ -322,7 +325,7 @@ fn nginx_http_and_https_keepalive_and_pipelining() {
     let (http, https, prom) = (free_port(), free_port(), free_port());
     let conf = nginx_conf(&dir, http, https, &cert, &key);
     let nginx = spawn_listening(
-        Command::new("nginx")
+        Command::new(NGINX)
             .arg("-e")
             .arg(dir.join("error.log"))
             .arg("-p")
@@ -722,8 +725,8 @@ fn nginx_image(dir: &Path, tag: &str, http: u16, https: u16) {
     let etc = root.join("etc");
     std::fs::create_dir_all(&etc).unwrap();
     std::fs::create_dir_all(root.join("tmp")).unwrap();
-    let ldd = Command::new("ldd").arg("/usr/sbin/nginx").output().unwrap();
-    let mut files = vec![PathBuf::from("/usr/sbin/nginx")];
+    let ldd = Command::new("ldd").arg(NGINX).output().unwrap();
+    let mut files = vec![PathBuf::from(NGINX)];
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         if let Some(p) = line.split_whitespace().find(|w| w.starts_with('/')) {
             files.push(PathBuf::from(p));
@@ -770,7 +773,7 @@ fn nginx_image(dir: &Path, tag: &str, http: u16, https: u16) {
 #[test]
 fn labelled_nginx_container_is_traced_with_its_own_libssl() {
     let test = "labelled_nginx_container_is_traced_with_its_own_libssl";
-    if !require_docker_or_skip(test) || !prerequisites(test, &["nginx", "openssl", "curl", "ldd"]) {
+    if !require_docker_or_skip(test) || !prerequisites(test, &[NGINX, "openssl", "curl", "ldd"]) {
         return;
     }
     let dir = scratch_dir("nginx-image");
