@@ -4,7 +4,12 @@ use std::env;
 use std::path::PathBuf;
 use std::process::Command;
 
-const PROGRAMS: &[&str] = &["sonde.bpf.c", "launch.bpf.c", "floor.bpf.c"];
+const PROGRAMS: &[&str] = &[
+    "sonde.bpf.c",
+    "launch.bpf.c",
+    "floor.bpf.c",
+    "syscalls.bpf.c",
+];
 
 fn main() {
     let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));

@@ -114,4 +114,44 @@ struct rpc_request_event {
     char remote[SONDE_RPC_REMOTE_MAX];
 };
 
+/* ---- Any language: syscall and OpenSSL tracing (ebpf/syscalls.bpf.c) ---- */
+
+#define SONDE_SYS_DATA_MAX 1024 /* bytes of each buffer copied; the full length is sent too */
+
+enum sonde_sys_kind {
+    SONDE_SYS_OPEN = 1,  /* accept/connect succeeded: a new connection, with its peer */
+    SONDE_SYS_DATA = 2,  /* bytes read or written on a connection */
+    SONDE_SYS_CLOSE = 3, /* close(fd) of a connection */
+    SONDE_SYS_BIND = 4,  /* the SSL object in addr[0..8] runs over this fd */
+};
+
+#define SONDE_SYS_ROLE_SERVER 1 /* accepted */
+#define SONDE_SYS_ROLE_CLIENT 2 /* connected */
+
+#define SONDE_SYS_DIR_IN 1  /* read by the process */
+#define SONDE_SYS_DIR_OUT 2 /* written by the process */
+
+#define SONDE_SYS_FLAG_TLS 0x1 /* plaintext from SSL_read/SSL_write, not the socket */
+#define SONDE_SYS_FLAG_UNBOUND 0x2 /* TLS plaintext whose socket is not known yet: fd is -1,
+                                      addr[0..8] the SSL object; a BIND record follows */
+
+/* One record of the syscall tracer. `addr` holds the peer (IPv4 in its first 4 bytes) for
+ * OPEN; `data` the first `copied` bytes of the `len` bytes of a DATA record. */
+struct sys_event {
+    __u8 kind;      /* enum sonde_sys_kind */
+    __u8 role;      /* SONDE_SYS_ROLE_* */
+    __u8 direction; /* SONDE_SYS_DIR_* */
+    __u8 flags;     /* SONDE_SYS_FLAG_* */
+    __u32 pid;      /* tgid */
+    __s32 fd;
+    __u16 family;   /* AF_INET, AF_INET6, 0 unknown */
+    __u16 port;     /* peer port, host byte order */
+    __u64 ts_ns;    /* bpf_ktime_get_ns at the syscall's exit */
+    __u64 len;
+    __u32 copied;
+    __u32 _pad;
+    __u8 addr[16];
+    __u8 data[SONDE_SYS_DATA_MAX];
+};
+
 #endif

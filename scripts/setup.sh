@@ -6,13 +6,14 @@
 #     /opt/sonde-go: the test matrix and scripts/gen-offsets.sh
 #   - curl, python3, prometheus (a Debian-packaged, stripped Go server): test peers
 #   - wrk: the load generator of the benchmark (bench/run.sh) and its smoke test
+#   - nginx-light, nodejs, openssl: non-Go servers for the syscall/OpenSSL tracer tests
 #   - docker.io: a Docker engine for the container tests (scripts/dockerd.sh starts it)
 set -euo pipefail
 
 say() { echo "setup: $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root"; exit 1; }
 
-packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose golang-google-grpc-dev wrk)
+packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose golang-google-grpc-dev wrk nginx-light nodejs openssl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -10,8 +10,10 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::attach::launch::LaunchWatch;
+use crate::attach::syscalls::SyscallTracer;
 use crate::attach::{AttachError, Attacher};
 use crate::collect::reader::Reader;
+use crate::collect::syscalls::SyscallReader;
 use crate::config::Config;
 use crate::discover::docker::{Containers, ProgramHint};
 use crate::discover::HostProcess;
@@ -135,6 +137,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
+    let (tracer, mut sys_reader) = load_syscall_tracer(&config);
     let exporter = Arc::new(Exporter::new(&config));
 
     if let Some(port) = config.prometheus_port {
@@ -216,7 +219,11 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         let ttl = config.container_series_ttl;
         std::thread::Builder::new()
             .name("sonde-discovery".into())
-            .spawn(move || discovery_loop(shared, plans, identities, exporter, stop, woken, ttl))?
+            .spawn(move || {
+                discovery_loop(
+                    shared, tracer, plans, identities, exporter, stop, woken, ttl,
+                )
+            })?
     };
 
     let mut lost_seen = 0;
@@ -228,12 +235,13 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     loop {
         tokio::select! {
             _ = reader.wait() => {}
+            _ = wait_syscalls(&mut sys_reader) => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
         {
             let ids = identities.read().unwrap_or_else(|p| p.into_inner());
-            reader.drain(|request| {
+            let mut handle = |request: crate::collect::Request| {
                 let identity = ids
                     .get(request.pid)
                     .unwrap_or_else(|| fallback_identity(request.pid));
@@ -250,11 +258,15 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 if let Some(otlp) = &otlp {
                     otlp.record(&enriched);
                 }
-            });
+            };
+            reader.drain(&mut handle);
+            if let Some(sys) = &mut sys_reader {
+                sys.drain(&mut handle);
+            }
         }
         if last_lost_check.elapsed() >= Duration::from_secs(1) {
             last_lost_check = Instant::now();
-            let lost = reader.lost_total();
+            let lost = reader.lost_total() + sys_reader.as_ref().map_or(0, |s| s.lost_total());
             if lost > lost_seen {
                 tracing::warn!("{} events lost: the ring buffer was full", lost - lost_seen);
                 exporter.health().add_events_lost(lost - lost_seen);
@@ -442,6 +454,45 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The syscall/OpenSSL tracer for non-Go processes, unless turned off or impossible here (the
+/// Go probes then run alone).
+fn load_syscall_tracer(config: &Config) -> (Option<SyscallTracer>, Option<SyscallReader>) {
+    if !config.syscall_tracing {
+        return (None, None);
+    }
+    let loaded = SyscallTracer::load().and_then(|mut t| {
+        let ring = t.take_events()?;
+        let lost = t.take_lost_counter()?;
+        Ok((t, ring, lost))
+    });
+    match loaded {
+        Ok((t, ring, lost)) => match SyscallReader::new(ring, lost) {
+            Ok(r) => {
+                tracing::info!(
+                    "syscall tracer loaded ({}): non-Go processes are measured",
+                    crate::kernel::syscall_source().detail
+                );
+                (Some(t), Some(r))
+            }
+            Err(e) => {
+                tracing::warn!("non-Go processes will not be measured: {e}");
+                (None, None)
+            }
+        },
+        Err(e) => {
+            tracing::warn!("non-Go processes will not be measured: {e}");
+            (None, None)
+        }
+    }
+}
+
+async fn wait_syscalls(reader: &mut Option<SyscallReader>) {
+    match reader {
+        Some(r) => r.wait().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An event from a PID we no longer know (should not happen): name it after its binary.
 fn fallback_identity(pid: u32) -> Arc<Identity> {
     let name = std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -457,6 +508,7 @@ fn fallback_identity(pid: u32) -> Arc<Identity> {
 #[allow(clippy::too_many_arguments)]
 fn discovery_loop(
     shared: Shared,
+    mut tracer: Option<SyscallTracer>,
     plans: Arc<PlanCache>,
     identities: Arc<RwLock<Identities>>,
     exporter: Arc<Exporter>,
@@ -485,6 +537,12 @@ fn discovery_loop(
                     tracing::info!("pid {pid} exited: probes detached");
                 }
                 attacher.detach_process(pid);
+                if let Some(t) = &mut tracer {
+                    if t.is_traced(pid) {
+                        tracing::info!("pid {pid} exited: syscall tracing stopped");
+                    }
+                    t.untrace_process(pid);
+                }
                 if let Some(id) = ids.live.remove(&pid) {
                     if let Some(name) = &id.container_name {
                         let still_running = ids
@@ -518,6 +576,41 @@ fn discovery_loop(
             }
             let plan = match inspected {
                 Ok((_, Ok(plan), _)) => plan,
+                Ok((_, Err(crate::inspect::InspectError::NotGo), _)) if tracer.is_some() => {
+                    let Some(t) = &mut tracer else { continue };
+                    match t.trace_process(pid) {
+                        Ok(traced) => {
+                            let tls = match &traced.openssl {
+                                Some(f) => {
+                                    format!(
+                                        ", OpenSSL {} ({} uprobes)",
+                                        f.display(),
+                                        traced.uprobes
+                                    )
+                                }
+                                None => String::new(),
+                            };
+                            tracing::info!(
+                                "tracing pid {pid} ({}, not Go) through syscalls{tls} as service \"{}\"",
+                                process.exe.display(),
+                                identity.service_name
+                            );
+                            if let Some(name) = &identity.container_name {
+                                exporter.revive_container(name);
+                            }
+                            identities
+                                .write()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .live
+                                .insert(pid, Arc::new(identity));
+                        }
+                        Err(e) => {
+                            tracing::warn!("cannot trace pid {pid} through syscalls: {e}");
+                            exporter.health().inc_attach_errors();
+                        }
+                    }
+                    continue;
+                }
                 Ok((_, Err(e), inspected_now)) => {
                     // One line per binary, not per process running it.
                     if inspected_now {
@@ -583,12 +676,14 @@ fn discovery_loop(
         exporter.sweep(Instant::now());
         {
             let guard = lock(&shared);
+            let traced = tracer.as_ref().map_or(0, |t| t.traced_count());
+            let traced_links = tracer.as_ref().map_or(0, |t| t.link_count());
             exporter
                 .health()
-                .set_instrumented_processes(guard.attacher.attached_count() as u64);
+                .set_instrumented_processes((guard.attacher.attached_count() + traced) as u64);
             exporter
                 .health()
-                .set_uprobe_links(guard.attacher.link_count() as u64);
+                .set_uprobe_links((guard.attacher.link_count() + traced_links) as u64);
         }
         // Sleep until the next scan, or until Docker reports a change.
         match woken.recv_timeout(SCAN_INTERVAL.saturating_sub(started.elapsed())) {
@@ -602,5 +697,10 @@ fn discovery_loop(
     let mut guard = lock(&shared);
     for pid in guard.attacher.attached_pids() {
         guard.attacher.detach_process(pid);
+    }
+    if let Some(t) = &mut tracer {
+        for pid in t.traced_pids() {
+            t.untrace_process(pid);
+        }
     }
 }

@@ -140,6 +140,14 @@ fn check() -> i32 {
                 }
             }
             println!("Go HTTP server probes: available");
+            // Non-Go processes only: the Go probes work without it, so it does not fail.
+            match crate::attach::syscalls::SyscallTracer::load() {
+                Ok(_) => println!(
+                    "syscall + OpenSSL tracer (non-Go processes): available, {}",
+                    crate::kernel::syscall_source().detail
+                ),
+                Err(e) => println!("syscall + OpenSSL tracer (non-Go processes): unavailable: {e}"),
+            }
             0
         }
         Err(why) => {

@@ -53,6 +53,8 @@ pub struct Config {
     pub docker_rules: Vec<DockerRule>,
     /// How long the series of a container that stopped are kept.
     pub container_series_ttl: std::time::Duration,
+    /// Trace selected non-Go processes through syscalls and OpenSSL.
+    pub syscall_tracing: bool,
     pub config_file: Option<PathBuf>,
     /// OTLP export, from the standard `OTEL_*` variables.
     pub otlp: crate::export::otlp::OtlpConfig,
@@ -151,6 +153,7 @@ impl Default for Config {
             docker_rules: Vec::new(),
             container_labels: Vec::new(),
             container_series_ttl: std::time::Duration::from_secs(300),
+            syscall_tracing: true,
             config_file: None,
             otlp: Default::default(),
         }
@@ -193,6 +196,7 @@ const KEYS: &[&str] = &[
     "metrics_report_container",
     "container_labels",
     "docker_rules",
+    "syscall_tracing",
 ];
 
 /// Beyla's first versions read these without a prefix.
@@ -329,6 +333,9 @@ impl Config {
             }
             "print_traces" => {
                 self.print_traces = parse_bool(v).ok_or_else(|| bad("true or false"))?
+            }
+            "syscall_tracing" => {
+                self.syscall_tracing = parse_bool(v).ok_or_else(|| bad("true or false"))?
             }
             "metrics_naming" => {
                 self.metrics_naming = match v.to_ascii_lowercase().as_str() {

@@ -192,6 +192,41 @@ impl RpcRequestEvent {
     }
 }
 
+pub const SYS_DATA_MAX: usize = 1024;
+pub const SYS_OPEN: u8 = 1;
+pub const SYS_DATA: u8 = 2;
+pub const SYS_CLOSE: u8 = 3;
+pub const SYS_BIND: u8 = 4;
+pub const SYS_ROLE_SERVER: u8 = 1;
+pub const SYS_ROLE_CLIENT: u8 = 2;
+pub const SYS_DIR_IN: u8 = 1;
+pub const SYS_DIR_OUT: u8 = 2;
+pub const SYS_FLAG_TLS: u8 = 0x1;
+pub const SYS_FLAG_UNBOUND: u8 = 0x2;
+
+/// `struct sys_event`: one record of the syscall/OpenSSL tracer.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct SysEvent {
+    pub kind: u8,
+    pub role: u8,
+    pub direction: u8,
+    pub flags: u8,
+    pub pid: u32,
+    pub fd: i32,
+    pub family: u16,
+    pub port: u16,
+    pub ts_ns: u64,
+    pub len: u64,
+    pub copied: u32,
+    pub _pad: u32,
+    pub addr: [u8; 16],
+    pub data: [u8; SYS_DATA_MAX],
+}
+
+/// The fixed part of a `SysEvent`, before `data`.
+pub const SYS_EVENT_HEADER: usize = std::mem::offset_of!(SysEvent, data);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,6 +325,11 @@ mod tests {
                 kind, flags, method_len, pid, start_ns, end_ns, goroutine, status, remote_len,
                 _pad, method, remote
             ]
+        );
+        check!(
+            "sys_event",
+            SysEvent,
+            [kind, role, direction, flags, pid, fd, family, port, ts_ns, len, copied, addr, data]
         );
         c.push_str("return 0; }\n");
         std::fs::write(&src, c).unwrap();

@@ -161,6 +161,7 @@ pub fn detect() -> Vec<Feature> {
             "not mounted (sonde mounts it when it needs tracepoints)".into()
         },
     });
+    out.push(syscall_source());
     let paranoid = read_trimmed("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
     out.push(Feature {
         name: "perf_event_paranoid",
@@ -182,6 +183,33 @@ pub fn detect() -> Vec<Feature> {
         });
     }
     out
+}
+
+/// Which source the syscall tracer (non-Go processes) uses here, and why.
+pub fn syscall_source() -> Feature {
+    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    let why = if kprobes {
+        "kprobes: present, but syscall tracepoints see the same arguments at the same cost \
+         with a stable layout"
+    } else {
+        "kprobes: absent (CONFIG_KPROBES off)"
+    };
+    let events = Path::new(TRACEFS).join("events/syscalls");
+    let (available, state) = if !tracefs_mounted() {
+        (true, "tracefs is mounted at start")
+    } else if events.exists() {
+        (true, "syscalls/sys_enter_*, sys_exit_*")
+    } else {
+        (
+            false,
+            "no syscalls/ events (CONFIG_FTRACE_SYSCALLS off): non-Go processes are not measured",
+        )
+    };
+    Feature {
+        name: "syscall source",
+        available,
+        detail: format!("tracepoints ({state}); {why}"),
+    }
 }
 
 /// Whether sonde can run its Go probes here, and if not, why.

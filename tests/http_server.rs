@@ -719,6 +719,8 @@ fn unsupported_targets_are_skipped_with_a_reason() {
             &format!("{py_port},{old_port},{go_port}"),
         ),
         ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        // What Go-only sonde does with a non-Go process (tests/syscalls.rs covers tracing).
+        ("SONDE_SYSCALL_TRACING", "false"),
     ]);
     assert!(wait_for_metric(
         prom,

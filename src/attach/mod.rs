@@ -16,6 +16,7 @@ use thiserror::Error;
 pub mod launch;
 mod reaper;
 pub use reaper::Activity;
+pub mod syscalls;
 
 use crate::ebpf_abi::{GoOffsetsAbi, GrpcOffsetsAbi};
 use crate::inspect::{ProbePlan, ProbeRole};

@@ -64,5 +64,8 @@ impl Request {
     }
 }
 
+pub mod connections;
 pub mod event;
+pub mod http1;
 pub mod reader;
+pub mod syscalls;

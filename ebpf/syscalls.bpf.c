@@ -1,0 +1,666 @@
+// SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
+/* Any language: HTTP/1.x seen through syscalls, HTTPS through OpenSSL.
+ *
+ * Syscall tracepoints (this kernel has no kprobes; fentry is refused) learn connections from
+ * accept/accept4 (server role) and connect (client role), copy a bounded prefix of every
+ * buffer read or written on them, and report close. User space reassembles and parses the
+ * streams. Only PIDs in `sys_pids` emit anything; for every other process each hook costs one
+ * map lookup, and data syscalls on a file descriptor that is not a known connection cost two.
+ *
+ * OpenSSL: uprobes/uretprobes on SSL_read/SSL_write (and the _ex forms) report plaintext. The
+ * read/write syscall nested inside an SSL call on the same thread names the socket (nginx,
+ * Python); without one (Node.js's memory BIOs), the socket this thread last read from names
+ * an SSL_read's, and the socket write that follows on the thread an SSL_write's (its
+ * plaintext is sent first, unbound, and a BIND record follows).
+ * From then on that socket is marked TLS and its encrypted bytes are no longer sent.
+ *
+ * Tracepoint arguments are read with the layout of events/syscalls/<name>/format (args at
+ * offset 16, ret at 16): no raw-tracepoint ctx->args, which aya's CO-RE mishandles. Nothing
+ * here writes user memory. */
+
+#include <linux/bpf.h>
+#include <linux/ptrace.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_tracing.h>
+
+#include "sonde_events.h"
+
+char LICENSE[] SEC("license") = "Dual BSD/GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define EINPROGRESS 115
+/* iovecs of one readv/writev/recvmsg/sendmsg copied; bytes past them are counted only. */
+#define MAX_IOV 32
+
+/* The syscalls/sys_enter_* and sys_exit_* record layouts (see their format files). */
+struct sys_enter_ctx {
+    __u64 common;
+    __s64 nr;
+    __u64 args[6];
+};
+
+struct sys_exit_ctx {
+    __u64 common;
+    __s64 nr;
+    __s64 ret;
+};
+
+/* Selected PIDs (tgid): the in-kernel filter. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, __u32);
+} sys_pids SEC(".maps");
+
+struct conn_key {
+    __u32 pid;
+    __s32 fd;
+};
+
+struct conn {
+    __u8 role;
+    __u8 tls;
+    __u16 family;
+    __u16 port;
+    __u16 _pad;
+};
+
+/* Known connections. LRU: a close sonde never saw (dup2, close_range, exit) ages out. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct conn_key);
+    __type(value, struct conn);
+} conns SEC(".maps");
+
+enum op {
+    OP_BUF = 1,     /* read/recvfrom/write/sendto: one buffer */
+    OP_IOV = 2,     /* readv/writev/recvmsg/sendmsg: an iovec array */
+    OP_COUNT = 3,   /* sendfile: bytes only */
+    OP_ACCEPT = 4,  /* the peer's sockaddr is written at `ptr` */
+    OP_CONNECT = 5, /* peer already read at entry */
+};
+
+/* A syscall between its entry and its exit, by thread. */
+struct pending {
+    __u64 ptr;
+    __u64 iovcnt;
+    __s32 fd;
+    __u8 op;
+    __u8 direction;
+    __u16 family;
+    __u16 port;
+    __u8 addr[16];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct pending);
+} sys_pending SEC(".maps");
+
+/* An SSL_read/SSL_write call in progress, by thread. */
+struct ssl_call {
+    __u64 ssl;
+    __u64 buf;
+    __u64 len_ptr; /* _ex forms: where the byte count is written; 0 otherwise */
+    __s32 fd;      /* learnt from the nested syscall, or from an earlier call on this SSL */
+    __u8 direction;
+    /* 0: fd is only the socket this thread last read (a guess), trusted once the call
+     * returns data. */
+    __u8 trusted;
+    __u8 _pad[2];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct ssl_call);
+} ssl_calls SEC(".maps");
+
+struct ssl_key {
+    __u32 pid;
+    __u32 _pad;
+    __u64 ssl;
+};
+
+/* The socket under each SSL object: SSL_read may return buffered plaintext without any
+ * syscall. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct ssl_key);
+    __type(value, __s32);
+} ssl_fds SEC(".maps");
+
+/* The connection each thread last read from. Runtimes that run OpenSSL over memory BIOs
+ * (Node.js) read the socket themselves and call SSL_read after it on the same thread, so no
+ * syscall nests inside the SSL call: this names the socket of an SSL object not seen yet. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, __s32);
+} last_read_fd SEC(".maps");
+
+/* An SSL object whose SSL_write returned plaintext before its socket was known, by thread:
+ * over memory BIOs the encrypted bytes are written to the socket right after, on the same
+ * thread, and that write names the socket. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, __u64);
+} unbound_write SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 << 20);
+} sys_events SEC(".maps");
+
+/* Index 0: records dropped because the ring buffer was full. */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, __u64);
+} sys_lost SEC(".maps");
+
+/* User space drains on a timer; wake it early only when this much is waiting. */
+#define WAKEUP_THRESHOLD (4 << 20)
+
+static __always_inline int selected(__u32 pid)
+{
+    return bpf_map_lookup_elem(&sys_pids, &pid) != NULL;
+}
+
+/* Records are built here and copied into the ring buffer at their used size (a 150-byte
+ * write takes ~200 bytes of ring, not the whole struct). */
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct sys_event);
+} scratch SEC(".maps");
+
+static __always_inline struct sys_event *scratch_event(void)
+{
+    __u32 zero = 0;
+    return bpf_map_lookup_elem(&scratch, &zero);
+}
+
+#define SYS_EVENT_HEADER (sizeof(struct sys_event) - SONDE_SYS_DATA_MAX)
+
+/* Sends the record's header and its first `copied` data bytes; never wakes user space
+ * unless the buffer is filling up. */
+static __always_inline void output(struct sys_event *e, __u32 copied)
+{
+    if (copied > SONDE_SYS_DATA_MAX)
+        copied = SONDE_SYS_DATA_MAX;
+    __u64 wake = bpf_ringbuf_query(&sys_events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
+                     ? BPF_RB_FORCE_WAKEUP
+                     : BPF_RB_NO_WAKEUP;
+    if (bpf_ringbuf_output(&sys_events, e, SYS_EVENT_HEADER + copied, wake) != 0) {
+        __u32 zero = 0;
+        __u64 *lost = bpf_map_lookup_elem(&sys_lost, &zero);
+        if (lost)
+            *lost += 1;
+    }
+}
+
+/* Reads a sockaddr_in/_in6 into family, port (host order) and addr. */
+static __always_inline void read_sockaddr(__u64 ptr, __u16 *family, __u16 *port, __u8 *addr)
+{
+    __u8 sa[24] = {};
+    if (!ptr || bpf_probe_read_user(sa, sizeof(sa), (void *)ptr) != 0)
+        return;
+    __u16 fam = sa[0] | (sa[1] << 8);
+    *family = fam;
+    *port = (sa[2] << 8) | sa[3];
+    if (fam == AF_INET)
+        __builtin_memcpy(addr, &sa[4], 4);
+    else if (fam == AF_INET6)
+        __builtin_memcpy(addr, &sa[8], 16);
+}
+
+/* Emits `len` bytes whose first ones are at `buf` (copies at most SONDE_SYS_DATA_MAX). */
+static __always_inline void emit_data(__u32 pid, __s32 fd, struct conn *c, __u8 direction,
+                                      __u8 flags, __u64 buf, __u64 len, __u64 ssl)
+{
+    struct sys_event *e = scratch_event();
+    if (!e)
+        return;
+    e->kind = SONDE_SYS_DATA;
+    e->role = c ? c->role : 0;
+    e->direction = direction;
+    e->flags = flags;
+    e->pid = pid;
+    e->fd = fd;
+    e->family = 0;
+    e->port = 0;
+    e->ts_ns = bpf_ktime_get_ns();
+    e->len = len;
+    e->_pad = 0;
+    /* Unbound TLS plaintext names its SSL object here; see SONDE_SYS_FLAG_UNBOUND. */
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+    __builtin_memcpy(e->addr, &ssl, sizeof(ssl));
+    __u32 n = len < SONDE_SYS_DATA_MAX ? (__u32)len : SONDE_SYS_DATA_MAX;
+    if (!buf)
+        n = 0;
+    if (n > 0 && bpf_probe_read_user(e->data, n, (void *)buf) != 0)
+        n = 0;
+    e->copied = n;
+    output(e, n);
+}
+
+static __always_inline void emit_conn(__u8 kind, __u32 pid, __s32 fd, __u8 role, __u16 family,
+                                      __u16 port, const __u8 *addr)
+{
+    struct sys_event *e = scratch_event();
+    if (!e)
+        return;
+    e->kind = kind;
+    e->role = role;
+    e->direction = 0;
+    e->flags = 0;
+    e->pid = pid;
+    e->fd = fd;
+    e->family = family;
+    e->port = port;
+    e->ts_ns = bpf_ktime_get_ns();
+    e->len = 0;
+    e->copied = 0;
+    e->_pad = 0;
+    __builtin_memset(e->addr, 0, sizeof(e->addr));
+    if (addr)
+        __builtin_memcpy(e->addr, addr, 16);
+    output(e, 0);
+}
+
+/* The socket under an SSL object whose plaintext was sent unbound. */
+static __always_inline void emit_bind(__u32 pid, __s32 fd, __u8 role, __u64 ssl)
+{
+    __u8 addr[16] = {};
+    __builtin_memcpy(addr, &ssl, sizeof(ssl));
+    emit_conn(SONDE_SYS_BIND, pid, fd, role, 0, 0, addr);
+}
+
+/* Entry of a data syscall: inside an SSL call it only names the SSL object's socket;
+ * otherwise a known, non-TLS connection's call is remembered until its exit. */
+static __always_inline void data_enter(__s32 fd, __u8 op, __u8 direction, __u64 ptr,
+                                       __u64 iovcnt)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u32 pid = tid >> 32;
+    if (!selected(pid))
+        return;
+    struct conn_key key = {.pid = pid, .fd = fd};
+    struct conn *c = bpf_map_lookup_elem(&conns, &key);
+    if (c && direction == SONDE_SYS_DIR_IN)
+        bpf_map_update_elem(&last_read_fd, &tid, &fd, BPF_ANY);
+    struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
+    if (call) {
+        call->fd = fd;
+        call->trusted = 1;
+        if (c)
+            c->tls = 1;
+        return;
+    }
+    if (c && direction == SONDE_SYS_DIR_OUT) {
+        __u64 *ssl = bpf_map_lookup_elem(&unbound_write, &tid);
+        if (ssl) {
+            struct ssl_key skey = {.pid = pid, .ssl = *ssl};
+            bpf_map_update_elem(&ssl_fds, &skey, &fd, BPF_ANY);
+            c->tls = 1;
+            emit_bind(pid, fd, c->role, *ssl);
+            bpf_map_delete_elem(&unbound_write, &tid);
+            return;
+        }
+    }
+    if (!c || c->tls)
+        return;
+    struct pending p = {.ptr = ptr, .iovcnt = iovcnt, .fd = fd, .op = op, .direction = direction};
+    bpf_map_update_elem(&sys_pending, &tid, &p, BPF_ANY);
+}
+
+struct iovec_user {
+    __u64 base;
+    __u64 len;
+};
+
+static __always_inline void data_exit(__s64 ret)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u32 pid = tid >> 32;
+    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
+    if (!found)
+        return;
+    struct pending p = *found;
+    bpf_map_delete_elem(&sys_pending, &tid);
+    if (ret <= 0 || (p.op != OP_BUF && p.op != OP_IOV && p.op != OP_COUNT))
+        return;
+    struct conn_key key = {.pid = pid, .fd = p.fd};
+    struct conn *c = bpf_map_lookup_elem(&conns, &key);
+    if (!c)
+        return;
+    if (p.op == OP_BUF) {
+        emit_data(pid, p.fd, c, p.direction, 0, p.ptr, ret, 0);
+        return;
+    }
+    if (p.op == OP_COUNT) {
+        emit_data(pid, p.fd, c, p.direction, 0, 0, ret, 0);
+        return;
+    }
+    /* The bytes fill the iovecs in order: one record per iovec used. */
+    __u64 left = ret;
+    for (int i = 0; i < MAX_IOV; i++) {
+        if (left == 0 || i >= p.iovcnt)
+            break;
+        struct iovec_user iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(p.ptr + i * sizeof(iov))) != 0)
+            break;
+        __u64 n = iov.len < left ? iov.len : left;
+        if (n == 0)
+            continue;
+        emit_data(pid, p.fd, c, p.direction, 0, iov.base, n, 0);
+        left -= n;
+    }
+    if (left > 0)
+        emit_data(pid, p.fd, c, p.direction, 0, 0, left, 0);
+}
+
+/* MSG_PEEK reads leave the bytes in the socket: they are read again. */
+#define MSG_PEEK 2
+
+#define BUF_PROBES(name, direction, flags)                                                   \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
+    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
+    {                                                                                        \
+        if ((flags) & MSG_PEEK)                                                              \
+            return 0;                                                                        \
+        data_enter((__s32)ctx->args[0], OP_BUF, direction, ctx->args[1], 0);                 \
+        return 0;                                                                            \
+    }                                                                                        \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
+    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
+    {                                                                                        \
+        data_exit(ctx->ret);                                                                 \
+        return 0;                                                                            \
+    }
+
+BUF_PROBES(read, SONDE_SYS_DIR_IN, 0)
+BUF_PROBES(recvfrom, SONDE_SYS_DIR_IN, ctx->args[3])
+BUF_PROBES(write, SONDE_SYS_DIR_OUT, 0)
+BUF_PROBES(sendto, SONDE_SYS_DIR_OUT, 0)
+
+#define IOV_PROBES(name, direction)                                                          \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
+    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
+    {                                                                                        \
+        data_enter((__s32)ctx->args[0], OP_IOV, direction, ctx->args[1], ctx->args[2]);      \
+        return 0;                                                                            \
+    }                                                                                        \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
+    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
+    {                                                                                        \
+        data_exit(ctx->ret);                                                                 \
+        return 0;                                                                            \
+    }
+
+IOV_PROBES(readv, SONDE_SYS_DIR_IN)
+IOV_PROBES(writev, SONDE_SYS_DIR_OUT)
+
+/* struct msghdr: msg_iov at 16, msg_iovlen at 24. */
+#define MSG_PROBES(name, direction)                                                          \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
+    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
+    {                                                                                        \
+        __u64 hdr[4] = {};                                                                   \
+        if ((ctx->args[2] & MSG_PEEK) ||                                                     \
+            bpf_probe_read_user(hdr, sizeof(hdr), (void *)ctx->args[1]) != 0)                \
+            return 0;                                                                        \
+        data_enter((__s32)ctx->args[0], OP_IOV, direction, hdr[2], hdr[3]);                  \
+        return 0;                                                                            \
+    }                                                                                        \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
+    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
+    {                                                                                        \
+        data_exit(ctx->ret);                                                                 \
+        return 0;                                                                            \
+    }
+
+MSG_PROBES(recvmsg, SONDE_SYS_DIR_IN)
+MSG_PROBES(sendmsg, SONDE_SYS_DIR_OUT)
+
+/* sendfile(out_fd, in_fd, offset, count): a file's bytes sent as a body; counted only. */
+SEC("tracepoint/syscalls/sys_enter_sendfile64")
+int sys_enter_sendfile64(struct sys_enter_ctx *ctx)
+{
+    data_enter((__s32)ctx->args[0], OP_COUNT, SONDE_SYS_DIR_OUT, 0, 0);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_sendfile64")
+int sys_exit_sendfile64(struct sys_exit_ctx *ctx)
+{
+    data_exit(ctx->ret);
+    return 0;
+}
+
+static __always_inline void accept_enter(struct sys_enter_ctx *ctx)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    if (!selected(tid >> 32))
+        return;
+    struct pending p = {.ptr = ctx->args[1], .fd = (__s32)ctx->args[0], .op = OP_ACCEPT};
+    bpf_map_update_elem(&sys_pending, &tid, &p, BPF_ANY);
+}
+
+static __always_inline void accept_exit(struct sys_exit_ctx *ctx)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u32 pid = tid >> 32;
+    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
+    if (!found)
+        return;
+    struct pending p = *found;
+    bpf_map_delete_elem(&sys_pending, &tid);
+    if (p.op != OP_ACCEPT || ctx->ret < 0)
+        return;
+    __s32 fd = (__s32)ctx->ret;
+    __u16 family = 0, port = 0;
+    __u8 addr[16] = {};
+    read_sockaddr(p.ptr, &family, &port, addr);
+    struct conn_key key = {.pid = pid, .fd = fd};
+    struct conn c = {.role = SONDE_SYS_ROLE_SERVER, .family = family, .port = port};
+    bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+    emit_conn(SONDE_SYS_OPEN, pid, fd, SONDE_SYS_ROLE_SERVER, family, port, addr);
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept")
+int sys_enter_accept(struct sys_enter_ctx *ctx)
+{
+    accept_enter(ctx);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept")
+int sys_exit_accept(struct sys_exit_ctx *ctx)
+{
+    accept_exit(ctx);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_accept4")
+int sys_enter_accept4(struct sys_enter_ctx *ctx)
+{
+    accept_enter(ctx);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_accept4")
+int sys_exit_accept4(struct sys_exit_ctx *ctx)
+{
+    accept_exit(ctx);
+    return 0;
+}
+
+/* connect(fd, addr, len): only IPv4/IPv6 peers become client connections (not Unix sockets
+ * or netlink). A non-blocking connect returns -EINPROGRESS and completes later. */
+SEC("tracepoint/syscalls/sys_enter_connect")
+int sys_enter_connect(struct sys_enter_ctx *ctx)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    if (!selected(tid >> 32))
+        return 0;
+    struct pending p = {.fd = (__s32)ctx->args[0], .op = OP_CONNECT};
+    read_sockaddr(ctx->args[1], &p.family, &p.port, p.addr);
+    if (p.family != AF_INET && p.family != AF_INET6)
+        return 0;
+    bpf_map_update_elem(&sys_pending, &tid, &p, BPF_ANY);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_exit_connect")
+int sys_exit_connect(struct sys_exit_ctx *ctx)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u32 pid = tid >> 32;
+    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
+    if (!found)
+        return 0;
+    struct pending p = *found;
+    bpf_map_delete_elem(&sys_pending, &tid);
+    if (p.op != OP_CONNECT || (ctx->ret != 0 && ctx->ret != -EINPROGRESS))
+        return 0;
+    struct conn_key key = {.pid = pid, .fd = p.fd};
+    struct conn c = {.role = SONDE_SYS_ROLE_CLIENT, .family = p.family, .port = p.port};
+    bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
+    emit_conn(SONDE_SYS_OPEN, pid, p.fd, SONDE_SYS_ROLE_CLIENT, p.family, p.port, p.addr);
+    return 0;
+}
+
+SEC("tracepoint/syscalls/sys_enter_close")
+int sys_enter_close(struct sys_enter_ctx *ctx)
+{
+    __u32 pid = bpf_get_current_pid_tgid() >> 32;
+    if (!selected(pid))
+        return 0;
+    struct conn_key key = {.pid = pid, .fd = (__s32)ctx->args[0]};
+    struct conn *c = bpf_map_lookup_elem(&conns, &key);
+    if (!c)
+        return 0;
+    __u8 role = c->role;
+    bpf_map_delete_elem(&conns, &key);
+    emit_conn(SONDE_SYS_CLOSE, pid, key.fd, role, 0, 0, NULL);
+    return 0;
+}
+
+/* ---- OpenSSL ---- */
+
+static __always_inline void ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 direction)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u32 pid = tid >> 32;
+    if (!selected(pid))
+        return;
+    struct ssl_key key = {.pid = pid, .ssl = ssl};
+    __u8 trusted = 1;
+    __s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
+    if (!fd && direction == SONDE_SYS_DIR_IN) {
+        fd = bpf_map_lookup_elem(&last_read_fd, &tid);
+        trusted = 0;
+    }
+    struct ssl_call call = {.ssl = ssl,
+                            .buf = buf,
+                            .len_ptr = len_ptr,
+                            .fd = fd ? *fd : -1,
+                            .direction = direction,
+                            .trusted = trusted};
+    bpf_map_update_elem(&ssl_calls, &tid, &call, BPF_ANY);
+}
+
+static __always_inline void ssl_exit(__s64 ret)
+{
+    __u64 tid = bpf_get_current_pid_tgid();
+    __u32 pid = tid >> 32;
+    struct ssl_call *found = bpf_map_lookup_elem(&ssl_calls, &tid);
+    if (!found)
+        return;
+    struct ssl_call call = *found;
+    bpf_map_delete_elem(&ssl_calls, &tid);
+    __u64 n = 0;
+    if (call.len_ptr) {
+        /* SSL_read_ex/SSL_write_ex return 1 and write the byte count. */
+        if (ret == 1)
+            bpf_probe_read_user(&n, sizeof(n), (void *)call.len_ptr);
+    } else if (ret > 0) {
+        n = ret;
+    }
+    if (call.fd < 0) {
+        if (call.direction == SONDE_SYS_DIR_OUT && n > 0) {
+            emit_data(pid, -1, NULL, call.direction, SONDE_SYS_FLAG_TLS | SONDE_SYS_FLAG_UNBOUND,
+                      call.buf, n, call.ssl);
+            bpf_map_update_elem(&unbound_write, &tid, &call.ssl, BPF_ANY);
+        }
+        return;
+    }
+    /* A guessed socket is kept only for a call that moved data: a client's first SSL_read
+     * runs the handshake before the thread ever read its own socket. */
+    if (!call.trusted && n == 0)
+        return;
+    struct ssl_key skey = {.pid = pid, .ssl = call.ssl};
+    bpf_map_update_elem(&ssl_fds, &skey, &call.fd, BPF_ANY);
+    struct conn_key key = {.pid = pid, .fd = call.fd};
+    struct conn *c = bpf_map_lookup_elem(&conns, &key);
+    if (!c)
+        return;
+    c->tls = 1;
+    if (n > 0)
+        emit_data(pid, call.fd, c, call.direction, SONDE_SYS_FLAG_TLS, call.buf, n, 0);
+}
+
+/* int SSL_read(SSL *ssl, void *buf, int num) */
+SEC("uprobe")
+int ssl_read_entry(struct pt_regs *ctx)
+{
+    ssl_enter(ctx->rdi, ctx->rsi, 0, SONDE_SYS_DIR_IN);
+    return 0;
+}
+
+/* int SSL_write(SSL *ssl, const void *buf, int num) */
+SEC("uprobe")
+int ssl_write_entry(struct pt_regs *ctx)
+{
+    ssl_enter(ctx->rdi, ctx->rsi, 0, SONDE_SYS_DIR_OUT);
+    return 0;
+}
+
+/* int SSL_read_ex(SSL *ssl, void *buf, size_t num, size_t *readbytes) */
+SEC("uprobe")
+int ssl_read_ex_entry(struct pt_regs *ctx)
+{
+    ssl_enter(ctx->rdi, ctx->rsi, ctx->rcx, SONDE_SYS_DIR_IN);
+    return 0;
+}
+
+/* int SSL_write_ex(SSL *ssl, const void *buf, size_t num, size_t *written) */
+SEC("uprobe")
+int ssl_write_ex_entry(struct pt_regs *ctx)
+{
+    ssl_enter(ctx->rdi, ctx->rsi, ctx->rcx, SONDE_SYS_DIR_OUT);
+    return 0;
+}
+
+/* One return probe serves all four: the call's kind was saved at entry. The return value is
+ * an int: sign-extend it. */
+SEC("uretprobe")
+int ssl_return(struct pt_regs *ctx)
+{
+    ssl_exit((__s64)(int)ctx->rax);
+    return 0;
+}
