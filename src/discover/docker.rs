@@ -49,9 +49,17 @@ fn connect() -> Result<Docker, DockerError> {
 }
 
 async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInfo, DockerError> {
-    let c = docker.inspect_container(id, None).await?;
+    Ok(container_info(
+        docker.inspect_container(id, None).await?,
+        id,
+    ))
+}
+
+/// What sonde keeps of the daemon's answer to `GET /containers/{id}/json`; every field may be
+/// missing.
+pub fn container_info(c: bollard::models::ContainerInspectResponse, id: &str) -> ContainerInfo {
     let config = c.config.unwrap_or_default();
-    Ok(ContainerInfo {
+    ContainerInfo {
         id: c.id.unwrap_or_else(|| id.to_string()),
         name: c
             .name
@@ -60,7 +68,7 @@ async fn inspect(docker: &Docker, id: &str) -> Result<ContainerInfo, DockerError
             .to_string(),
         image: config.image.unwrap_or_default(),
         labels: config.labels.unwrap_or_default(),
-    })
+    }
 }
 
 /// Keeps `containers` equal to the running containers, calling `changed` after every change,
@@ -150,6 +158,30 @@ async fn run(containers: &Containers, changed: &impl Fn()) -> Result<(), DockerE
     Ok(())
 }
 
+/// The 12-character form of an id, for logs. By characters: the id comes from the daemon's
+/// answer, and a byte index could split a character.
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        assert_eq!(short("d1509364266dc6edab"), "d1509364266d");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
+    }
+
+    #[test]
+    fn missing_fields_are_empty() {
+        let c: bollard::models::ContainerInspectResponse =
+            serde_json::from_str(r#"{"Name":"/web","Config":{"Labels":{"a":"b"}}}"#).unwrap();
+        let info = container_info(c, "abc");
+        assert_eq!(info.id, "abc");
+        assert_eq!(info.name, "web");
+        assert_eq!(info.labels.get("a").map(String::as_str), Some("b"));
+    }
 }
