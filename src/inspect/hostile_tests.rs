@@ -142,3 +142,32 @@ fn address_arithmetic_cannot_overflow() {
     assert!(buildinfo::read(&blob, &elf).is_err());
     let _ = pclntab::Pclntab::at(&data, &elf, 0x1000, 0x100, u64::MAX - 0xff);
 }
+
+/// The hand-made seed of the `pclntab` fuzz target is a valid Go 1.20 table, so the fuzzer
+/// starts from inputs that reach the lookups rather than the header checks only.
+#[test]
+fn fuzz_seed_pclntab_is_a_valid_table() {
+    let data = include_bytes!("../../fuzz/corpus/pclntab/minimal-go1.20");
+    let vaddr = 0x80_0000;
+    let elf = ElfLayout {
+        data_len: data.len(),
+        segments: vec![Segment {
+            vaddr,
+            memsz: data.len() as u64,
+            offset: 0,
+            filesz: data.len() as u64,
+            flags: object::elf::PF_R,
+        }],
+        ..ElfLayout::default()
+    };
+    let t = pclntab::Pclntab::at(data, &elf, 0, data.len() as u64, vaddr).unwrap();
+    assert_eq!(
+        t.find_function(data, &elf, SERVE_HTTP),
+        Some((0x401100, 0x401200))
+    );
+    assert_eq!(
+        t.find_function(data, &elf, "runtime.main"),
+        Some((0x401000, 0x401100))
+    );
+    assert_eq!(t.find_function(data, &elf, "main.main"), None);
+}
