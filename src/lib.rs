@@ -15,4 +15,5 @@ pub mod enrich;
 pub mod export;
 pub mod inspect;
 pub mod kernel;
+pub mod privileges;
 pub mod select;
