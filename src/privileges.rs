@@ -81,11 +81,20 @@ pub fn effective() -> Option<u64> {
     parse_cap_eff(&std::fs::read_to_string("/proc/self/status").ok()?)
 }
 
+const SYS_ADMIN_BIT: u32 = 21;
+
+/// Whether `caps` holds `c`, or CAP_SYS_ADMIN where the kernel accepts it instead
+/// (`bpf_capable()` and `perfmon_capable()`: Docker 20.10 cannot grant CAP_BPF/CAP_PERFMON).
+fn holds(caps: u64, c: &Capability) -> bool {
+    let has = |bit: u32| caps & (1u64 << bit) != 0;
+    has(c.bit) || (matches!(c.name, "CAP_BPF" | "CAP_PERFMON") && has(SYS_ADMIN_BIT))
+}
+
 /// The required capabilities absent from `caps`, in the order of [`REQUIRED`].
 pub fn missing(caps: u64) -> Vec<Capability> {
     REQUIRED
         .iter()
-        .filter(|c| caps & (1u64 << c.bit) == 0)
+        .filter(|c| !holds(caps, c))
         .copied()
         .collect()
 }
@@ -107,6 +116,12 @@ pub fn report(caps: u64) -> String {
     for c in REQUIRED {
         if caps & (1u64 << c.bit) != 0 {
             let _ = writeln!(s, "  {:<20} present  ({})", c.name, c.used_for);
+        } else if holds(caps, c) {
+            let _ = writeln!(
+                s,
+                "  {:<20} absent   (CAP_SYS_ADMIN stands in for it)",
+                c.name
+            );
         } else {
             let _ = writeln!(s, "  {:<20} MISSING  disables: {}", c.name, c.without);
         }
@@ -144,5 +159,14 @@ mod tests {
         );
         assert_eq!(parse_cap_eff("CapEff: zz"), None);
         assert_eq!(missing(0).len(), REQUIRED.len());
+        // Docker 20.10: SYS_ADMIN, no BPF/PERFMON.
+        let docker = caps & !(1 << 39) & !(1 << 38);
+        assert!(missing(docker).is_empty());
+        assert!(report(docker).contains("CAP_BPF              absent   (CAP_SYS_ADMIN"));
+        let names: Vec<_> = missing(docker & !(1 << 21))
+            .iter()
+            .map(|c| c.name)
+            .collect();
+        assert_eq!(names, ["CAP_BPF", "CAP_PERFMON", "CAP_SYS_ADMIN"]);
     }
 }
