@@ -356,6 +356,15 @@ fn binary_replaced_on_disk_gets_a_new_plan() {
     get(p2, "/status/200", 6);
     wait_count(prom, "replaced-old", 4.0, &sonde);
     wait_count(prom, "replaced-new", 6.0, &sonde);
+    // The old process kept its probes on the old inode: never detached, never re-attached.
+    let log = sonde.log();
+    assert_eq!(
+        log.matches(&format!("instrumented pid {} ", old.pid()))
+            .count(),
+        1,
+        "{log}"
+    );
+    assert!(!log.contains(&format!("pid {} exited", old.pid())), "{log}");
     drop(old);
     drop(new);
     assert_eq!(sonde.stop(), Some(0));
