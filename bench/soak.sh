@@ -80,13 +80,13 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
         echo "$now,$rss,$fds,$done_c,$churn_err" >>"$OUT/samples.csv"
         last_sample=$now; [ "$last_sample" = 0 ] && last_sample=1
     fi
-    # One container: start, wait until sonde instruments it, send a fixed batch, check the
-    # count is exact, remove it.
+    # One container: start, wait (up to 30 s) until sonde instruments it, send a fixed batch,
+    # check (for up to 20 s) that the count is exact, remove it.
     name="$TAG-$done_c"
     cid=$(docker run -d --network host --name "$name" "$TAG:latest" -addr "127.0.0.1:$CPORT")
     cpid=$(docker inspect -f '{{.State.Pid}}' "$cid")
     ok=0
-    for _ in $(seq 150); do
+    for _ in $(seq 300); do
         grep -q "instrumented pid $cpid " "$OUT/sonde.log" && { ok=1; break; }
         sleep 0.1
     done
@@ -96,7 +96,7 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
         done
         churn_sent=$((churn_sent + CHURN_REQUESTS))
         got=0
-        for _ in $(seq 50); do
+        for _ in $(seq 200); do
             got=$(metric http_server_request_duration_seconds_count "service_name=\"$name\"")
             [ "$got" = "$CHURN_REQUESTS" ] && break
             sleep 0.1

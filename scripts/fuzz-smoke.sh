@@ -16,15 +16,16 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked --quiet
 fi
 
-# AddressSanitizer when its runtime links, plain libFuzzer otherwise.
+# AddressSanitizer when its runtime links, plain libFuzzer otherwise; debug assertions on, so
+# an integer overflow is a crash, not a silent wrap.
 SANITIZER="${FUZZ_SANITIZER:-address}"
 cd fuzz
 echo "== cargo fuzz build (sanitizer: $SANITIZER)"
-if ! cargo fuzz build -O --sanitizer "$SANITIZER" 2>/tmp/sonde-fuzz-build.log; then
+if ! cargo fuzz build -O --debug-assertions --sanitizer "$SANITIZER" 2>/tmp/sonde-fuzz-build.log; then
     if [ "$SANITIZER" = address ]; then
         echo "ASan build failed (see /tmp/sonde-fuzz-build.log); retrying without a sanitizer"
         SANITIZER=none
-        cargo fuzz build -O --sanitizer none
+        cargo fuzz build -O --debug-assertions --sanitizer none
     else
         cat /tmp/sonde-fuzz-build.log
         exit 1
@@ -53,7 +54,7 @@ for t in $(cargo fuzz list); do
     echo "== fuzz $t for ${SECONDS_EACH}s"
     # New inputs go to a scratch folder, so the committed corpus stays small; -max_len keeps
     # whole-binary mutations affordable; one input over 20 s is a hang.
-    if ! cargo fuzz run -O --sanitizer "$SANITIZER" "$t" "$work" "${seeds[@]}" -- \
+    if ! cargo fuzz run -O --debug-assertions --sanitizer "$SANITIZER" "$t" "$work" "${seeds[@]}" -- \
         -max_total_time="$SECONDS_EACH" -timeout=20 -rss_limit_mb=2048 \
         -max_len=$((8 << 20)) -print_final_stats=1 >"target/$t.log" 2>&1; then
         echo "FAIL $t (log: fuzz/target/$t.log, input: fuzz/artifacts/$t/)"
