@@ -6,12 +6,13 @@
 #     /opt/sonde-go: the test matrix and scripts/gen-offsets.sh
 #   - curl, python3, prometheus (a Debian-packaged, stripped Go server): test peers
 #   - docker.io: a Docker engine for the container tests (scripts/dockerd.sh starts it)
+#   - util-linux (setpriv): tests/privileges.rs; binutils (objcopy): fuzz seeds
 set -euo pipefail
 
 say() { echo "setup: $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root"; exit 1; }
 
-packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose)
+packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose util-linux binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
