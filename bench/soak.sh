@@ -28,6 +28,14 @@ TAG="harden-soak-$$"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 PORT=$(free_port); CPORT=$(free_port); PROM=$(free_port)
 
+pids=()
+cleanup() {
+    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+    docker ps -aq --filter "name=^$TAG-" | xargs -r docker rm -f >/dev/null 2>&1 || true
+    docker rmi -f "$TAG:latest" >/dev/null 2>&1 || true
+}
+trap cleanup EXIT
+
 # The churn image: the same static server, FROM scratch.
 IMG_DIR="$OUT/image"; mkdir -p "$IMG_DIR"
 cp "$SERVER" "$IMG_DIR/httpserver"
@@ -36,14 +44,6 @@ docker build -q -t "$TAG:latest" "$IMG_DIR" >/dev/null 2>&1
 
 LOAD="$OUT/soakload"
 GOCACHE="$PWD/$OUT/gocache" GO111MODULE=off go build -o "$LOAD" ./bench/soakload
-
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    docker ps -aq --filter "name=^$TAG-" | xargs -r docker rm -f >/dev/null 2>&1 || true
-    docker rmi -f "$TAG:latest" >/dev/null 2>&1 || true
-}
-trap cleanup EXIT
 
 "$SERVER" -addr "127.0.0.1:$PORT" >/dev/null 2>&1 &
 pids+=($!)
