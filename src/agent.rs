@@ -51,6 +51,8 @@ pub enum AgentError {
     Otlp(#[from] crate::export::otlp::OtlpError),
     #[error("runtime: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Privileges(#[from] crate::privileges::PrivilegeError),
 }
 
 impl AgentError {
@@ -130,6 +132,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         .map_err(|e| AgentError::Routes(e.to_string()))?;
     let features = crate::kernel::detect();
     crate::kernel::can_run_go_probes(&features).map_err(AgentError::Unsupported)?;
+    // Before anything is loaded: one clear refusal instead of an EPERM per probe later.
+    crate::privileges::require()?;
 
     let mut attacher = Attacher::load()?;
     attacher.set_goroutine_probes(config.otlp.traces.is_some());

@@ -130,6 +130,10 @@ fn check() -> i32 {
     }
     let features = crate::kernel::detect();
     print!("{}", crate::kernel::render(&features));
+    match crate::privileges::effective() {
+        Some(caps) => print!("{}", crate::privileges::report(caps)),
+        None => println!("capabilities: cannot read CapEff from /proc/self/status"),
+    }
     match crate::kernel::can_run_go_probes(&features) {
         Ok(()) => {
             match crate::attach::Attacher::load() {

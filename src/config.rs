@@ -225,38 +225,7 @@ impl Config {
                 file: shown.clone(),
                 reason: e.to_string(),
             })?;
-            let doc: serde_yaml::Value =
-                serde_yaml::from_str(&text).map_err(|e| ConfigError::File {
-                    file: shown.clone(),
-                    reason: e.to_string(),
-                })?;
-            let map = match doc {
-                serde_yaml::Value::Mapping(m) => m,
-                serde_yaml::Value::Null => Default::default(),
-                _ => {
-                    return Err(ConfigError::File {
-                        file: shown,
-                        reason: "expected a mapping of keys to values".into(),
-                    })
-                }
-            };
-            for (k, v) in map {
-                let key = k.as_str().unwrap_or_default().to_string();
-                if !KEYS.contains(&key.as_str()) {
-                    return Err(ConfigError::UnknownKey { key, file: shown });
-                }
-                let value = match v {
-                    // Rules are structured: handed on as YAML text, parsed like the env form.
-                    other if key == "docker_rules" => {
-                        serde_yaml::to_string(&other).unwrap_or_default()
-                    }
-                    serde_yaml::Value::Sequence(items) => {
-                        items.iter().map(yaml_scalar).collect::<Vec<_>>().join(",")
-                    }
-                    other => yaml_scalar(&other),
-                };
-                c.set(&key, &format!("{key} (in {shown})"), &value)?;
-            }
+            c.apply_yaml(&text, &shown)?;
         }
         for key in KEYS {
             let upper = key.to_uppercase();
@@ -275,6 +244,43 @@ impl Config {
                 expected: e.expected,
             })?;
         Ok(c)
+    }
+
+    /// Applies a YAML configuration document (the text of `--config`); `shown` names it in
+    /// errors. Public so the fuzz target can feed it arbitrary text.
+    pub fn apply_yaml(&mut self, text: &str, shown: &str) -> Result<(), ConfigError> {
+        let shown = shown.to_string();
+        let c = self;
+        let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::File {
+            file: shown.clone(),
+            reason: e.to_string(),
+        })?;
+        let map = match doc {
+            serde_yaml::Value::Mapping(m) => m,
+            serde_yaml::Value::Null => Default::default(),
+            _ => {
+                return Err(ConfigError::File {
+                    file: shown,
+                    reason: "expected a mapping of keys to values".into(),
+                })
+            }
+        };
+        for (k, v) in map {
+            let key = k.as_str().unwrap_or_default().to_string();
+            if !KEYS.contains(&key.as_str()) {
+                return Err(ConfigError::UnknownKey { key, file: shown });
+            }
+            let value = match v {
+                // Rules are structured: handed on as YAML text, parsed like the env form.
+                other if key == "docker_rules" => serde_yaml::to_string(&other).unwrap_or_default(),
+                serde_yaml::Value::Sequence(items) => {
+                    items.iter().map(yaml_scalar).collect::<Vec<_>>().join(",")
+                }
+                other => yaml_scalar(&other),
+            };
+            c.set(&key, &format!("{key} (in {shown})"), &value)?;
+        }
+        Ok(())
     }
 
     /// Whether anything selects processes to instrument.

@@ -16,4 +16,5 @@ pub mod export;
 pub mod floor;
 pub mod inspect;
 pub mod kernel;
+pub mod privileges;
 pub mod select;

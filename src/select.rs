@@ -258,6 +258,17 @@ impl Selector {
     }
 }
 
+/// Whether two readings of `/proc/<pid>/exe` name the same executable.
+fn same_exe(now: &std::path::Path, before: &std::path::Path) -> bool {
+    let strip = |p: &std::path::Path| {
+        let s = p.as_os_str().as_encoded_bytes();
+        s.strip_suffix(b" (deleted)".as_slice())
+            .unwrap_or(s)
+            .to_vec()
+    };
+    now == before || strip(now) == strip(before)
+}
+
 /// What changed since the previous scan.
 #[derive(Debug, Default)]
 pub struct Changes {
@@ -317,7 +328,9 @@ impl Tracker {
         let pending = &mut self.pending_exec;
         self.selected.retain(|pid, (start, exe)| {
             let now = alive.get(pid);
-            if now == Some(&(*start, exe.as_path())) {
+            // A binary replaced on disk shows as `<path> (deleted)` in the processes still
+            // running it: the same process, the same file, nothing to re-attach.
+            if now.is_some_and(|(s, e)| s == start && same_exe(e, exe)) {
                 pending.remove(pid);
                 return true;
             }
@@ -534,6 +547,23 @@ mod tests {
             ..Config::default()
         };
         Selector::new(&config)
+    }
+
+    #[test]
+    fn a_binary_replaced_on_disk_is_not_a_new_process() {
+        let mut t = Tracker::new(selector("9050", None));
+        let first = t.update(vec![proc_(7, "/srv/app", &[9050], 100)]);
+        assert_eq!(first.added.len(), 1);
+        let later = t.update(vec![proc_(7, "/srv/app (deleted)", &[9050], 100)]);
+        assert!(
+            later.added.is_empty() && later.removed.is_empty(),
+            "{later:?}"
+        );
+        // An exec into another file is a change, and so is a reused PID.
+        let exec = t.update(vec![proc_(7, "/srv/other", &[9050], 100)]);
+        assert_eq!((exec.removed.len(), exec.added.len()), (1, 1));
+        let reused = t.update(vec![proc_(7, "/srv/other", &[9050], 555)]);
+        assert_eq!((reused.removed, reused.added.len()), (vec![7], 1));
     }
 
     #[test]

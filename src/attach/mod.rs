@@ -107,11 +107,28 @@ fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, 
         .map_err(|source| AttachError::Program { name, source })
 }
 
+/// `SONDE_RING_BUFFER_SIZE` (bytes; a power of two, at least a page) replaces the 4 MiB the
+/// C program declares: the fault tests fill a small one on purpose.
+fn ring_buffer_size_override() -> Option<u32> {
+    let v = std::env::var("SONDE_RING_BUFFER_SIZE").ok()?;
+    match v.trim().parse::<u32>() {
+        Ok(n) if n.is_power_of_two() && n >= 4096 => Some(n),
+        _ => {
+            tracing::warn!("ignoring SONDE_RING_BUFFER_SIZE={v}: not a power of two >= 4096");
+            None
+        }
+    }
+}
+
 impl Attacher {
     /// Loads the programs into the kernel (verifier included); attaches nothing yet.
     pub fn load() -> Result<Self, AttachError> {
         crate::kernel::raise_memlock();
-        let mut ebpf = Ebpf::load(SONDE_BPF)?;
+        let mut loader = aya::EbpfLoader::new();
+        if let Some(size) = ring_buffer_size_override() {
+            loader.map_max_entries("events", size);
+        }
+        let mut ebpf = loader.load(SONDE_BPF)?;
         for name in PROGRAMS {
             uprobe(&mut ebpf, name)?
                 .load()

@@ -98,27 +98,40 @@ fn connect() -> Result<Docker, DockerError> {
 
 async fn inspect(docker: &Docker, id: &str) -> Result<(ContainerInfo, ProgramParts), DockerError> {
     let c = docker.inspect_container(id, None).await?;
-    let config = c.config.unwrap_or_default();
-    let parts = ProgramParts {
+    let parts = program_parts(&c);
+    Ok((container_info(c, id), parts))
+}
+
+/// Where a container's program is and how the runtime will look it up, from its inspect.
+fn program_parts(c: &bollard::models::ContainerInspectResponse) -> ProgramParts {
+    let env = c.config.as_ref().and_then(|c| c.env.as_ref());
+    ProgramParts {
         layers: c
             .graph_driver
+            .as_ref()
             .map(|g| overlay_layers(&g.data))
             .unwrap_or_default(),
-        program: c.path.unwrap_or_default(),
-        path_env: config
-            .env
-            .iter()
+        program: c.path.clone().unwrap_or_default(),
+        path_env: env
+            .into_iter()
             .flatten()
             .find_map(|e| e.strip_prefix("PATH="))
             .unwrap_or("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
             .to_string(),
-        cwd: config
-            .working_dir
-            .clone()
+        cwd: c
+            .config
+            .as_ref()
+            .and_then(|c| c.working_dir.clone())
             .filter(|w| !w.is_empty())
             .unwrap_or_else(|| "/".into()),
-    };
-    let info = ContainerInfo {
+    }
+}
+
+/// What sonde keeps of the daemon's answer to `GET /containers/{id}/json`; every field may be
+/// missing.
+pub fn container_info(c: bollard::models::ContainerInspectResponse, id: &str) -> ContainerInfo {
+    let config = c.config.unwrap_or_default();
+    ContainerInfo {
         id: c.id.unwrap_or_else(|| id.to_string()),
         name: c
             .name
@@ -127,8 +140,7 @@ async fn inspect(docker: &Docker, id: &str) -> Result<(ContainerInfo, ProgramPar
             .to_string(),
         image: config.image.unwrap_or_default(),
         labels: config.labels.unwrap_or_default(),
-    };
-    Ok((info, parts))
+    }
 }
 
 struct ProgramParts {
@@ -289,13 +301,32 @@ fn running_count(running: &[bool]) -> usize {
     running.iter().filter(|r| **r).count()
 }
 
+/// The 12-character form of an id, for logs. By characters: the id comes from the daemon's
+/// answer, and a byte index could split a character.
 fn short(id: &str) -> &str {
-    &id[..id.len().min(12)]
+    id.char_indices().nth(12).map_or(id, |(i, _)| &id[..i])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn short_ids_never_split_a_character() {
+        assert_eq!(short("d1509364266dc6edab"), "d1509364266d");
+        assert_eq!(short("abc"), "abc");
+        assert_eq!(short("ééééééééééééé"), "éééééééééééé");
+    }
+
+    #[test]
+    fn missing_fields_are_empty() {
+        let c: bollard::models::ContainerInspectResponse =
+            serde_json::from_str(r#"{"Name":"/web","Config":{"Labels":{"a":"b"}}}"#).unwrap();
+        let info = container_info(c, "abc");
+        assert_eq!(info.id, "abc");
+        assert_eq!(info.name, "web");
+        assert_eq!(info.labels.get("a").map(String::as_str), Some("b"));
+    }
 
     #[test]
     fn create_event_attributes_give_labels_name_and_image() {

@@ -94,7 +94,11 @@ fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
 }
 
 pub fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 22 (start time) of a `/proc/<pid>/stat` line.
+pub fn parse_start_time(stat: &str) -> Option<u64> {
     // The command name may contain spaces and parentheses: fields start after the last ')'.
     let rest = &stat[stat.rfind(')')? + 1..];
     rest.split_whitespace().nth(19)?.parse().ok()
@@ -138,7 +142,7 @@ fn listening_sockets(pid: u32) -> HashMap<u64, u16> {
 }
 
 /// Parses /proc/net/tcp{,6} lines; state 0A is LISTEN.
-fn parse_listening(text: &str, map: &mut HashMap<u64, u16>) {
+pub fn parse_listening(text: &str, map: &mut HashMap<u64, u16>) {
     for line in text.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
         if f.len() < 10 || f[3] != "0A" {
@@ -161,6 +165,11 @@ pub fn otel_env(pid: u32) -> (Option<String>, Option<String>) {
         // Bounded: an environment is small, a hostile one must not cost us memory.
         let _ = f.take(256 * 1024).read_to_end(&mut buf);
     }
+    parse_otel_env(&buf)
+}
+
+/// `OTEL_SERVICE_NAME` / `OTEL_SERVICE_NAMESPACE` from the bytes of `/proc/<pid>/environ`.
+pub fn parse_otel_env(buf: &[u8]) -> (Option<String>, Option<String>) {
     let mut name = None;
     let mut namespace = None;
     for var in buf.split(|&b| b == 0) {

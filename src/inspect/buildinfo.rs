@@ -39,13 +39,15 @@ pub fn read(data: &[u8], elf: &ElfLayout) -> Result<Option<BuildInfo>, InspectEr
         )));
     }
     let (version_string, modinfo) = if flags & FLAG_INLINE != 0 {
-        let mut at = vaddr + HEADER_LEN as u64;
+        let mut at = vaddr
+            .checked_add(HEADER_LEN as u64)
+            .ok_or_else(|| InspectError::Malformed("build info at the end of memory".into()))?;
         let v = inline_string(data, elf, &mut at)?;
         let m = inline_string(data, elf, &mut at).unwrap_or_default();
         (v, m)
     } else {
-        let v = pointer_string(data, elf, vaddr + 16)?;
-        let m = pointer_string(data, elf, vaddr + 24).unwrap_or_default();
+        let v = pointer_string(data, elf, vaddr.wrapping_add(16))?;
+        let m = pointer_string(data, elf, vaddr.wrapping_add(24)).unwrap_or_default();
         (v, m)
     };
     let version = GoVersion::parse(&version_string).ok_or_else(|| {
@@ -81,7 +83,7 @@ fn scan(data: &[u8], offset: u64, size: u64, vaddr: u64) -> Option<u64> {
     (first..bytes.len())
         .step_by(ALIGN as usize)
         .find(|&i| bytes[i..].starts_with(MAGIC))
-        .map(|i| vaddr + i as u64)
+        .and_then(|i| vaddr.checked_add(i as u64))
 }
 
 fn inline_string(data: &[u8], elf: &ElfLayout, at: &mut u64) -> Result<String, InspectError> {
@@ -94,7 +96,7 @@ fn inline_string(data: &[u8], elf: &ElfLayout, at: &mut u64) -> Result<String, I
             .ok_or_else(bad)?
             .first()
             .ok_or_else(bad)?;
-        *at += 1;
+        *at = at.checked_add(1).ok_or_else(bad)?;
         len |= u64::from(b & 0x7f) << shift;
         if b & 0x80 == 0 {
             break;
@@ -108,7 +110,7 @@ fn inline_string(data: &[u8], elf: &ElfLayout, at: &mut u64) -> Result<String, I
         return Err(bad());
     }
     let bytes = elf.bytes_at(data, *at, len).ok_or_else(bad)?;
-    *at += len;
+    *at = at.checked_add(len).ok_or_else(bad)?;
     Ok(String::from_utf8_lossy(bytes).into_owned())
 }
 
@@ -117,7 +119,9 @@ fn pointer_string(data: &[u8], elf: &ElfLayout, at: u64) -> Result<String, Inspe
     let bad = || InspectError::Malformed("bad build info string pointer".into());
     let hdr = elf.read_ptr(data, at).ok_or_else(bad)?;
     let ptr = elf.read_ptr(data, hdr).ok_or_else(bad)?;
-    let len = elf.read_ptr(data, hdr + 8).ok_or_else(bad)?;
+    let len = elf
+        .read_ptr(data, hdr.checked_add(8).ok_or_else(bad)?)
+        .ok_or_else(bad)?;
     if len > MAX_STRING {
         return Err(bad());
     }

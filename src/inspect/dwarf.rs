@@ -14,6 +14,14 @@ pub enum DwarfError {
     Parse(String),
     #[error("DWARF has no field {0}")]
     MissingField(String),
+    #[error("DWARF section {section} would decompress to {size} bytes (limit {limit})")]
+    TooLarge {
+        section: String,
+        size: u64,
+        limit: u64,
+    },
+    #[error("DWARF walk ran out of time")]
+    Timeout,
 }
 
 impl From<gimli::Error> for DwarfError {
@@ -52,6 +60,9 @@ const RENAMED: &[(&str, &str)] = &[
 
 /// A bound on the entries walked, so a hostile binary cannot keep us here.
 const MAX_ENTRIES: usize = 20_000_000;
+/// A bound on one section's decompressed size: a few KB of zlib can claim gigabytes. Go's
+/// own `.debug_info` is ~10 MB for a large binary.
+pub const MAX_SECTION_SIZE: u64 = 256 << 20;
 
 /// Struct field offsets from the binary's DWARF; `None` when it has no DWARF.
 pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
@@ -84,12 +95,22 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
             name.strip_prefix(".debug_")
                 .and_then(|rest| file.section_by_name(&format!(".zdebug_{rest}")))
         });
-        match section {
-            Some(s) => s
-                .uncompressed_data()
-                .map_err(|e| DwarfError::Parse(format!("{name}: {e}"))),
-            None => Ok(Cow::Borrowed(&[][..])),
+        let Some(s) = section else {
+            return Ok(Cow::Borrowed(&[][..]));
+        };
+        let compressed = s
+            .compressed_data()
+            .map_err(|e| DwarfError::Parse(format!("{name}: {e}")))?;
+        if compressed.uncompressed_size > MAX_SECTION_SIZE {
+            return Err(DwarfError::TooLarge {
+                section: name.to_string(),
+                size: compressed.uncompressed_size,
+                limit: MAX_SECTION_SIZE,
+            });
         }
+        compressed
+            .decompress()
+            .map_err(|e| DwarfError::Parse(format!("{name}: {e}")))
     };
     let owned = gimli::DwarfSections::load(load)?;
     let dwarf = owned.borrow(|s| EndianSlice::new(s, LittleEndian));
@@ -106,6 +127,9 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
             entries_seen += 1;
             if entries_seen > MAX_ENTRIES {
                 return Err(DwarfError::Parse("too many DWARF entries".into()));
+            }
+            if super::budget::check().is_err() {
+                return Err(DwarfError::Timeout);
             }
             let depth = entry.depth();
             if let Some((_, _, d)) = current {

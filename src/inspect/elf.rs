@@ -54,6 +54,8 @@ pub struct ElfLayout {
 
 /// More relocations than this is not a plausible executable.
 const MAX_RELOCS: usize = 16 << 20;
+/// More function symbols than this neither (a large Go binary has ~100 000).
+const MAX_SYMBOLS: usize = 4 << 20;
 
 impl ElfLayout {
     /// Parses an x86-64 ELF64 image.
@@ -106,7 +108,15 @@ impl ElfLayout {
                 size,
             });
         }
-        for sym in file.symbols() {
+        for (n, sym) in file.symbols().enumerate() {
+            if n > MAX_SYMBOLS {
+                return Err(InspectError::Malformed(format!(
+                    "more than {MAX_SYMBOLS} symbols"
+                )));
+            }
+            if n.is_multiple_of(4096) {
+                super::check_budget()?;
+            }
             if sym.kind() != SymbolKind::Text || sym.address() == 0 {
                 continue;
             }
@@ -189,10 +199,11 @@ impl ElfLayout {
     /// `len` file bytes at `vaddr`, all inside one segment.
     pub fn bytes_at<'d>(&self, data: &'d [u8], vaddr: u64, len: u64) -> Option<&'d [u8]> {
         let s = self.segment_of(vaddr)?;
-        if vaddr - s.vaddr + len > s.filesz {
+        let rel = vaddr - s.vaddr;
+        if rel.checked_add(len)? > s.filesz {
             return None;
         }
-        file_slice(data, s.offset + (vaddr - s.vaddr), len)
+        file_slice(data, s.offset.checked_add(rel)?, len)
     }
 
     /// A pointer-sized word at `vaddr`, with the relocation applied when the loader would

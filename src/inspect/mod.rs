@@ -6,6 +6,7 @@
 //! pclntab ([`symbols`], [`pclntab`]), decode their bodies for RET sites ([`ret`]), and take
 //! struct field offsets from DWARF or the built-in table ([`dwarf`], [`offsets_table`]).
 
+pub mod budget;
 pub mod buildinfo;
 pub mod cache;
 pub mod dwarf;
@@ -207,6 +208,8 @@ pub enum InspectError {
     MissingFunction(String),
     #[error("no struct offsets for Go {0}")]
     NoOffsets(GoVersion),
+    #[error("inspection took longer than {0:?}: refused")]
+    Timeout(std::time::Duration),
 }
 
 impl InspectError {
@@ -222,6 +225,7 @@ impl InspectError {
             InspectError::Malformed(_) => "malformed",
             InspectError::MissingFunction(_) => "missing_function",
             InspectError::NoOffsets(_) => "no_offsets",
+            InspectError::Timeout(_) => "timeout",
         }
     }
 
@@ -233,7 +237,8 @@ impl InspectError {
     }
 }
 
-/// Files larger than this are refused rather than read into memory.
+/// Files larger than this are refused rather than read into memory (the largest Go
+/// programs in common use, e.g. kubelet, are ~100 MB).
 pub const MAX_FILE_SIZE: u64 = 512 << 20;
 /// Function bodies larger than this are not decoded (ServeHTTP is a few hundred bytes).
 const MAX_FUNCTION_SIZE: u64 = 16 << 20;
@@ -407,6 +412,9 @@ impl GoBinary {
         match self.object().map(|f| dwarf::offsets(&f)) {
             Ok(Ok(Some(o))) => return Ok((OffsetsSource::Dwarf, o)),
             Ok(Ok(None)) => {}
+            Ok(Err(dwarf::DwarfError::Timeout)) => {
+                return Err(InspectError::Timeout(std::time::Duration::ZERO))
+            }
             Ok(Err(e)) => tracing::warn!(
                 path = %self.path.display(),
                 error = %e,
@@ -462,9 +470,49 @@ impl GoBinary {
     }
 }
 
-/// Turns an executable into a probe plan, or says why it cannot be instrumented.
+/// Turns an executable into a probe plan, or says why it cannot be instrumented, within
+/// [`budget::DEFAULT_TIMEOUT`].
 pub fn inspect(path: &Path) -> Result<ProbePlan, InspectError> {
-    GoBinary::open(path)?.plan()
+    inspect_within(path, budget::DEFAULT_TIMEOUT)
+}
+
+/// As [`inspect`], with a chosen time budget.
+pub fn inspect_within(
+    path: &Path,
+    timeout: std::time::Duration,
+) -> Result<ProbePlan, InspectError> {
+    within(timeout, || GoBinary::open(path)?.plan())
+}
+
+/// Runs an inspection under a time budget; a failure after the deadline is a time-out
+/// (a loop cut short may surface as a missing function).
+fn within(
+    timeout: std::time::Duration,
+    f: impl FnOnce() -> Result<ProbePlan, InspectError>,
+) -> Result<ProbePlan, InspectError> {
+    budget::with_timeout(timeout, || {
+        // A loop cut short may have surfaced as another error, or even as a plan built from
+        // a partial search: past the deadline nothing is trusted.
+        match f() {
+            _ if budget::expired() => Err(InspectError::Timeout(timeout)),
+            r => r,
+        }
+    })
+}
+
+/// As [`inspect_within`], for bytes already in memory (fuzz targets, tests).
+pub fn inspect_bytes(
+    path: PathBuf,
+    data: Vec<u8>,
+    timeout: std::time::Duration,
+) -> Result<ProbePlan, InspectError> {
+    within(timeout, || GoBinary::from_bytes(path, data)?.plan())
+}
+
+/// What every time-budgeted loop returns when the budget is spent (the duration is filled
+/// in by [`inspect_within`]).
+pub(crate) fn check_budget() -> Result<(), InspectError> {
+    budget::check().map_err(|_| InspectError::Timeout(std::time::Duration::ZERO))
 }
 
 /// Human-readable plan, for `sonde inspect`.
@@ -973,3 +1021,6 @@ mod tests {
         );
     }
 }
+
+#[cfg(test)]
+mod hostile_tests;

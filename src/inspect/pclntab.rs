@@ -20,6 +20,9 @@ const MAGIC_GO120: u32 = 0xffff_fff1;
 const MAX_FUNCS: u64 = 4 << 20;
 /// Function names longer than this are not plausible.
 const MAX_NAME: usize = 64 << 10;
+/// Header candidates tried in a section-less scan: each costs a moduledata search, and a
+/// crafted file could hold a magic every 8 bytes. Real binaries have one.
+const MAX_CANDIDATES: usize = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Layout {
@@ -71,6 +74,7 @@ impl Pclntab {
             return Pclntab::at(data, elf, s.offset, s.size, s.addr);
         }
         let mut last_err = None;
+        let mut candidates = 0;
         for seg in &elf.segments {
             if seg.is_executable() {
                 continue;
@@ -80,16 +84,25 @@ impl Pclntab {
             };
             let mut i = ((8 - seg.vaddr % 8) % 8) as usize;
             while i + 8 <= bytes.len() {
+                if i.is_multiple_of(64 << 10) {
+                    super::check_budget()?;
+                }
                 let m = u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
                 if matches!(m, MAGIC_GO116 | MAGIC_GO118 | MAGIC_GO120)
                     && bytes[i + 4..i + 8] == [0, 0, 1, 8]
                 {
+                    candidates += 1;
+                    if candidates > MAX_CANDIDATES {
+                        return Err(InspectError::Malformed(format!(
+                            "more than {MAX_CANDIDATES} pclntab header candidates"
+                        )));
+                    }
                     match Pclntab::at(
                         data,
                         elf,
                         seg.offset + i as u64,
                         seg.filesz - i as u64,
-                        seg.vaddr + i as u64,
+                        seg.vaddr.wrapping_add(i as u64),
                     ) {
                         Ok(t) => return Ok(t),
                         Err(e) => last_err = Some(e),
@@ -154,7 +167,7 @@ impl Pclntab {
                 t.text_start = text;
                 t.text_start_source = TextStartSource::Moduledata;
             } else {
-                let text = elf.read_ptr(data, vaddr + 24).unwrap_or(0);
+                let text = elf.read_ptr(data, vaddr.wrapping_add(24)).unwrap_or(0);
                 if text == 0 {
                     return Err(bad("no text start: runtime.moduledata not found"));
                 }
@@ -165,6 +178,7 @@ impl Pclntab {
         // The table must be sorted; checking it once makes lookups trustworthy.
         let mut prev = 0u64;
         for i in 0..=t.nfunc {
+            super::check_budget()?;
             let e = t
                 .entry(data, elf, i)
                 .ok_or_else(|| bad("truncated function table"))?;
@@ -180,15 +194,19 @@ impl Pclntab {
     /// this header (in the file, or as a RELA addend in PIE binaries).
     fn text_from_moduledata(&self, data: &[u8], elf: &ElfLayout) -> Option<u64> {
         let target = self.header_vaddr;
+        let field = |md: u64, off: u64| elf.read_ptr(data, md.checked_add(off)?);
+        let funcnametab = target.checked_add(self.funcname_off as u64)?;
+        let pclntable = target.checked_add(self.pcln_off as u64)?;
         let check = |md: u64| -> Option<u64> {
-            let ok = elf.read_ptr(data, md + MD_FUNCNAMETAB)? == target + self.funcname_off as u64
-                && elf.read_ptr(data, md + MD_PCLNTABLE)? == target + self.pcln_off as u64
-                && elf.read_ptr(data, md + MD_FTAB)? == target + self.pcln_off as u64;
-            let text = elf.read_ptr(data, md + MD_TEXT)?;
+            let ok = field(md, MD_FUNCNAMETAB)? == funcnametab
+                && field(md, MD_PCLNTABLE)? == pclntable
+                && field(md, MD_FTAB)? == pclntable;
+            let text = field(md, MD_TEXT)?;
             (ok && text != 0 && elf.segment_of(text).is_some_and(|s| s.is_executable()))
                 .then_some(text)
         };
         for (&place, &addend) in &elf.relative {
+            super::check_budget().ok()?;
             if addend == target {
                 if let Some(t) = check(place) {
                     return Some(t);
@@ -200,8 +218,11 @@ impl Pclntab {
             let start = ((8 - seg.vaddr % 8) % 8) as usize;
             let mut i = start;
             while i + 8 <= bytes.len() {
+                if i.is_multiple_of(64 << 10) {
+                    super::check_budget().ok()?;
+                }
                 if read_u64(bytes, i) == Some(target) {
-                    if let Some(t) = check(seg.vaddr + i as u64) {
+                    if let Some(t) = check(seg.vaddr.wrapping_add(i as u64)) {
                         return Some(t);
                     }
                 }
@@ -223,7 +244,7 @@ impl Pclntab {
                 let at = self.pcln_off.checked_add(i.checked_mul(16)?)?;
                 read_u64(t, at)?;
                 // Absolute addresses: PIE binaries keep them in relocations.
-                elf.read_ptr(data, self.header_vaddr + at as u64)
+                elf.read_ptr(data, self.header_vaddr.checked_add(at as u64)?)
             }
             Layout::Go118 => {
                 let at = self.pcln_off.checked_add(i.checked_mul(8)?)?;
@@ -239,7 +260,10 @@ impl Pclntab {
             Layout::Go116 => (16, 8, 8),
             Layout::Go118 => (8, 4, 4),
         };
-        let at = self.pcln_off.checked_add(i.checked_mul(entry_size)?)? + field;
+        let at = self
+            .pcln_off
+            .checked_add(i.checked_mul(entry_size)?)?
+            .checked_add(field)?;
         let funcoff = match self.layout {
             Layout::Go116 => usize::try_from(read_u64(t, at)?).ok()?,
             Layout::Go118 => read_u32(t, at)? as usize,
@@ -258,7 +282,12 @@ impl Pclntab {
     /// Entry and end address of a function, by its full Go name. The end is the next
     /// function's entry, so it includes any alignment padding.
     pub fn find_function(&self, data: &[u8], elf: &ElfLayout, name: &str) -> Option<(u64, u64)> {
-        let i = (0..self.nfunc).find(|&i| self.name(data, i) == Some(name.as_bytes()))?;
+        let i = (0..self.nfunc).find(|&i| {
+            // Out of time: stop looking (the caller reports the function missing, or the
+            // next budget check reports the time-out).
+            super::check_budget().is_err() || self.name(data, i) == Some(name.as_bytes())
+        })?;
+        super::check_budget().ok()?;
         Some((self.entry(data, elf, i)?, self.entry(data, elf, i + 1)?))
     }
 

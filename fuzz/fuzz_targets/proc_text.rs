@@ -1,0 +1,38 @@
+//! The /proc texts discovery reads from every process on the host (a process controls its
+//! own command name, environment and, in a container, much of its cgroup path), and the
+//! small grammars of configuration values. The first byte picks the parser.
+#![no_main]
+
+use std::collections::HashMap;
+
+use libfuzzer_sys::fuzz_target;
+use sonde::discover;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(rest);
+    match which % 6 {
+        0 => {
+            let _ = discover::cgroup::container_id_from_cgroup(&text);
+        }
+        1 => {
+            let _ = discover::parse_start_time(&text);
+        }
+        2 => {
+            let mut m = HashMap::new();
+            discover::parse_listening(&text, &mut m);
+        }
+        3 => {
+            let _ = discover::parse_otel_env(rest);
+        }
+        4 => {
+            let _ = sonde::config::PortSet::parse(&text);
+        }
+        _ => {
+            let (pattern, subject) = text.split_once('\n').unwrap_or((&text, ""));
+            let _ = sonde::config::glob(pattern, subject);
+        }
+    }
+});
