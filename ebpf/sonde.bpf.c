@@ -356,6 +356,9 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
         return;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     struct inflight v = {.start_ns = bpf_ktime_get_ns(), .req = req, .rw_data = rw_data};
+    /* Metrics only: ids and the header scan would cost every request for nothing. */
+    if (off->map_layout == SONDE_NO_TRACES)
+        goto store;
     random_words((__u32 *)v.trace.span_id, 2);
     struct inflight *parent = parent_map ? bpf_map_lookup_elem(parent_map, &key) : NULL;
     /* start_ns 0: that request is over (its slot stays for reuse), it is no parent. */
@@ -380,6 +383,7 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
      * of deleting it): storing into it costs ~200 ns less per request here than an LRU update
      * plus a delete (bench/NOTES.md). Go reuses goroutines, so the slots in use stay about as
      * many as the goroutines that serve at once. */
+store:;
     struct inflight *cur = bpf_map_lookup_elem(inflight_map, &key);
     if (cur)
         *cur = v;

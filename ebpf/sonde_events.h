@@ -45,6 +45,7 @@ struct go_offsets {
 
 #define SONDE_MAP_BUCKETS 0 /* Go < 1.24: hmap and buckets of 8 */
 #define SONDE_MAP_SWISS 1   /* Go >= 1.24: swiss tables */
+#define SONDE_NO_TRACES 2   /* traces are not exported: make no ids, read no headers */
 
 /* One HTTP request, served (SERVER) or made (CLIENT). For a client call, `remote` is the
  * URL's host[:port], `response_written` the response's Content-Length (-1 unknown). */

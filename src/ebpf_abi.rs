@@ -21,6 +21,8 @@ pub const FLAG_HTTPS: u8 = 0x8;
 pub const FLAG_REMOTE_PARENT: u8 = 0x10;
 pub const MAP_BUCKETS: u32 = 0;
 pub const MAP_SWISS: u32 = 1;
+/// Traces are not exported: the kernel makes no span ids and reads no headers.
+pub const NO_TRACES: u32 = 2;
 
 /// `struct go_offsets`: the value of the PID filter map.
 #[repr(C)]

@@ -258,6 +258,10 @@ impl Attacher {
         if plan.go_version >= crate::inspect::GoVersion::new(1, 24, 0) {
             offsets.map_layout = crate::ebpf_abi::MAP_SWISS;
         }
+        // The goroutine probes are on exactly when traces are exported.
+        if !self.goroutine_probes {
+            offsets.map_layout = crate::ebpf_abi::NO_TRACES;
+        }
         if let Err(source) = self.pid_filter().and_then(|mut m| {
             m.insert(pid, offsets, 0)
                 .map_err(|source| AttachError::Map {
