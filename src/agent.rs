@@ -315,7 +315,8 @@ fn watch_launches(
 /// cached when the container starts (inspection takes tens of milliseconds; runc's wait
 /// before the exec is not much longer).
 fn read_ahead(plans: &PlanCache, hint: &ProgramHint) {
-    for layer in &hint.layers {
+    for layer in hint.layers.iter().map(crate::discover::bundle::on_host) {
+        let layer = &layer;
         let Some(exe) =
             crate::discover::bundle::find_program(layer, &hint.program, &hint.path_env, &hint.cwd)
         else {

@@ -71,19 +71,39 @@ pub struct Launch {
 /// The bundle directory of a container: its runtime's working directory (runc runs in the
 /// bundle) or one of the well-known places.
 pub fn find_bundle(pid: u32, container_id: &str) -> Result<PathBuf, BundleError> {
-    let mut candidates = Vec::new();
+    // Through the magic link, not its target: sonde may run in a container of its own,
+    // where the host's /run is not mounted.
     if let Some(ppid) = parent_of(pid) {
-        if let Ok(cwd) = std::fs::read_link(format!("/proc/{ppid}/cwd")) {
-            candidates.push(cwd);
+        let cwd = PathBuf::from(format!("/proc/{ppid}/cwd"));
+        let named = std::fs::read_link(&cwd)
+            .is_ok_and(|target| target.file_name().is_some_and(|n| n == container_id));
+        if named && cwd.join("config.json").is_file() {
+            return Ok(cwd);
         }
     }
-    candidates.extend(BUNDLE_ROOTS.iter().map(|r| Path::new(r).join(container_id)));
-    candidates
-        .into_iter()
-        .find(|dir| {
-            dir.file_name().is_some_and(|n| n == container_id) && dir.join("config.json").is_file()
-        })
+    BUNDLE_ROOTS
+        .iter()
+        .map(|r| on_host(Path::new(r).join(container_id)))
+        .find(|dir| dir.join("config.json").is_file())
         .ok_or_else(|| BundleError::NotFound(container_id.to_string()))
+}
+
+/// A path of the host's file system as this process can open it: through `/proc/1/root`
+/// when sonde runs in a mount namespace of its own (a container with the host's PID
+/// namespace), as is otherwise.
+pub fn on_host(path: impl AsRef<Path>) -> PathBuf {
+    let path = path.as_ref();
+    static OWN_MOUNTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let own = *OWN_MOUNTS.get_or_init(|| {
+        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let (me, init) = (ns("self"), ns("1"));
+        me.is_some() && init.is_some() && me != init
+    });
+    if own && path.is_absolute() {
+        Path::new("/proc/1/root").join(path.strip_prefix("/").unwrap_or(path))
+    } else {
+        path.to_path_buf()
+    }
 }
 
 fn parent_of(pid: u32) -> Option<u32> {
@@ -108,8 +128,12 @@ pub fn launch_of(bundle: &Path) -> Result<Launch, BundleError> {
     let process = config.process.ok_or(BundleError::NoProgram)?;
     let program = process.args.first().ok_or(BundleError::NoProgram)?;
     let root = config.root.ok_or(BundleError::NoProgram)?.path;
-    // A relative root is relative to the bundle.
-    let root = bundle.join(root);
+    // A relative root is relative to the bundle; an absolute one is the host's.
+    let root = if Path::new(&root).is_absolute() {
+        on_host(&root)
+    } else {
+        bundle.join(root)
+    };
     let path_env = process
         .env
         .iter()
