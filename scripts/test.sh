@@ -17,6 +17,6 @@ bash scripts/build-grpc-targets.sh target/go-targets | tail -n 3
 echo "== unit tests"
 cargo test --lib --bins --quiet
 echo "== integration tests (one at a time: they load BPF and bind ports)"
-SONDE_REQUIRE_INTEGRATION=1 cargo test --test '*' -- --test-threads=1
+SONDE_REQUIRE_INTEGRATION=1 cargo test --no-fail-fast --test '*' -- --test-threads=1
 echo "== fuzz smoke (every target in fuzz/, a few seconds each)"
 bash scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-10}"

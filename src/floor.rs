@@ -53,7 +53,12 @@ impl Floor {
             .try_into()?;
         program.load()?;
         let mut uprobes = 0;
-        for probe in &plan.probes {
+        // What sonde attaches in metrics-only mode: the goroutine-start probe is for traces.
+        let probes = plan
+            .probes
+            .iter()
+            .filter(|p| p.role != crate::inspect::ProbeRole::GoroutineStart);
+        for probe in probes {
             for &offset in probe.ret_offsets.iter().chain([&probe.entry_offset]) {
                 program.attach(UProbeAttachLocation::AbsoluteOffset(offset), &target, scope)?;
                 uprobes += 1;
