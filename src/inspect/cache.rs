@@ -1,10 +1,10 @@
 //! Probe plans cached per file identity, so N processes of one binary are inspected once
 //! and an unsupported binary is reported once. Errors are cached too.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use super::{inspect, InspectError, ProbePlan};
 
@@ -41,6 +41,8 @@ pub type CachedPlan = Result<Arc<ProbePlan>, InspectError>;
 #[derive(Debug)]
 pub struct PlanCache {
     inner: Mutex<Inner>,
+    /// Signalled when an inspection ends.
+    inspected: Condvar,
     capacity: usize,
 }
 
@@ -48,6 +50,22 @@ pub struct PlanCache {
 struct Inner {
     map: HashMap<FileKey, (u64, CachedPlan)>,
     seq: u64,
+    /// Files being inspected right now: the containers of one image start together, and one
+    /// inspection must serve them all.
+    inspecting: HashSet<FileKey>,
+}
+
+/// Ends an inspection in flight, even if it unwinds.
+struct InFlight<'a> {
+    cache: &'a PlanCache,
+    key: FileKey,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.cache.lock().inspecting.remove(&self.key);
+        self.cache.inspected.notify_all();
+    }
 }
 
 /// Distinct binaries remembered; far more than a host runs.
@@ -67,8 +85,13 @@ impl PlanCache {
     pub fn with_capacity(capacity: usize) -> PlanCache {
         PlanCache {
             inner: Mutex::new(Inner::default()),
+            inspected: Condvar::new(),
             capacity: capacity.max(1),
         }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The plan for the file at `path`, inspecting it on a miss. `Err` only when the file
@@ -79,11 +102,35 @@ impl PlanCache {
     /// own path (`/proc/<pid>/exe`), not by `plan.path`.
     pub fn get_or_inspect(&self, path: &Path) -> Result<(FileKey, CachedPlan, bool), InspectError> {
         let key = FileKey::of(path)?;
-        if let Some(p) = self.lookup(&key) {
-            return Ok((key, p, false));
+        {
+            let mut inner = self.lock();
+            loop {
+                if let Some((_, p)) = inner.map.get(&key) {
+                    return Ok((key, p.clone(), false));
+                }
+                if !inner.inspecting.contains(&key) {
+                    break;
+                }
+                // Another thread reads this very file: wait for its answer.
+                inner = self
+                    .inspected
+                    .wait(inner)
+                    .unwrap_or_else(|e| e.into_inner());
+            }
+            inner.inspecting.insert(key);
         }
+        let _in_flight = InFlight { cache: self, key };
         // Inspect without holding the lock: it reads the whole file.
+        let started = std::time::Instant::now();
         let plan = inspect(path).map(Arc::new);
+        if let Ok(p) = &plan {
+            tracing::info!(
+                "inspected {} (Go {}) in {:.0?}: plan cached for every process running it",
+                path.display(),
+                p.go_version,
+                started.elapsed()
+            );
+        }
         // The file may have been replaced while we read it; only cache if it was not.
         if FileKey::of(path).ok() != Some(key) {
             return Ok((key, plan, true));
@@ -102,12 +149,12 @@ impl PlanCache {
 
     /// A cached result by file identity, without inspecting.
     pub fn lookup(&self, key: &FileKey) -> Option<CachedPlan> {
-        let inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let inner = self.lock();
         inner.map.get(key).map(|(_, p)| p.clone())
     }
 
     pub fn insert(&self, key: FileKey, plan: CachedPlan) {
-        let mut inner = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut inner = self.lock();
         if inner.map.len() >= self.capacity && !inner.map.contains_key(&key) {
             let oldest = inner
                 .map
@@ -183,6 +230,33 @@ mod tests {
         assert!(cache.lookup(&k1).is_none());
 
         assert!(cache.get_or_inspect(&dir.join("missing")).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn threads_asking_for_one_file_at_once_share_one_inspection() {
+        let dir = std::env::temp_dir().join(format!("sonde-cache-race-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // Large enough that reading it takes a while, so the threads overlap.
+        let f = dir.join("big");
+        std::fs::write(&f, vec![0u8; 32 << 20]).unwrap();
+        let cache = PlanCache::new();
+        let start = std::sync::Barrier::new(8);
+        let fresh: usize = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    s.spawn(|| {
+                        start.wait();
+                        cache.get_or_inspect(&f).unwrap().2
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| usize::from(h.join().unwrap()))
+                .sum()
+        });
+        assert_eq!(fresh, 1, "the file was inspected {fresh} times");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
