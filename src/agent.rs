@@ -435,17 +435,22 @@ fn instrument_launch(
                 );
             }
             tracker.adopt(pid, start_time, launch.exe);
-            if let Some(name) = &identity.container_name {
-                exporter.revive_container(name);
-            }
-            identities
-                .write()
-                .unwrap_or_else(|p| p.into_inner())
-                .live
-                .insert(pid, Arc::new(identity));
+            register(identities, exporter, pid, identity);
         }
         Err(e) => tracing::debug!("attaching before the exec of pid {pid}: {e}"),
     }
+}
+
+/// Names an instrumented process for the collector (and revives its container's series).
+fn register(identities: &RwLock<Identities>, exporter: &Exporter, pid: u32, identity: Identity) {
+    if let Some(name) = &identity.container_name {
+        exporter.revive_container(name);
+    }
+    identities
+        .write()
+        .unwrap_or_else(|p| p.into_inner())
+        .live
+        .insert(pid, Arc::new(identity));
 }
 
 /// CLOCK_MONOTONIC, the clock of `bpf_ktime_get_ns`.
@@ -600,14 +605,7 @@ fn discovery_loop(
                                 process.exe.display(),
                                 identity.service_name
                             );
-                            if let Some(name) = &identity.container_name {
-                                exporter.revive_container(name);
-                            }
-                            identities
-                                .write()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .live
-                                .insert(pid, Arc::new(identity));
+                            register(&identities, &exporter, pid, identity);
                         }
                         Err(e) => {
                             tracing::warn!("cannot trace pid {pid} through syscalls: {e}");
@@ -653,14 +651,7 @@ fn discovery_loop(
                         plan.go_version,
                         identity.service_name
                     );
-                    if let Some(name) = &identity.container_name {
-                        exporter.revive_container(name);
-                    }
-                    identities
-                        .write()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .live
-                        .insert(pid, Arc::new(identity));
+                    register(&identities, &exporter, pid, identity);
                 }
                 Err(e) if attempts + 1 < ATTACH_ATTEMPTS => {
                     tracing::debug!("attach attempt {} for pid {pid} failed: {e}", attempts + 1);
