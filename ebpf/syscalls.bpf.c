@@ -159,7 +159,9 @@ struct {
 
 struct {
     __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 16 << 20);
+    /* Mapped twice into sonde (the kernel's wrap-around view), all resident: 4 MiB costs
+     * 8 MiB of RSS and holds ~150 ms of a 19k req/s nginx's records, three drain periods. */
+    __uint(max_entries, 4 << 20);
 } sys_events SEC(".maps");
 
 /* Index 0: records dropped because the ring buffer was full. */

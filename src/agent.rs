@@ -142,6 +142,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     unsafe { libc::malloc_trim(0) };
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
     let (tracer, mut sys_reader) = load_syscall_tracer(&config);
+    // Loading it parsed the kernel's BTF again: return those pages too.
+    // SAFETY: malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
     let exporter = Arc::new(Exporter::new(&config));
 
     if let Some(port) = config.prometheus_port {
