@@ -697,3 +697,75 @@ fn first_requests_of_started_and_restarted_containers_are_counted() {
     }
     assert_eq!(before_exec, 2, "{log}");
 }
+
+/// A process added to a running container with `docker exec` belongs to it (same cgroup):
+/// it is instrumented too and its requests carry the container's identity.
+#[test]
+fn processes_added_by_docker_exec_are_measured_under_their_container() {
+    if !require_docker_or_skip("processes_added_by_docker_exec_are_measured_under_their_container")
+    {
+        return;
+    }
+    test_image();
+    let (prom, sonde) = sonde_for_docker(&[]);
+    let (port, extra) = (free_port(), free_port());
+    let c = Container::run(&container_name("exec"), port, &[("sonde.enable", "true")]);
+    assert!(wait_for_port(port, Duration::from_secs(10)));
+    let out = std::process::Command::new("docker")
+        .args(["exec", "-d", &c.id, "/httpserver", "-addr"])
+        .arg(format!("127.0.0.1:{extra}"))
+        .output()
+        .expect("run docker exec");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(wait_for_port(extra, Duration::from_secs(10)));
+    // Two processes of the container now; the exec'd one is found by its cgroup.
+    let labels = [
+        ("container_name", c.name.as_str()),
+        ("http_response_status_code", "202"),
+    ];
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut sent = 0;
+    loop {
+        http("GET", &format!("http://127.0.0.1:{extra}/status/202"), 0);
+        sent += 1;
+        if metric_value(
+            &scrape(prom),
+            "http_server_request_duration_seconds_count",
+            &labels,
+        )
+        .is_some()
+            || Instant::now() > deadline
+        {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    // Once instrumented, every request is counted exactly. Let the requests sent so far
+    // drain (sonde reads the kernel's buffer every 50 ms) before taking the baseline.
+    std::thread::sleep(Duration::from_secs(1));
+    let before = metric_value(
+        &scrape(prom),
+        "http_server_request_duration_seconds_count",
+        &labels,
+    )
+    .unwrap_or_else(|| panic!("the exec'd process was never measured\n{}", sonde.log()));
+    assert!(before >= 1.0 && before <= sent as f64);
+    for _ in 0..5 {
+        http("GET", &format!("http://127.0.0.1:{extra}/status/202"), 0);
+    }
+    assert!(
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &labels,
+            before + 5.0,
+            Duration::from_secs(5)
+        ),
+        "{}",
+        scrape(prom)
+    );
+}
