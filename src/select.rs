@@ -337,7 +337,13 @@ impl Tracker {
             // Until its exec completes, the process shows runc's executable (and, in the
             // middle of the exec, sometimes "/"): not a reason to detach and re-attach,
             // which would lose the very first requests.
-            let waiting = now.is_some_and(|(s, _)| s == start)
+            // A scan taken just before the launch thread adopted it may not list it at all:
+            // it is still there if /proc says so, with the same start time.
+            let same_process = match now {
+                Some((s, _)) => s == start,
+                None => crate::discover::start_time(*pid) == Some(*start),
+            };
+            let waiting = same_process
                 && pending
                     .get(pid)
                     .is_some_and(|since| since.elapsed() < EXEC_DEADLINE);
@@ -585,6 +591,18 @@ mod tests {
         }
         let c = t.update(vec![proc_(20, "/server", &[8080], 7)]);
         assert!(c.added.is_empty() && c.removed.is_empty());
+        // A scan taken before the adoption does not list the process; /proc still has it.
+        let me = std::process::id();
+        let my_start = crate::discover::start_time(me).unwrap();
+        t.adopt(me, my_start, PathBuf::from("/server"));
+        let c = t.update(vec![proc_(20, "/server", &[8080], 7)]);
+        assert!(c.removed.is_empty(), "{c:?}");
+        t.adopt(999_999_999, 7, PathBuf::from("/server"));
+        let c = t.update(vec![proc_(20, "/server", &[8080], 7)]);
+        assert!(
+            c.removed.contains(&999_999_999) && !c.removed.contains(&me),
+            "{c:?}"
+        );
         // Confirmed: from now on an exec is an exec.
         let c = t.update(vec![proc_(20, "/bin/sh", &[], 7)]);
         assert_eq!(c.removed, vec![20]);

@@ -14,7 +14,7 @@ fn sonde_for_docker(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let sonde = spawn_sonde(&refs);
     assert!(
-        sonde.wait_for_log("running containers", Duration::from_secs(10)),
+        sonde.wait_for_log("running containers", Duration::from_secs(30)),
         "sonde did not list containers:\n{}",
         sonde.log()
     );
@@ -457,13 +457,14 @@ fn scaled_replicas_with_container_details() {
     }
 }
 
+/// Closing waits for attaching to be quiet for a second, or at most 60 s (src/attach/reaper.rs).
 fn links_closed(prom: u16) -> bool {
     wait_for_metric(
         prom,
         "sonde_uprobe_links",
         &[],
         0.0,
-        Duration::from_secs(30),
+        Duration::from_secs(75),
     )
 }
 
