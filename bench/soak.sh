@@ -91,6 +91,12 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
         sleep 0.1
     done
     if [ "$ok" = 1 ]; then
+        # sonde may instrument the container before its program runs (at runc's init), so
+        # "instrumented" can come before the port accepts: wait for it, or curls are refused.
+        for _ in $(seq 300); do
+            (exec 3<>"/dev/tcp/127.0.0.1/$CPORT") 2>/dev/null && break
+            sleep 0.01
+        done
         for _ in $(seq "$CHURN_REQUESTS"); do
             curl -s -o /dev/null "http://127.0.0.1:$CPORT/status/200" || true
         done
