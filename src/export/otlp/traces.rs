@@ -153,6 +153,20 @@ pub fn span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
         "http.response.body.size",
         q.response_body_bytes as i64,
     ));
+    let name = format!("{} {}", q.method, r.route);
+    build(q, ids, clock, name, server, attributes, error)
+}
+
+/// The span both kinds of request share the shape of.
+fn build(
+    q: &crate::collect::Request,
+    ids: &SpanIds,
+    clock: &WallClock,
+    name: String,
+    server: bool,
+    attributes: Vec<opentelemetry_proto::tonic::common::v1::KeyValue>,
+    error: bool,
+) -> Span {
     let status = if error {
         Status {
             code: StatusCode::Error as i32,
@@ -167,7 +181,7 @@ pub fn span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
         parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
         // W3C "sampled" (only sampled spans are exported), and whether the parent is remote.
         flags: 0x1 | 0x100 | if ids.remote_parent { 0x200 } else { 0 },
-        name: format!("{} {}", q.method, r.route),
+        name,
         kind: if server {
             SpanKind::Server
         } else {
@@ -197,31 +211,15 @@ fn rpc_span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
         attributes.push(kv_str("server.address", q.server_address.clone()));
         attributes.push(kv_int("server.port", q.server_port.into()));
     }
-    let status = if q.status != 0 {
-        Status {
-            code: StatusCode::Error as i32,
-            message: String::new(),
-        }
-    } else {
-        Status::default()
-    };
-    Span {
-        trace_id: ids.trace_id.to_vec(),
-        span_id: ids.span_id.to_vec(),
-        parent_span_id: ids.parent_span_id.map(|p| p.to_vec()).unwrap_or_default(),
-        flags: 0x1 | 0x100 | if ids.remote_parent { 0x200 } else { 0 },
-        name: q.method.clone(),
-        kind: if server {
-            SpanKind::Server
-        } else {
-            SpanKind::Client
-        } as i32,
-        start_time_unix_nano: clock.unix_ns(q.start_ns),
-        end_time_unix_nano: clock.unix_ns(q.end_ns),
+    build(
+        q,
+        ids,
+        clock,
+        q.method.clone(),
+        server,
         attributes,
-        status: Some(status),
-        ..Default::default()
-    }
+        q.status != 0,
+    )
 }
 
 #[cfg(test)]
