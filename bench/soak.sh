@@ -35,6 +35,8 @@ cleanup() {
     docker rmi -f "$TAG:latest" >/dev/null 2>&1 || true
 }
 trap cleanup EXIT
+# If a command ends the soak early, say which: a silent stop is what hid the bug above.
+trap 'echo "soak.sh: line $LINENO exited $? ($BASH_COMMAND)" >&2' ERR
 
 # The churn image: the same static server, FROM scratch.
 IMG_DIR="$OUT/image"; mkdir -p "$IMG_DIR"
@@ -59,8 +61,11 @@ for _ in $(seq 100); do
 done
 grep -q "instrumented pid" "$OUT/sonde.log" || { cat "$OUT/sonde.log"; exit 1; }
 
-metric() { # name, label filter (grep -F): the sum of matching series
-    curl -s "localhost:$PROM/metrics" | grep "^$1" | grep -F -- "$2" | awk '{s+=$NF} END {print s+0}'
+metric() { # name, label filter (a fixed string): the sum of matching series, 0 if none
+    # One awk, not grep | grep: under pipefail a grep that matches nothing (a series not yet
+    # exported) failed the assignment and set -e ended the whole soak.
+    { curl -s "localhost:$PROM/metrics" || true; } |
+        awk -v n="$1" -v f="$2" 'index($0, n) == 1 && index($0, f) {s += $NF} END {print s + 0}'
 }
 
 echo "soak: ${MINUTES} min, $RATE req/s on :$PORT, container churn, sonde $SONDE (pid $SONDE_PID)"
