@@ -10,7 +10,7 @@ mod support;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,20 +33,7 @@ fn target(oldest: bool) -> GoTarget {
 /// Starts a Go test server with its own `OTEL_SERVICE_NAME`, so its series are told apart
 /// from every other process running the same binary.
 fn spawn_named(path: &Path, port: u16, service: &str) -> ChildGuard {
-    let mut child = Command::new(path)
-        .arg("-addr")
-        .arg(format!("127.0.0.1:{port}"))
-        .env("OTEL_SERVICE_NAME", service)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {}: {e}", path.display()));
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(line.starts_with("listening on"), "{line}");
-    ChildGuard { child }
+    spawn_go_server_with(path, port, &[], &[("OTEL_SERVICE_NAME", service)])
 }
 
 fn sonde_for(ports: &[u16], prom: u16, extra: &[(&str, &str)]) -> SondeGuard {
@@ -66,11 +53,7 @@ fn sonde_for(ports: &[u16], prom: u16, extra: &[(&str, &str)]) -> SondeGuard {
 }
 
 fn wait_instrumented(sonde: &SondeGuard, pid: u32) {
-    assert!(
-        sonde.wait_for_log(&format!("instrumented pid {pid} "), Duration::from_secs(30)),
-        "pid {pid} not instrumented:\n{}",
-        sonde.log()
-    );
+    sonde.expect_instrumented(pid, Duration::from_secs(30));
 }
 
 fn count(prom: u16, service: &str) -> f64 {

@@ -172,11 +172,7 @@ impl Server {
 
 fn wait_instrumented(sonde: &SondeGuard, pids: &[u32]) {
     for pid in pids {
-        assert!(
-            sonde.wait_for_log(&format!("instrumented pid {pid} "), Duration::from_secs(60)),
-            "sonde did not instrument pid {pid}:\n{}",
-            sonde.log()
-        );
+        sonde.expect_instrumented(*pid, Duration::from_secs(60));
     }
 }
 

@@ -10,47 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-/// A persistent HTTP/1.1 connection, as a load generator keeps them.
-struct KeepAlive {
-    reader: std::io::BufReader<std::net::TcpStream>,
-}
-
-impl KeepAlive {
-    fn connect(port: u16) -> Self {
-        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        KeepAlive {
-            reader: std::io::BufReader::new(s),
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: usize) -> (u16, usize) {
-        use std::io::{BufRead, Read, Write};
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Length: {body}\r\n\r\n{}",
-            "b".repeat(body)
-        );
-        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
-        let mut status = 0;
-        let mut len = 0;
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).unwrap();
-            if line.starts_with("HTTP/1.1 ") {
-                status = line[9..12].parse().unwrap();
-            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            } else if line == "\r\n" {
-                break;
-            }
-        }
-        let mut buf = vec![0; len];
-        self.reader.read_exact(&mut buf).unwrap();
-        (status, len)
-    }
-}
-
 /// One request of the fixed mix: method, path, request body bytes.
 const MIX: &[(&str, &str, usize)] = &[
     ("GET", "/status/200?size=10", 0),
@@ -428,7 +387,7 @@ fn concurrent_keepalive_counts_are_exact() {
     let (t, port, _server, prom, sonde) = start_pair(&[], false);
     const CONNS: usize = 100;
     const PER_CONN: usize = 40;
-    let cases = [("200", 2usize), ("404", 4), ("500", 5)];
+    let cases = [("200", 2u64), ("404", 4), ("500", 5)];
     let handles: Vec<_> = (0..CONNS)
         .map(|c| {
             std::thread::spawn(move || {
@@ -481,7 +440,7 @@ fn concurrent_keepalive_counts_are_exact() {
         );
         assert_eq!(
             metric_value(&text, "http_server_response_body_size_bytes_sum", &labels),
-            Some((sent[k] * *size as u64) as f64),
+            Some((sent[k] * *size) as f64),
             "response bytes under status {code}: a status was given to another request"
         );
     }

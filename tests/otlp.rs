@@ -406,11 +406,7 @@ fn start(env: &[(&str, &str)]) -> Setup {
     let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let sonde = spawn_sonde(&refs);
     for pid in [front.pid(), back.pid()] {
-        assert!(
-            sonde.wait_for_log(&format!("instrumented pid {pid} "), Duration::from_secs(30)),
-            "pid {pid} not instrumented:\n{}",
-            sonde.log()
-        );
+        sonde.expect_instrumented(pid, Duration::from_secs(30));
     }
     Setup {
         target,
@@ -954,43 +950,6 @@ fn endpoint_down_for_30s_then_back_resumes_with_bounded_memory() {
     assert!(after < before + 64 * 1024, "{before} kB → {after} kB");
 }
 
-/// A persistent HTTP/1.1 connection, so a load loop does not exhaust local ports.
-struct KeepAlive {
-    reader: std::io::BufReader<std::net::TcpStream>,
-}
-
-impl KeepAlive {
-    fn connect(port: u16) -> Self {
-        let s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        KeepAlive {
-            reader: std::io::BufReader::new(s),
-        }
-    }
-
-    fn get(&mut self, path: &str) -> u16 {
-        use std::io::{BufRead, Read, Write};
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-        self.reader.get_mut().write_all(req.as_bytes()).unwrap();
-        let (mut status, mut len) = (0, 0);
-        let mut line = String::new();
-        loop {
-            line.clear();
-            self.reader.read_line(&mut line).unwrap();
-            if line.starts_with("HTTP/1.1 ") {
-                status = line[9..12].parse().unwrap();
-            } else if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            } else if line == "\r\n" {
-                break;
-            }
-        }
-        let mut buf = vec![0; len];
-        self.reader.read_exact(&mut buf).unwrap();
-        status
-    }
-}
-
 /// One GET with extra headers on its own connection; returns the status.
 fn get_with_headers(port: u16, path: &str, headers: &[(String, String)]) -> u16 {
     use std::io::{Read, Write};
@@ -1046,14 +1005,7 @@ fn incoming_traceparent_joins_the_trace() {
         ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", &endpoint),
     ]);
     for s in &servers {
-        assert!(
-            sonde.wait_for_log(
-                &format!("instrumented pid {} ", s.pid()),
-                Duration::from_secs(30)
-            ),
-            "{}",
-            sonde.log()
-        );
+        sonde.expect_instrumented(s.pid(), Duration::from_secs(30));
     }
     let upstream = free_port();
     let mut sent = Vec::new();

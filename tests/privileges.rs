@@ -111,14 +111,7 @@ fn measures_a_go_server_with_the_minimal_capabilities() {
             ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
         ],
     );
-    assert!(
-        sonde.wait_for_log(
-            &format!("instrumented pid {} ", server.pid()),
-            Duration::from_secs(30)
-        ),
-        "{}",
-        sonde.log()
-    );
+    sonde.expect_instrumented(server.pid(), Duration::from_secs(30));
     for _ in 0..3 {
         http("GET", &format!("http://127.0.0.1:{port}/status/201"), 0);
     }
@@ -206,14 +199,7 @@ fn query_strings_and_credentials_never_reach_metrics_traces_or_logs() {
             ("SONDE_LOG_LEVEL", "debug"),
         ],
     );
-    assert!(
-        sonde.wait_for_log(
-            &format!("instrumented pid {} ", server.pid()),
-            Duration::from_secs(30)
-        ),
-        "{}",
-        sonde.log()
-    );
+    sonde.expect_instrumented(server.pid(), Duration::from_secs(30));
     use std::io::{Read, Write};
     for _ in 0..2 {
         let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();

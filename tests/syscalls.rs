@@ -9,8 +9,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -182,75 +180,6 @@ fn assert_tally(prom: u16, side: &str, service: &str, extra: &[(&str, &str)], ta
             Some(resp as f64),
             "{what}: response body bytes\n{text}"
         );
-    }
-}
-
-/// A keep-alive HTTP/1.1 connection that reads Content-Length and chunked responses.
-struct KeepAlive {
-    reader: BufReader<TcpStream>,
-}
-
-impl KeepAlive {
-    fn connect(port: u16) -> Self {
-        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        KeepAlive {
-            reader: BufReader::new(s),
-        }
-    }
-
-    fn send(&mut self, raw: &[u8]) {
-        self.reader.get_mut().write_all(raw).unwrap();
-    }
-
-    fn line(&mut self) -> String {
-        let mut l = String::new();
-        self.reader.read_line(&mut l).unwrap();
-        l
-    }
-
-    /// Reads one response; returns (status, body bytes).
-    fn response(&mut self, head_request: bool) -> (u16, u64) {
-        let status: u16 = self.line()[9..12].parse().unwrap();
-        let (mut len, mut chunked) = (0u64, false);
-        loop {
-            let l = self.line();
-            let lower = l.to_ascii_lowercase();
-            if let Some(v) = lower.strip_prefix("content-length:") {
-                len = v.trim().parse().unwrap();
-            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
-                chunked = true;
-            } else if l == "\r\n" {
-                break;
-            }
-        }
-        if head_request {
-            return (status, 0);
-        }
-        if !chunked {
-            let mut body = vec![0; len as usize];
-            self.reader.read_exact(&mut body).unwrap();
-            return (status, len);
-        }
-        let mut total = 0;
-        loop {
-            let size = u64::from_str_radix(self.line().trim(), 16).unwrap();
-            let mut chunk = vec![0; size as usize + 2];
-            self.reader.read_exact(&mut chunk).unwrap();
-            if size == 0 {
-                return (status, total);
-            }
-            total += size;
-        }
-    }
-
-    fn request(&mut self, method: &str, path: &str, body: usize) -> (u16, u64) {
-        let req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {body}\r\n\r\n{}",
-            "b".repeat(body)
-        );
-        self.send(req.as_bytes());
-        self.response(method == "HEAD")
     }
 }
 
@@ -459,11 +388,7 @@ fn python_http_server_and_a_go_server_counted_once() {
         ("SONDE_DOCKER", "false"),
     ]);
     wait_traced(&sonde, server.pid());
-    assert!(
-        sonde.wait_for_log(&format!("instrumented pid {} ", go_server.pid()), WAIT),
-        "{}",
-        sonde.log()
-    );
+    sonde.expect_instrumented(go_server.pid(), WAIT);
     let service = service_of(server.pid());
     let mut tally = Tally::default();
     for (method, path, route, body) in [

@@ -135,10 +135,21 @@ pub fn free_port() -> u16 {
 
 /// Starts a Go test server on 127.0.0.1:port and waits until it listens.
 pub fn spawn_go_server(path: &Path, port: u16, tls: bool) -> ChildGuard {
+    spawn_go_server_with(path, port, if tls { &["-tls"] } else { &[] }, &[])
+}
+
+/// The test server with extra arguments and environment (e.g. `OTEL_SERVICE_NAME`); returns
+/// once it prints that it listens.
+pub fn spawn_go_server_with(
+    path: &Path,
+    port: u16,
+    args: &[&str],
+    env: &[(&str, &str)],
+) -> ChildGuard {
     let mut cmd = Command::new(path);
-    cmd.arg("-addr").arg(format!("127.0.0.1:{port}"));
-    if tls {
-        cmd.arg("-tls");
+    cmd.arg("-addr").arg(format!("127.0.0.1:{port}")).args(args);
+    for (k, v) in env {
+        cmd.env(k, v);
     }
     let mut child = cmd
         .stdout(Stdio::piped())
@@ -177,6 +188,15 @@ impl SondeGuard {
             std::thread::sleep(Duration::from_millis(20));
         }
         false
+    }
+
+    /// Fails the test, with sonde's log, unless sonde says it instrumented `pid` in time.
+    pub fn expect_instrumented(&self, pid: u32, timeout: Duration) {
+        assert!(
+            self.wait_for_log(&format!("instrumented pid {pid} "), timeout),
+            "pid {pid} not instrumented within {timeout:?}:\n{}",
+            self.log()
+        );
     }
 
     pub fn pid(&self) -> u32 {
@@ -513,4 +533,79 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(2));
     }
     false
+}
+
+/// A keep-alive HTTP/1.1 connection, as a load generator keeps them (and so a load loop does
+/// not exhaust local ports); reads Content-Length and chunked responses, and can pipeline.
+pub struct KeepAlive {
+    reader: BufReader<TcpStream>,
+}
+
+impl KeepAlive {
+    pub fn connect(port: u16) -> Self {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        KeepAlive {
+            reader: BufReader::new(s),
+        }
+    }
+
+    pub fn send(&mut self, raw: &[u8]) {
+        self.reader.get_mut().write_all(raw).unwrap();
+    }
+
+    fn line(&mut self) -> String {
+        let mut l = String::new();
+        self.reader.read_line(&mut l).unwrap();
+        l
+    }
+
+    /// Reads one response; returns (status, body bytes).
+    pub fn response(&mut self, head_request: bool) -> (u16, u64) {
+        let status: u16 = self.line()[9..12].parse().unwrap();
+        let (mut len, mut chunked) = (0u64, false);
+        loop {
+            let l = self.line();
+            let lower = l.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                len = v.trim().parse().unwrap();
+            } else if lower.starts_with("transfer-encoding:") && lower.contains("chunked") {
+                chunked = true;
+            } else if l == "\r\n" {
+                break;
+            }
+        }
+        if head_request {
+            return (status, 0);
+        }
+        if !chunked {
+            let mut body = vec![0; len as usize];
+            self.reader.read_exact(&mut body).unwrap();
+            return (status, len);
+        }
+        let mut total = 0;
+        loop {
+            let size = u64::from_str_radix(self.line().trim(), 16).unwrap();
+            let mut chunk = vec![0; size as usize + 2];
+            self.reader.read_exact(&mut chunk).unwrap();
+            if size == 0 {
+                return (status, total);
+            }
+            total += size;
+        }
+    }
+
+    pub fn request(&mut self, method: &str, path: &str, body: usize) -> (u16, u64) {
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {body}\r\n\r\n{}",
+            "b".repeat(body)
+        );
+        self.send(req.as_bytes());
+        self.response(method == "HEAD")
+    }
+
+    /// A GET without a body; returns the status.
+    pub fn get(&mut self, path: &str) -> u16 {
+        self.request("GET", path, 0).0
+    }
 }
