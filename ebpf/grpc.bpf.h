@@ -101,6 +101,18 @@ static __always_inline void grpc_remember(void *map, struct inflight_key *key, _
     bpf_map_update_elem(map, key, &v, BPF_ANY);
 }
 
+/* Takes the call remembered under `key` out of `map` (copied first: the slot is gone once
+ * deleted); 0 when there is none. */
+static __always_inline int grpc_take(void *map, struct inflight_key *key, struct grpc_call *out)
+{
+    struct grpc_call *found = bpf_map_lookup_elem(map, key);
+    if (!found)
+        return 0;
+    *out = *found;
+    bpf_map_delete_elem(map, key);
+    return 1;
+}
+
 static __always_inline void copy_go_bytes(char *dst, __u32 cap, __u64 ptr, __u64 len)
 {
     __u64 n = len < cap ? len : cap;
@@ -180,11 +192,9 @@ int grpc_server_return(struct pt_regs *ctx)
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    struct grpc_call *found = bpf_map_lookup_elem(&grpc_server_inflight, &key);
-    if (!found)
+    struct grpc_call v;
+    if (!grpc_take(&grpc_server_inflight, &key, &v))
         return 0;
-    struct grpc_call v = *found;
-    bpf_map_delete_elem(&grpc_server_inflight, &key);
     grpc_emit(off, SONDE_EVENT_RPC_SERVER, pid, key.goroutine, &v, v.status, 0);
     return 0;
 }
@@ -210,11 +220,9 @@ int grpc_client_invoke_return(struct pt_regs *ctx)
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    struct grpc_call *found = bpf_map_lookup_elem(&grpc_client_inflight, &key);
-    if (!found)
+    struct grpc_call v;
+    if (!grpc_take(&grpc_client_inflight, &key, &v))
         return 0;
-    struct grpc_call v = *found;
-    bpf_map_delete_elem(&grpc_client_inflight, &key);
     __u32 status = grpc_error_code(off, ctx->rax, ctx->rbx);
     grpc_emit(off, SONDE_EVENT_RPC_CLIENT, pid, key.goroutine, &v, status, v.obj);
     return 0;
@@ -242,11 +250,9 @@ int grpc_client_stream_return(struct pt_regs *ctx)
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
-    struct grpc_call *found = bpf_map_lookup_elem(&grpc_client_inflight, &key);
-    if (!found)
+    struct grpc_call v;
+    if (!grpc_take(&grpc_client_inflight, &key, &v))
         return 0;
-    struct grpc_call v = *found;
-    bpf_map_delete_elem(&grpc_client_inflight, &key);
     if (ctx->rcx) {
         /* The stream could not be opened (refused connection: UNAVAILABLE). */
         __u32 status = grpc_error_code(off, ctx->rcx, ctx->rdi);
@@ -269,11 +275,9 @@ int grpc_client_stream_finish(struct pt_regs *ctx)
         return 0;
     __u64 cs = ctx->rax;
     struct inflight_key skey = {.pid = pid, .goroutine = cs};
-    struct grpc_call *found = bpf_map_lookup_elem(&grpc_streams_inflight, &skey);
-    if (!found)
+    struct grpc_call v;
+    if (!grpc_take(&grpc_streams_inflight, &skey, &v))
         return 0;
-    struct grpc_call v = *found;
-    bpf_map_delete_elem(&grpc_streams_inflight, &skey);
     /* The end of a stream is io.EOF, not a status error: the transport stream's status,
      * from the server's trailers, is the call's. */
     __u32 status = 0;

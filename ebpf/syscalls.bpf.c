@@ -334,15 +334,25 @@ struct iovec_user {
     __u64 len;
 };
 
+/* Takes this thread's pending syscall (copied first: the slot is gone once deleted); 0 when
+ * there is none. */
+static __always_inline int take_pending(__u64 tid, struct pending *out)
+{
+    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
+    if (!found)
+        return 0;
+    *out = *found;
+    bpf_map_delete_elem(&sys_pending, &tid);
+    return 1;
+}
+
 static __always_inline void data_exit(__s64 ret)
 {
     __u64 tid = bpf_get_current_pid_tgid();
     __u32 pid = tid >> 32;
-    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
-    if (!found)
+    struct pending p;
+    if (!take_pending(tid, &p))
         return;
-    struct pending p = *found;
-    bpf_map_delete_elem(&sys_pending, &tid);
     if (ret <= 0 || (p.op != OP_BUF && p.op != OP_IOV && p.op != OP_COUNT))
         return;
     struct conn_key key = {.pid = pid, .fd = p.fd};
@@ -375,83 +385,61 @@ static __always_inline void data_exit(__s64 ret)
         emit_data(pid, p.fd, c, p.direction, 0, 0, left, 0);
 }
 
+/* A syscall's two tracepoint programs, sys_enter_<name> and sys_exit_<name>, each one
+ * statement on its context `ctx`. */
+#define SYSCALL_PROBES(name, on_enter, on_exit)                                              \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
+    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
+    {                                                                                        \
+        on_enter;                                                                            \
+        return 0;                                                                            \
+    }                                                                                        \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
+    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
+    {                                                                                        \
+        on_exit;                                                                             \
+        return 0;                                                                            \
+    }
+
 /* MSG_PEEK reads leave the bytes in the socket: they are read again. */
 #define MSG_PEEK 2
 
-#define BUF_PROBES(name, direction, flags)                                                   \
-    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
-    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
-    {                                                                                        \
-        if ((flags) & MSG_PEEK)                                                              \
-            return 0;                                                                        \
-        data_enter((__s32)ctx->args[0], OP_BUF, direction, ctx->args[1], 0);                 \
-        return 0;                                                                            \
-    }                                                                                        \
-    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
-    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
-    {                                                                                        \
-        data_exit(ctx->ret);                                                                 \
-        return 0;                                                                            \
-    }
+/* read/recvfrom/write/sendto(fd, buf, ...): one buffer. */
+static __always_inline void buf_enter(struct sys_enter_ctx *ctx, __u8 direction, __u64 flags)
+{
+    if (flags & MSG_PEEK)
+        return;
+    data_enter((__s32)ctx->args[0], OP_BUF, direction, ctx->args[1], 0);
+}
 
-BUF_PROBES(read, SONDE_SYS_DIR_IN, 0)
-BUF_PROBES(recvfrom, SONDE_SYS_DIR_IN, ctx->args[3])
-BUF_PROBES(write, SONDE_SYS_DIR_OUT, 0)
-BUF_PROBES(sendto, SONDE_SYS_DIR_OUT, 0)
+/* readv/writev(fd, iov, iovcnt). */
+static __always_inline void iov_enter(struct sys_enter_ctx *ctx, __u8 direction)
+{
+    data_enter((__s32)ctx->args[0], OP_IOV, direction, ctx->args[1], ctx->args[2]);
+}
 
-#define IOV_PROBES(name, direction)                                                          \
-    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
-    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
-    {                                                                                        \
-        data_enter((__s32)ctx->args[0], OP_IOV, direction, ctx->args[1], ctx->args[2]);      \
-        return 0;                                                                            \
-    }                                                                                        \
-    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
-    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
-    {                                                                                        \
-        data_exit(ctx->ret);                                                                 \
-        return 0;                                                                            \
-    }
+/* recvmsg/sendmsg(fd, msg, flags); struct msghdr: msg_iov at 16, msg_iovlen at 24. */
+static __always_inline void msg_enter(struct sys_enter_ctx *ctx, __u8 direction)
+{
+    __u64 hdr[4] = {};
+    if ((ctx->args[2] & MSG_PEEK) ||
+        bpf_probe_read_user(hdr, sizeof(hdr), (void *)ctx->args[1]) != 0)
+        return;
+    data_enter((__s32)ctx->args[0], OP_IOV, direction, hdr[2], hdr[3]);
+}
 
-IOV_PROBES(readv, SONDE_SYS_DIR_IN)
-IOV_PROBES(writev, SONDE_SYS_DIR_OUT)
-
-/* struct msghdr: msg_iov at 16, msg_iovlen at 24. */
-#define MSG_PROBES(name, direction)                                                          \
-    SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
-    int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
-    {                                                                                        \
-        __u64 hdr[4] = {};                                                                   \
-        if ((ctx->args[2] & MSG_PEEK) ||                                                     \
-            bpf_probe_read_user(hdr, sizeof(hdr), (void *)ctx->args[1]) != 0)                \
-            return 0;                                                                        \
-        data_enter((__s32)ctx->args[0], OP_IOV, direction, hdr[2], hdr[3]);                  \
-        return 0;                                                                            \
-    }                                                                                        \
-    SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
-    int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
-    {                                                                                        \
-        data_exit(ctx->ret);                                                                 \
-        return 0;                                                                            \
-    }
-
-MSG_PROBES(recvmsg, SONDE_SYS_DIR_IN)
-MSG_PROBES(sendmsg, SONDE_SYS_DIR_OUT)
+SYSCALL_PROBES(read, buf_enter(ctx, SONDE_SYS_DIR_IN, 0), data_exit(ctx->ret))
+SYSCALL_PROBES(recvfrom, buf_enter(ctx, SONDE_SYS_DIR_IN, ctx->args[3]), data_exit(ctx->ret))
+SYSCALL_PROBES(write, buf_enter(ctx, SONDE_SYS_DIR_OUT, 0), data_exit(ctx->ret))
+SYSCALL_PROBES(sendto, buf_enter(ctx, SONDE_SYS_DIR_OUT, 0), data_exit(ctx->ret))
+SYSCALL_PROBES(readv, iov_enter(ctx, SONDE_SYS_DIR_IN), data_exit(ctx->ret))
+SYSCALL_PROBES(writev, iov_enter(ctx, SONDE_SYS_DIR_OUT), data_exit(ctx->ret))
+SYSCALL_PROBES(recvmsg, msg_enter(ctx, SONDE_SYS_DIR_IN), data_exit(ctx->ret))
+SYSCALL_PROBES(sendmsg, msg_enter(ctx, SONDE_SYS_DIR_OUT), data_exit(ctx->ret))
 
 /* sendfile(out_fd, in_fd, offset, count): a file's bytes sent as a body; counted only. */
-SEC("tracepoint/syscalls/sys_enter_sendfile64")
-int sys_enter_sendfile64(struct sys_enter_ctx *ctx)
-{
-    data_enter((__s32)ctx->args[0], OP_COUNT, SONDE_SYS_DIR_OUT, 0, 0);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_sendfile64")
-int sys_exit_sendfile64(struct sys_exit_ctx *ctx)
-{
-    data_exit(ctx->ret);
-    return 0;
-}
+SYSCALL_PROBES(sendfile64, data_enter((__s32)ctx->args[0], OP_COUNT, SONDE_SYS_DIR_OUT, 0, 0),
+               data_exit(ctx->ret))
 
 static __always_inline void accept_enter(struct sys_enter_ctx *ctx)
 {
@@ -466,11 +454,9 @@ static __always_inline void accept_exit(struct sys_exit_ctx *ctx)
 {
     __u64 tid = bpf_get_current_pid_tgid();
     __u32 pid = tid >> 32;
-    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
-    if (!found)
+    struct pending p;
+    if (!take_pending(tid, &p))
         return;
-    struct pending p = *found;
-    bpf_map_delete_elem(&sys_pending, &tid);
     if (p.op != OP_ACCEPT || ctx->ret < 0)
         return;
     __s32 fd = (__s32)ctx->ret;
@@ -483,33 +469,8 @@ static __always_inline void accept_exit(struct sys_exit_ctx *ctx)
     emit_conn(SONDE_SYS_OPEN, pid, fd, SONDE_SYS_ROLE_SERVER, family, port, addr);
 }
 
-SEC("tracepoint/syscalls/sys_enter_accept")
-int sys_enter_accept(struct sys_enter_ctx *ctx)
-{
-    accept_enter(ctx);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept")
-int sys_exit_accept(struct sys_exit_ctx *ctx)
-{
-    accept_exit(ctx);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_enter_accept4")
-int sys_enter_accept4(struct sys_enter_ctx *ctx)
-{
-    accept_enter(ctx);
-    return 0;
-}
-
-SEC("tracepoint/syscalls/sys_exit_accept4")
-int sys_exit_accept4(struct sys_exit_ctx *ctx)
-{
-    accept_exit(ctx);
-    return 0;
-}
+SYSCALL_PROBES(accept, accept_enter(ctx), accept_exit(ctx))
+SYSCALL_PROBES(accept4, accept_enter(ctx), accept_exit(ctx))
 
 /* connect(fd, addr, len): only IPv4/IPv6 peers become client connections (not Unix sockets
  * or netlink). A non-blocking connect returns -EINPROGRESS and completes later. */
@@ -532,11 +493,9 @@ int sys_exit_connect(struct sys_exit_ctx *ctx)
 {
     __u64 tid = bpf_get_current_pid_tgid();
     __u32 pid = tid >> 32;
-    struct pending *found = bpf_map_lookup_elem(&sys_pending, &tid);
-    if (!found)
+    struct pending p;
+    if (!take_pending(tid, &p))
         return 0;
-    struct pending p = *found;
-    bpf_map_delete_elem(&sys_pending, &tid);
     if (p.op != OP_CONNECT || (ctx->ret != 0 && ctx->ret != -EINPROGRESS))
         return 0;
     struct conn_key key = {.pid = pid, .fd = p.fd};
