@@ -43,6 +43,26 @@ if [ -n "$GO_BIN" ] && command -v objcopy >/dev/null; then
     objcopy -O binary --only-section=.gopclntab "$GO_BIN" "$RUNTIME/pclntab/real"
     objcopy -O binary --only-section=.go.buildinfo "$GO_BIN" "$RUNTIME/buildinfo/real"
 fi
+# The dwarf target's layout (see fuzz_targets/dwarf.rs) from an unstripped server's sections,
+# decompressed first (Go 1.20+ compresses them).
+GO_DWARF="$(ls ../target/go-targets/httpserver-1.2[1-9]*-static-plain 2>/dev/null | head -n 1 || true)"
+if [ -n "$GO_DWARF" ] && command -v objcopy >/dev/null; then
+    d="$RUNTIME/dwarf-sections"; mkdir -p "$d" "$RUNTIME/dwarf"
+    objcopy --decompress-debug-sections "$GO_DWARF" "$d/bin"
+    # Non-allocated sections are dumped, not copied with -O binary (that writes nothing);
+    # Go writes its strings inline, so `.debug_str` is often absent.
+    : >"$d/str"
+    for s in abbrev str info; do
+        objcopy --dump-section ".debug_$s=$d/$s" "$d/bin" /dev/null 2>/dev/null || true
+    done
+    python3 - "$d" "$RUNTIME/dwarf/real" <<'PY'
+import struct, sys
+d, out = sys.argv[1], sys.argv[2]
+abbrev, strs, info = (open(f"{d}/{s}", "rb").read() for s in ("abbrev", "str", "info"))
+open(out, "wb").write(struct.pack("<II", len(abbrev), len(strs)) + abbrev + strs + info)
+PY
+    rm -rf "$d"
+fi
 
 failed=0
 for t in $(cargo fuzz list); do

@@ -66,12 +66,99 @@ pub const MAX_SECTION_SIZE: u64 = 256 << 20;
 
 /// Struct field offsets from the binary's DWARF; `None` when it has no DWARF.
 pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
+    let Some(sections) = load_sections(file)? else {
+        return Ok(None);
+    };
+    go_offsets(&walk(&sections, WANTED, RENAMED)?).map(Some)
+}
+
+/// The net/http offsets from raw (uncompressed) sections: what the `dwarf` fuzz target
+/// drives, without an ELF around them.
+pub fn offsets_from_sections(raw: &RawSections) -> Result<GoOffsets, DwarfError> {
+    let sections = gimli::DwarfSections::load(|id| -> Result<Cow<[u8]>, DwarfError> {
+        use gimli::SectionId::*;
+        Ok(Cow::Borrowed(match id {
+            DebugInfo => raw.info,
+            DebugAbbrev => raw.abbrev,
+            DebugStr => raw.str,
+            DebugStrOffsets => raw.str_offsets,
+            DebugLineStr => raw.line_str,
+            DebugAddr => raw.addr,
+            _ => &[],
+        }))
+    })?;
+    go_offsets(&walk(&sections, WANTED, RENAMED)?)
+}
+
+/// The DWARF sections a struct walk reads, as bytes.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct RawSections<'a> {
+    pub info: &'a [u8],
+    pub abbrev: &'a [u8],
+    pub str: &'a [u8],
+    pub str_offsets: &'a [u8],
+    pub line_str: &'a [u8],
+    pub addr: &'a [u8],
+}
+
+fn go_offsets(found: &FieldOffsets) -> Result<GoOffsets, DwarfError> {
+    let get = |s: &str, f: &str| {
+        found
+            .get(&(s.to_string(), f.to_string()))
+            .copied()
+            .ok_or_else(|| DwarfError::MissingField(format!("{s}.{f}")))
+    };
+    // A binary that has DWARF but no net/http (not a web server) has nothing for us.
+    if !found.keys().any(|(s, _)| s == "net/http.Request") {
+        return Err(DwarfError::MissingField("net/http.Request".into()));
+    }
+    Ok(GoOffsets {
+        request_method: get("net/http.Request", "Method")?,
+        request_url: get("net/http.Request", "URL")?,
+        request_content_length: get("net/http.Request", "ContentLength")?,
+        request_remote_addr: get("net/http.Request", "RemoteAddr")?,
+        url_path: get("net/url.URL", "Path")?,
+        response_req: get("net/http.response", "req")?,
+        response_status: get("net/http.response", "status")?,
+        response_written: get("net/http.response", "written")?,
+        h2rw_rws: get("net/http.http2responseWriter", "rws")?,
+        rws_status: get("net/http.http2responseWriterState", "status")?,
+        rws_wrote_bytes: get("net/http.http2responseWriterState", "wroteBytes")?,
+        url_scheme: get("net/url.URL", "Scheme")?,
+        url_host: get("net/url.URL", "Host")?,
+        client_status_code: get("net/http.Response", "StatusCode")?,
+        client_content_length: get("net/http.Response", "ContentLength")?,
+        request_header: get("net/http.Request", "Header")?,
+    })
+}
+
+/// Field offsets by (struct, field).
+pub type FieldOffsets = HashMap<(String, String), u32>;
+
+/// Offsets of the given struct fields, by (struct, field), for the structs the binary's
+/// DWARF describes; `None` when it has no DWARF. Fields it does not have are left out, so
+/// callers can tell layouts of different library versions apart.
+pub fn struct_fields(
+    file: &object::File,
+    wanted: &[(&str, &[&str])],
+) -> Result<Option<FieldOffsets>, DwarfError> {
+    let Some(sections) = load_sections(file)? else {
+        return Ok(None);
+    };
+    walk(&sections, wanted, &[]).map(Some)
+}
+
+type Sections<'a> = gimli::DwarfSections<Cow<'a, [u8]>>;
+
+/// The sections a struct walk needs, decompressed within [`MAX_SECTION_SIZE`] each; `None`
+/// when the binary has no DWARF.
+fn load_sections<'a>(file: &'a object::File) -> Result<Option<Sections<'a>>, DwarfError> {
     if file.section_by_name(".debug_info").is_none()
         && file.section_by_name(".zdebug_info").is_none()
     {
         return Ok(None);
     }
-    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, DwarfError> {
+    let load = |id: gimli::SectionId| -> Result<Cow<'a, [u8]>, DwarfError> {
         // Types and their members need only these; decompressing the line tables, frames
         // and locations too would triple the time and memory of an inspection.
         use gimli::SectionId::*;
@@ -112,10 +199,21 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
             .decompress()
             .map_err(|e| DwarfError::Parse(format!("{name}: {e}")))
     };
-    let owned = gimli::DwarfSections::load(load)?;
-    let dwarf = owned.borrow(|s| EndianSlice::new(s, LittleEndian));
+    Ok(Some(gimli::DwarfSections::load(load)?))
+}
 
-    let mut found: HashMap<(&str, &str), u32> = HashMap::new();
+/// Walks every unit for the `wanted` structs (a struct named like the first of a `renamed`
+/// pair counts as the second) and their members' offsets. Bounded by [`MAX_ENTRIES`] and the
+/// inspection's time budget; stops once every wanted struct has been seen (Go describes each
+/// type once).
+fn walk(
+    sections: &Sections,
+    wanted: &[(&str, &[&str])],
+    renamed: &[(&str, &str)],
+) -> Result<FieldOffsets, DwarfError> {
+    let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
+    let mut found = FieldOffsets::new();
+    let mut seen: Vec<&str> = Vec::new();
     let mut entries_seen = 0usize;
     let mut units = dwarf.units();
     while let Some(header) = units.next()? {
@@ -132,133 +230,6 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
                 return Err(DwarfError::Timeout);
             }
             let depth = entry.depth();
-            if let Some((_, _, d)) = current {
-                if depth <= d {
-                    current = None;
-                }
-            }
-            match entry.tag() {
-                gimli::DW_TAG_structure_type => {
-                    let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
-                        continue;
-                    };
-                    let name = dwarf.attr_string(&unit, name)?;
-                    let name = std::str::from_utf8(name.slice()).unwrap_or("");
-                    let name = RENAMED
-                        .iter()
-                        .find(|(new, _)| *new == name)
-                        .map_or(name, |(_, old)| old);
-                    current = WANTED
-                        .iter()
-                        .find(|(s, _)| *s == name)
-                        .map(|(s, fields)| (*s, *fields, depth));
-                }
-                gimli::DW_TAG_member => {
-                    let Some((strukt, fields, _)) = current else {
-                        continue;
-                    };
-                    let Some(name) = entry.attr_value(gimli::DW_AT_name) else {
-                        continue;
-                    };
-                    let name = dwarf.attr_string(&unit, name)?;
-                    let name = std::str::from_utf8(name.slice()).unwrap_or("");
-                    let Some(field) = fields.iter().find(|f| **f == name) else {
-                        continue;
-                    };
-                    let offset = match entry.attr_value(gimli::DW_AT_data_member_location) {
-                        Some(AttributeValue::Udata(v)) => v,
-                        Some(AttributeValue::Data1(v)) => v.into(),
-                        Some(AttributeValue::Data2(v)) => v.into(),
-                        Some(AttributeValue::Data4(v)) => v.into(),
-                        Some(AttributeValue::Data8(v)) => v,
-                        Some(AttributeValue::Sdata(v)) => v as u64,
-                        _ => continue,
-                    };
-                    if let Ok(offset) = u32::try_from(offset) {
-                        found.insert((strukt, field), offset);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if found.len() == WANTED.iter().map(|(_, f)| f.len()).sum::<usize>() {
-            break;
-        }
-    }
-    let get = |s: &str, f: &str| {
-        found
-            .get(&(s, f))
-            .copied()
-            .ok_or_else(|| DwarfError::MissingField(format!("{s}.{f}")))
-    };
-    // A binary that has DWARF but no net/http (not a web server) has nothing for us.
-    if !found.keys().any(|(s, _)| *s == "net/http.Request") {
-        return Err(DwarfError::MissingField("net/http.Request".into()));
-    }
-    Ok(Some(GoOffsets {
-        request_method: get("net/http.Request", "Method")?,
-        request_url: get("net/http.Request", "URL")?,
-        request_content_length: get("net/http.Request", "ContentLength")?,
-        request_remote_addr: get("net/http.Request", "RemoteAddr")?,
-        url_path: get("net/url.URL", "Path")?,
-        response_req: get("net/http.response", "req")?,
-        response_status: get("net/http.response", "status")?,
-        response_written: get("net/http.response", "written")?,
-        h2rw_rws: get("net/http.http2responseWriter", "rws")?,
-        rws_status: get("net/http.http2responseWriterState", "status")?,
-        rws_wrote_bytes: get("net/http.http2responseWriterState", "wroteBytes")?,
-        url_scheme: get("net/url.URL", "Scheme")?,
-        url_host: get("net/url.URL", "Host")?,
-        client_status_code: get("net/http.Response", "StatusCode")?,
-        client_content_length: get("net/http.Response", "ContentLength")?,
-        request_header: get("net/http.Request", "Header")?,
-    }))
-}
-
-/// Field offsets by (struct, field).
-pub type FieldOffsets = HashMap<(String, String), u32>;
-
-/// Offsets of the given struct fields, by (struct, field), for the structs the binary's
-/// DWARF describes; `None` when it has no DWARF. Fields it does not have are left out, so
-/// callers can tell layouts of different library versions apart.
-pub fn struct_fields(
-    file: &object::File,
-    wanted: &[(&str, &[&str])],
-) -> Result<Option<FieldOffsets>, DwarfError> {
-    if file.section_by_name(".debug_info").is_none()
-        && file.section_by_name(".zdebug_info").is_none()
-    {
-        return Ok(None);
-    }
-    let load = |id: gimli::SectionId| -> Result<Cow<[u8]>, DwarfError> {
-        let name = id.name();
-        let section = file.section_by_name(name).or_else(|| {
-            name.strip_prefix(".debug_")
-                .and_then(|rest| file.section_by_name(&format!(".zdebug_{rest}")))
-        });
-        match section {
-            Some(s) => s
-                .uncompressed_data()
-                .map_err(|e| DwarfError::Parse(format!("{name}: {e}"))),
-            None => Ok(Cow::Borrowed(&[][..])),
-        }
-    };
-    let owned = gimli::DwarfSections::load(load)?;
-    let dwarf = owned.borrow(|s| EndianSlice::new(s, LittleEndian));
-    let mut found = HashMap::new();
-    let mut structs_seen = 0usize;
-    let mut entries_seen = 0usize;
-    let mut units = dwarf.units();
-    while let Some(header) = units.next()? {
-        let unit = dwarf.unit(header)?;
-        let mut cursor = unit.entries();
-        let mut current: Option<(&str, &[&str], isize)> = None;
-        while let Some(entry) = cursor.next_dfs()? {
-            entries_seen += 1;
-            if entries_seen > MAX_ENTRIES {
-                return Err(DwarfError::Parse("too many DWARF entries".into()));
-            }
-            let depth = entry.depth();
             if matches!(current, Some((_, _, d)) if depth <= d) {
                 current = None;
             }
@@ -273,12 +244,18 @@ pub fn struct_fields(
             match entry.tag() {
                 gimli::DW_TAG_structure_type => {
                     let n = name()?;
+                    let n = renamed
+                        .iter()
+                        .find(|(new, _)| *new == n)
+                        .map_or(n, |(_, old)| old);
                     current = wanted
                         .iter()
                         .find(|(s, _)| *s == n)
                         .map(|(s, fields)| (*s, *fields, depth));
-                    if current.is_some() {
-                        structs_seen += 1;
+                    if let Some((s, _, _)) = current {
+                        if !seen.contains(&s) {
+                            seen.push(s);
+                        }
                     }
                 }
                 gimli::DW_TAG_member => {
@@ -305,10 +282,9 @@ pub fn struct_fields(
                 _ => {}
             }
         }
-        // Each struct is described once per binary.
-        if structs_seen >= wanted.len() {
+        if seen.len() >= wanted.len() {
             break;
         }
     }
-    Ok(Some(found))
+    Ok(found)
 }
