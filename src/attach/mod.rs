@@ -13,6 +13,8 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use thiserror::Error;
 
+#[cfg(test)]
+mod harmless_tests;
 pub mod launch;
 mod reaper;
 pub use reaper::Activity;
