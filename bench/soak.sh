@@ -92,7 +92,11 @@ while kill -0 "$LOAD_PID" 2>/dev/null; do
     cpid=$(docker inspect -f '{{.State.Pid}}' "$cid")
     ok=0
     for _ in $(seq 300); do
-        grep -q "instrumented pid $cpid " "$OUT/sonde.log" && { ok=1; break; }
+        # The line must name this container: PIDs wrap within a soak, and an earlier
+        # container's line for the same PID would let the requests go out before the attach.
+        awk -v p="instrumented pid $cpid (" -v s="as service \"$name\"" \
+            'index($0, p) && index($0, s) {f = 1} END {exit !f}' "$OUT/sonde.log" &&
+            { ok=1; break; }
         sleep 0.1
     done
     if [ "$ok" = 1 ]; then
