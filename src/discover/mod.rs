@@ -59,7 +59,17 @@ fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
         let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
             continue;
         };
-        let Some(start_time) = start_time(pid) else {
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // runc's own processes (`runc:[0:PARENT]`, `[1:CHILD]`, `[2:INIT]`) sit in a starting
+        // container's cgroup, so container rules match them; they run runc, not the
+        // container's program, and inspecting runc costs megabytes for a "no HTTP server"
+        // verdict. The init is adopted at its launch (agent.rs) or found once it has exec'd.
+        if command_name(&stat).is_some_and(is_runtime_bootstrap) {
+            continue;
+        }
+        let Some(start_time) = parse_start_time(&stat) else {
             continue;
         };
         let inodes = if ports {
@@ -95,6 +105,16 @@ fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
 
 pub fn start_time(pid: u32) -> Option<u64> {
     parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+/// Field 2 (the command name, `comm`) of a `/proc/<pid>/stat` line.
+pub fn command_name(stat: &str) -> Option<&str> {
+    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
+}
+
+/// A container runtime's process, before the container's program runs.
+pub fn is_runtime_bootstrap(comm: &str) -> bool {
+    comm.starts_with("runc:[")
 }
 
 /// Field 22 (start time) of a `/proc/<pid>/stat` line.
@@ -196,6 +216,39 @@ mod tests {
         parse_listening(text, &mut m);
         assert_eq!(m.get(&12345), Some(&8080));
         assert_eq!(m.get(&999), None);
+    }
+
+    #[test]
+    fn command_names_with_spaces_and_parentheses() {
+        let stat = "42 (runc:[2:INIT]) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
+        assert_eq!(command_name(stat), Some("runc:[2:INIT]"));
+        assert_eq!(parse_start_time(stat), Some(777));
+        assert_eq!(command_name("7 (a (b) c) R 1"), Some("a (b) c"));
+        assert_eq!(command_name("garbage"), None);
+        assert!(is_runtime_bootstrap("runc:[1:CHILD]"));
+        assert!(!is_runtime_bootstrap("runc"));
+        assert!(!is_runtime_bootstrap("httpserver"));
+    }
+
+    #[test]
+    fn runtime_bootstrap_processes_are_not_listed() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let listed = || scan_without_ports().iter().any(|p| p.pid == pid);
+        assert!(listed(), "sleep {pid} not in the scan");
+        // Renaming another process needs ptrace access to it (root, or a lax ptrace scope).
+        if std::fs::write(format!("/proc/{pid}/comm"), "runc:[1:CHILD]").is_ok() {
+            assert!(!listed(), "runc's bootstrap process {pid} was listed");
+            std::fs::write(format!("/proc/{pid}/comm"), "sleep").unwrap();
+            assert!(listed());
+        } else {
+            eprintln!("skipping the rename: cannot write /proc/{pid}/comm");
+        }
+        let _ = child.kill();
+        let _ = child.wait();
     }
 
     #[test]
