@@ -712,16 +712,14 @@ fn processes_added_by_docker_exec_are_measured_under_their_container() {
     let (port, extra) = (free_port(), free_port());
     let c = Container::run(&container_name("exec"), port, &[("sonde.enable", "true")]);
     assert!(wait_for_port(port, Duration::from_secs(10)));
-    let out = std::process::Command::new("docker")
-        .args(["exec", "-d", &c.id, "/httpserver", "-addr"])
-        .arg(format!("127.0.0.1:{extra}"))
-        .output()
-        .expect("run docker exec");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    docker(&[
+        "exec",
+        "-d",
+        &c.id,
+        "/httpserver",
+        "-addr",
+        &format!("127.0.0.1:{extra}"),
+    ]);
     assert!(wait_for_port(extra, Duration::from_secs(10)));
     // Two processes of the container now; the exec'd one is found by its cgroup.
     let labels = [

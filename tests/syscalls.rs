@@ -633,16 +633,6 @@ impl Drop for NginxContainer {
     }
 }
 
-fn docker(args: &[&str]) -> String {
-    let out = Command::new("docker").args(args).output().expect("docker");
-    assert!(
-        out.status.success(),
-        "docker {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// An image holding only the host's nginx, the libraries `ldd` names (its own libssl among
 /// them), a configuration and a certificate: `docker import` of that tree.
 fn nginx_image(dir: &Path, tag: &str, http: u16, https: u16) {

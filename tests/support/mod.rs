@@ -384,7 +384,9 @@ pub fn require_docker_or_skip(test: &str) -> bool {
     true
 }
 
-fn docker(args: &[&str]) -> String {
+/// Runs `docker` with these arguments; fails the test with its stderr unless it succeeds.
+/// Returns its trimmed stdout.
+pub fn docker(args: &[&str]) -> String {
     let out = Command::new("docker")
         .args(args)
         .output()
