@@ -124,6 +124,7 @@ enum sonde_sys_kind {
     SONDE_SYS_DATA = 2,  /* bytes read or written on a connection */
     SONDE_SYS_CLOSE = 3, /* close(fd) of a connection */
     SONDE_SYS_BIND = 4,  /* the SSL object in addr[0..8] runs over this fd */
+    SONDE_SYS_ORPHAN = 5, /* the SSL object in addr[0..8] runs over an untraced socket */
 };
 
 #define SONDE_SYS_ROLE_SERVER 1 /* accepted */

@@ -13,6 +13,8 @@
  * an SSL_read's, and the socket write that follows on the thread an SSL_write's (its
  * plaintext is sent first, unbound, and a BIND record follows).
  * From then on that socket is marked TLS and its encrypted bytes are no longer sent.
+ * What is kept about a socket past one call names its connection too: fds and freed SSL
+ * objects' addresses are both handed out again.
  *
  * Tracepoint arguments are read with the layout of events/syscalls/<name>/format (args at
  * offset 16, ret at 16): no raw-tracepoint ctx->args, which aya's CO-RE mishandles. Nothing
@@ -65,6 +67,16 @@ struct conn {
     __u16 family;
     __u16 port;
     __u16 _pad;
+    /* When it opened: tells this connection from an earlier one on the same fd. */
+    __u64 id;
+};
+
+/* A connection by fd and identity: what is remembered about a socket past the syscall that
+ * named it. The fd alone would name whichever connection holds that number now. */
+struct sock_ref {
+    __s32 fd;
+    __u32 _pad;
+    __u64 conn_id;
 };
 
 /* Known connections. LRU: a close sonde never saw (dup2, close_range, exit) ages out. */
@@ -129,12 +141,13 @@ struct ssl_key {
 };
 
 /* The socket under each SSL object: SSL_read may return buffered plaintext without any
- * syscall. */
+ * syscall. OpenSSL hands a freed SSL object's address to the next one, so an entry holds
+ * only while its connection is open. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 65536);
     __type(key, struct ssl_key);
-    __type(value, __s32);
+    __type(value, struct sock_ref);
 } ssl_fds SEC(".maps");
 
 /* The connection each thread last read from. Runtimes that run OpenSSL over memory BIOs
@@ -144,7 +157,7 @@ struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 16384);
     __type(key, __u64);
-    __type(value, __s32);
+    __type(value, struct sock_ref);
 } last_read_fd SEC(".maps");
 
 /* An SSL object whose SSL_write returned plaintext before its socket was known, by thread:
@@ -178,6 +191,16 @@ struct {
 static __always_inline int selected(__u32 pid)
 {
     return bpf_map_lookup_elem(&sys_pids, &pid) != NULL;
+}
+
+/* The fd `ref` names, if the connection it was taken from is still open on it; -1 if not. */
+static __always_inline __s32 still_open(__u32 pid, const struct sock_ref *ref)
+{
+    if (!ref)
+        return -1;
+    struct conn_key key = {.pid = pid, .fd = ref->fd};
+    struct conn *c = bpf_map_lookup_elem(&conns, &key);
+    return c && c->id == ref->conn_id ? ref->fd : -1;
 }
 
 /* Records are built here and copied into the ring buffer at their used size (a 150-byte
@@ -283,12 +306,13 @@ static __always_inline void emit_conn(__u8 kind, __u32 pid, __s32 fd, __u8 role,
     output(e, 0);
 }
 
-/* The socket under an SSL object whose plaintext was sent unbound. */
-static __always_inline void emit_bind(__u32 pid, __s32 fd, __u8 role, __u64 ssl)
+/* What became of an SSL object whose plaintext was sent unbound: BIND names its socket,
+ * ORPHAN says it has none sonde traces. */
+static __always_inline void emit_ssl(__u8 kind, __u32 pid, __s32 fd, __u8 role, __u64 ssl)
 {
     __u8 addr[16] = {};
     __builtin_memcpy(addr, &ssl, sizeof(ssl));
-    emit_conn(SONDE_SYS_BIND, pid, fd, role, 0, 0, addr);
+    emit_conn(kind, pid, fd, role, 0, 0, addr);
 }
 
 /* Entry of a data syscall: inside an SSL call it only names the SSL object's socket;
@@ -302,8 +326,12 @@ static __always_inline void data_enter(__s32 fd, __u8 op, __u8 direction, __u64 
         return;
     struct conn_key key = {.pid = pid, .fd = fd};
     struct conn *c = bpf_map_lookup_elem(&conns, &key);
-    if (c && direction == SONDE_SYS_DIR_IN)
-        bpf_map_update_elem(&last_read_fd, &tid, &fd, BPF_ANY);
+    if (direction == SONDE_SYS_DIR_IN) {
+        /* Any read, traced socket or not: after a read of a connection older than sonde,
+         * the guess must be "unknown", not the traced connection read before it. */
+        struct sock_ref last = {.fd = fd, .conn_id = c ? c->id : 0};
+        bpf_map_update_elem(&last_read_fd, &tid, &last, BPF_ANY);
+    }
     struct ssl_call *call = bpf_map_lookup_elem(&ssl_calls, &tid);
     if (call) {
         call->fd = fd;
@@ -312,14 +340,23 @@ static __always_inline void data_enter(__s32 fd, __u8 op, __u8 direction, __u64 
             c->tls = 1;
         return;
     }
-    if (c && direction == SONDE_SYS_DIR_OUT) {
-        __u64 *ssl = bpf_map_lookup_elem(&unbound_write, &tid);
-        if (ssl) {
-            struct ssl_key skey = {.pid = pid, .ssl = *ssl};
-            bpf_map_update_elem(&ssl_fds, &skey, &fd, BPF_ANY);
-            c->tls = 1;
-            emit_bind(pid, fd, c->role, *ssl);
+    if (direction == SONDE_SYS_DIR_OUT) {
+        /* The thread's next write after an unbound SSL_write carries its ciphertext. Onto a
+         * socket sonde does not trace (one older than sonde), the plaintext has no home:
+         * dropped, rather than pinned on the next traced connection written. */
+        __u64 *found = bpf_map_lookup_elem(&unbound_write, &tid);
+        if (found) {
+            __u64 ssl = *found;
             bpf_map_delete_elem(&unbound_write, &tid);
+            if (!c) {
+                emit_ssl(SONDE_SYS_ORPHAN, pid, -1, 0, ssl);
+                return;
+            }
+            struct ssl_key skey = {.pid = pid, .ssl = ssl};
+            struct sock_ref ref = {.fd = fd, .conn_id = c->id};
+            bpf_map_update_elem(&ssl_fds, &skey, &ref, BPF_ANY);
+            c->tls = 1;
+            emit_ssl(SONDE_SYS_BIND, pid, fd, c->role, ssl);
             return;
         }
     }
@@ -464,7 +501,8 @@ static __always_inline void accept_exit(struct sys_exit_ctx *ctx)
     __u8 addr[16] = {};
     read_sockaddr(p.ptr, &family, &port, addr);
     struct conn_key key = {.pid = pid, .fd = fd};
-    struct conn c = {.role = SONDE_SYS_ROLE_SERVER, .family = family, .port = port};
+    struct conn c = {
+        .role = SONDE_SYS_ROLE_SERVER, .family = family, .port = port, .id = bpf_ktime_get_ns()};
     bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
     emit_conn(SONDE_SYS_OPEN, pid, fd, SONDE_SYS_ROLE_SERVER, family, port, addr);
 }
@@ -499,7 +537,10 @@ int sys_exit_connect(struct sys_exit_ctx *ctx)
     if (p.op != OP_CONNECT || (ctx->ret != 0 && ctx->ret != -EINPROGRESS))
         return 0;
     struct conn_key key = {.pid = pid, .fd = p.fd};
-    struct conn c = {.role = SONDE_SYS_ROLE_CLIENT, .family = p.family, .port = p.port};
+    struct conn c = {.role = SONDE_SYS_ROLE_CLIENT,
+                     .family = p.family,
+                     .port = p.port,
+                     .id = bpf_ktime_get_ns()};
     bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
     emit_conn(SONDE_SYS_OPEN, pid, p.fd, SONDE_SYS_ROLE_CLIENT, p.family, p.port, p.addr);
     return 0;
@@ -531,15 +572,15 @@ static __always_inline void ssl_enter(__u64 ssl, __u64 buf, __u64 len_ptr, __u8 
         return;
     struct ssl_key key = {.pid = pid, .ssl = ssl};
     __u8 trusted = 1;
-    __s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
-    if (!fd && direction == SONDE_SYS_DIR_IN) {
-        fd = bpf_map_lookup_elem(&last_read_fd, &tid);
+    __s32 fd = still_open(pid, bpf_map_lookup_elem(&ssl_fds, &key));
+    if (fd < 0 && direction == SONDE_SYS_DIR_IN) {
+        fd = still_open(pid, bpf_map_lookup_elem(&last_read_fd, &tid));
         trusted = 0;
     }
     struct ssl_call call = {.ssl = ssl,
                             .buf = buf,
                             .len_ptr = len_ptr,
-                            .fd = fd ? *fd : -1,
+                            .fd = fd,
                             .direction = direction,
                             .trusted = trusted};
     bpf_map_update_elem(&ssl_calls, &tid, &call, BPF_ANY);
@@ -574,12 +615,13 @@ static __always_inline void ssl_exit(__s64 ret)
      * runs the handshake before the thread ever read its own socket. */
     if (!call.trusted && n == 0)
         return;
-    struct ssl_key skey = {.pid = pid, .ssl = call.ssl};
-    bpf_map_update_elem(&ssl_fds, &skey, &call.fd, BPF_ANY);
     struct conn_key key = {.pid = pid, .fd = call.fd};
     struct conn *c = bpf_map_lookup_elem(&conns, &key);
     if (!c)
         return;
+    struct ssl_key skey = {.pid = pid, .ssl = call.ssl};
+    struct sock_ref ref = {.fd = call.fd, .conn_id = c->id};
+    bpf_map_update_elem(&ssl_fds, &skey, &ref, BPF_ANY);
     c->tls = 1;
     if (n > 0)
         emit_data(pid, call.fd, c, call.direction, SONDE_SYS_FLAG_TLS, call.buf, n, 0);

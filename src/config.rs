@@ -19,6 +19,24 @@ pub struct PortSet {
     pub ranges: Vec<(u16, u16)>,
 }
 
+const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
+
+/// A level, or `RUST_LOG`-style directives: `level` or `module::path=level`, comma-separated.
+/// Stricter than `EnvFilter`, which reads a typo such as `inf` as a module name.
+fn is_log_filter(s: &str) -> bool {
+    !s.is_empty()
+        && s.split(',').all(|d| match d.split_once('=') {
+            None => LOG_LEVELS.contains(&d),
+            Some((module, level)) => {
+                LOG_LEVELS.contains(&level)
+                    && !module.is_empty()
+                    && module.split("::").all(|p| {
+                        !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
+                    })
+            }
+        })
+}
+
 impl PortSet {
     pub fn contains(&self, port: u16) -> bool {
         self.ranges.iter().any(|&(lo, hi)| lo <= port && port <= hi)
@@ -401,8 +419,11 @@ impl Config {
             }
             "log_level" => {
                 let l = v.to_ascii_lowercase();
-                if !["error", "warn", "info", "debug", "trace"].contains(&l.as_str()) {
-                    return Err(bad("error, warn, info, debug or trace"));
+                if !is_log_filter(&l) {
+                    return Err(bad(
+                        "error, warn, info, debug or trace, optionally followed by \
+                         ,<module>=<level> directives (info,sonde::collect=debug)",
+                    ));
                 }
                 self.log_level = l;
             }
@@ -580,6 +601,31 @@ mod tests {
         assert_eq!(c.container_series_ttl.as_secs(), 120);
         assert!(load(&[("SONDE_CONTAINER_SERIES_TTL", "5 days")]).is_err());
         assert!(load(&[("SONDE_DOCKER_SELECT", "some")]).is_err());
+    }
+
+    #[test]
+    fn log_level_takes_a_level_or_module_directives() {
+        for ok in [
+            "INFO",
+            "debug",
+            "info,sonde::collect::syscalls=trace",
+            "warn,h2=error",
+        ] {
+            let c = load(&[("SONDE_LOG_LEVEL", ok)]).unwrap();
+            assert_eq!(c.log_level, ok.to_ascii_lowercase());
+        }
+        for bad in [
+            "",
+            "inf",
+            "info,",
+            "sonde=loud",
+            "=debug",
+            "a::=info",
+            "info debug",
+        ] {
+            let e = load(&[("SONDE_LOG_LEVEL", bad)]).unwrap_err().to_string();
+            assert!(e.contains("SONDE_LOG_LEVEL"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

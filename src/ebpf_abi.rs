@@ -199,6 +199,7 @@ pub const SYS_OPEN: u8 = 1;
 pub const SYS_DATA: u8 = 2;
 pub const SYS_CLOSE: u8 = 3;
 pub const SYS_BIND: u8 = 4;
+pub const SYS_ORPHAN: u8 = 5;
 pub const SYS_ROLE_SERVER: u8 = 1;
 pub const SYS_ROLE_CLIENT: u8 = 2;
 pub const SYS_DIR_IN: u8 = 1;
@@ -333,6 +334,23 @@ mod tests {
             SysEvent,
             [kind, role, direction, flags, pid, fd, family, port, ts_ns, len, copied, addr, data]
         );
+        for (name, value) in [
+            ("SONDE_SYS_DATA_MAX", SYS_DATA_MAX),
+            ("SONDE_SYS_OPEN", SYS_OPEN.into()),
+            ("SONDE_SYS_DATA", SYS_DATA.into()),
+            ("SONDE_SYS_CLOSE", SYS_CLOSE.into()),
+            ("SONDE_SYS_BIND", SYS_BIND.into()),
+            ("SONDE_SYS_ORPHAN", SYS_ORPHAN.into()),
+            ("SONDE_SYS_ROLE_SERVER", SYS_ROLE_SERVER.into()),
+            ("SONDE_SYS_ROLE_CLIENT", SYS_ROLE_CLIENT.into()),
+            ("SONDE_SYS_DIR_IN", SYS_DIR_IN.into()),
+            ("SONDE_SYS_DIR_OUT", SYS_DIR_OUT.into()),
+            ("SONDE_SYS_FLAG_TLS", SYS_FLAG_TLS.into()),
+            ("SONDE_SYS_FLAG_UNBOUND", SYS_FLAG_UNBOUND.into()),
+        ] {
+            c.push_str(&format!("printf(\"%zu\\n\", (size_t){name});\n"));
+            expected.push(value);
+        }
         c.push_str("return 0; }\n");
         std::fs::write(&src, c).unwrap();
         let exe = dir.join("abi");

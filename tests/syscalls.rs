@@ -496,6 +496,83 @@ fn python_ssl_server_is_measured_in_plaintext() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// Open fds of a process.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
+/// Waits until the server holds only `idle` fds again: it has closed the last connection
+/// (and, in membio_server.py, freed its SSL object).
+fn wait_fds(pid: u32, idle: usize) {
+    let t = Instant::now();
+    while fd_count(pid) != idle && t.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(fd_count(pid), idle, "pid {pid} keeps a connection open");
+}
+
+/// OpenSSL over memory BIOs hands a new connection's SSL object the address of a freed one,
+/// and the kernel hands its old fd to the next connection: an SSL-object-to-fd mapping
+/// that outlives its connection marks a plain connection as TLS, and its requests vanish
+/// (the Node.js test lost its /call requests this way, now and then).
+#[test]
+fn reused_ssl_object_and_fd_keep_connections_apart() {
+    let test = "reused_ssl_object_and_fd_keep_connections_apart";
+    if !prerequisites(test, &["python3", "openssl", "curl"]) {
+        return;
+    }
+    let dir = scratch_dir("membio");
+    let (cert, key) = make_cert(&dir);
+    let (port, tls_port, prom) = (free_port(), free_port(), free_port());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/syscalls/membio_server.py");
+    let server = spawn_listening(
+        Command::new(python())
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(tls_port.to_string())
+            .arg(&cert)
+            .arg(&key),
+        &[port, tls_port],
+    );
+    let sonde = spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_ROUTES_PATTERNS", "/tls/{n},/plain/{n}"),
+    ]);
+    wait_traced(&sonde, server.pid());
+    let service = service_of(server.pid());
+    let pid = server.pid();
+    let idle = fd_count(pid);
+    let mut tally = Tally::default();
+    let https = |n: u32| {
+        let url = format!("https://127.0.0.1:{tls_port}/tls/{n}");
+        curl(&[("GET", url, 0)])[0]
+    };
+    for round in 0..3 {
+        let (status, len) = https(round);
+        tally.add("GET", status, "/tls/{n}", 0, len);
+        wait_fds(pid, idle);
+        // Takes the fd the HTTPS connection had.
+        let mut plain = KeepAlive::connect(port);
+        let (status, len) = plain.request("GET", &format!("/plain/{round}"), 0);
+        tally.add("GET", status, "/plain/{n}", 0, len);
+        // A new SSL object, at the freed one's address more often than not.
+        let (status, len) = https(round);
+        tally.add("GET", status, "/tls/{n}", 0, len);
+        let (status, len) = plain.request("GET", &format!("/plain/{round}"), 0);
+        tally.add("GET", status, "/plain/{n}", 0, len);
+        drop(plain);
+        wait_fds(pid, idle);
+    }
+    assert_eq!(tally.total(), 12);
+    assert_eq!(
+        tally.0[&("GET".into(), 200, "/plain/{n}".into())],
+        (6, 0, 12)
+    );
+    assert_tally(prom, "server", &service, &[], &tally);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn node_http_server_and_client() {
     let test = "node_http_server_and_client";
@@ -588,6 +665,58 @@ fn node_http_server_and_client() {
             ("server_port", &tls_port_s),
         ],
         &tls_client_tally,
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A Node.js service whose keep-alive HTTPS connections (client and server side) opened
+/// before sonde: their plaintext has no known socket, and must not be pinned on the new plain
+/// connection the thread reads or writes next (that connection's requests would vanish).
+#[test]
+fn tls_connections_older_than_sonde_do_not_capture_new_ones() {
+    let test = "tls_connections_older_than_sonde_do_not_capture_new_ones";
+    if !prerequisites(test, &["node", "openssl"]) {
+        return;
+    }
+    let dir = scratch_dir("node-old-tls");
+    let (cert, key) = make_cert(&dir);
+    let (port, tls_port, prom) = (free_port(), free_port(), free_port());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/syscalls/node_http.js");
+    let server = spawn_listening(
+        Command::new("node")
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(tls_port.to_string())
+            .arg(&cert)
+            .arg(&key),
+        &[port, tls_port],
+    );
+    let call = format!("http://127.0.0.1:{port}/call?to=/status/206&tls=1");
+    // Opens the keep-alive HTTPS connection (both of its ends are in this process).
+    assert_eq!(http("GET", &call, 0).0, 206);
+    let sonde = spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_ROUTES_PATTERNS", "/call,/status/{code}"),
+    ]);
+    wait_traced(&sonde, server.pid());
+    let service = service_of(server.pid());
+    let mut tally = Tally::default();
+    for _ in 0..3 {
+        // A new plain connection each time; the call inside reuses the old HTTPS one.
+        let (status, len) = http("GET", &call, 0);
+        assert_eq!(status, 206);
+        tally.add("GET", 206, "/call", 0, len as u64);
+        let mut plain = KeepAlive::connect(port);
+        let (status, len) = plain.request("GET", "/status/200", 0);
+        tally.add("GET", status, "/status/{code}", 0, len);
+    }
+    // The old connection's requests are not seen (see the README's limits): only these.
+    assert_tally(prom, "server", &service, &[], &tally);
+    let text = scrape(prom);
+    assert!(
+        !text.contains("http_response_status_code=\"206\",http_route=\"/status/{code}\""),
+        "a request of the old HTTPS connection was counted:\n{text}"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -44,6 +44,12 @@ pub enum SysRecord<'a> {
         role: Option<Role>,
         ssl: u64,
     },
+    /// The SSL object runs over a socket sonde does not trace: its unbound plaintext has
+    /// no connection to go to.
+    Orphan {
+        pid: u32,
+        ssl: u64,
+    },
     Close {
         pid: u32,
         fd: i32,
@@ -130,6 +136,10 @@ pub fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
             pid: e.pid,
             fd: e.fd,
             role: role_of(e.role),
+            ssl: ssl_of(&e.addr),
+        }),
+        ebpf_abi::SYS_ORPHAN => Ok(SysRecord::Orphan {
+            pid: e.pid,
             ssl: ssl_of(&e.addr),
         }),
         ebpf_abi::SYS_CLOSE => Ok(SysRecord::Close {
@@ -276,6 +286,10 @@ impl Connections {
                         sink,
                     );
                 }
+            }
+            SysRecord::Orphan { pid, ssl } => {
+                // Else a later SSL object at this freed address would inherit it.
+                self.unbound.remove(&(pid, ssl));
             }
             SysRecord::Close { pid, fd, ts_ns } => {
                 if let Some(mut c) = self.conns.remove(&(pid, fd)) {
@@ -490,6 +504,54 @@ mod tests {
             (out[0].path.as_str(), out[0].server_port, out[0].status),
             ("/tls", 8443, 200)
         );
+    }
+
+    #[test]
+    fn orphaned_tls_plaintext_is_dropped_not_given_to_the_next_ssl_object() {
+        let mut c = Connections::default();
+        let old = b"GET /old HTTP/1.1\r\n\r\n";
+        let new = b"GET /new HTTP/1.1\r\n\r\n";
+        let unbound = |bytes: &'static [u8]| SysRecord::Data {
+            pid: 7,
+            fd: -1,
+            role: None,
+            direction: Direction::Out,
+            tls: true,
+            ts_ns: 50,
+            len: bytes.len() as u64,
+            data: bytes,
+            unbound_ssl: Some(0xabc),
+        };
+        let out = collect(
+            &mut c,
+            vec![
+                SysRecord::Open {
+                    pid: 7,
+                    fd: 9,
+                    role: Role::Client,
+                    peer: None,
+                },
+                // Written to a connection older than sonde, then that SSL object is freed
+                // and a new one gets its address.
+                unbound(old),
+                SysRecord::Orphan { pid: 7, ssl: 0xabc },
+                unbound(new),
+                SysRecord::Bind {
+                    pid: 7,
+                    fd: 9,
+                    role: Some(Role::Client),
+                    ssl: 0xabc,
+                },
+                data(
+                    9,
+                    Direction::In,
+                    true,
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+                ),
+            ],
+        );
+        let paths: Vec<&str> = out.iter().map(|r| r.path.as_str()).collect();
+        assert_eq!(paths, ["/new"]);
     }
 
     #[test]

@@ -52,7 +52,12 @@ impl SyscallReader {
         while let Some(item) = ring.next() {
             n += 1;
             match decode_sys(&item) {
-                Ok(record) => self.connections.handle(record, &mut sink),
+                Ok(record) => {
+                    // `SONDE_LOG_LEVEL=info,sonde::collect::syscalls=trace`: what the kernel
+                    // reported, to tell a kernel-side pairing from a parser problem.
+                    tracing::trace!(?record, "syscall record");
+                    self.connections.handle(record, &mut sink)
+                }
                 // Only a mismatch between this binary and its own BPF object gets here.
                 Err(e) => tracing::warn!("dropping a syscall record: {e}"),
             }
