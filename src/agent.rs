@@ -141,7 +141,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
-    let (tracer, mut sys_reader) = load_syscall_tracer(&config);
+    let (tracer, mut sys_reader) = load_syscall_tracer(&config, attacher.activity());
     // Loading it parsed the kernel's BTF again: return those pages too.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -212,6 +212,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 // Its start will need attaches: closing old links now would hold them up.
                 activity.touch();
                 if selector.may_select_container(&hint.container) {
+                    activity.expect_launch(&hint.container.id);
                     let plans = plans.clone();
                     tokio::task::spawn_blocking(move || read_ahead(&plans, &hint));
                 }
@@ -413,6 +414,9 @@ fn instrument_launch(
     };
     let t2 = t0.elapsed();
     let attached = attacher.attach_process_to(pid, &plan, &launch.host_path);
+    attacher
+        .activity()
+        .attached(process.container_id.as_deref());
     tracing::debug!(
         "launch of pid {pid}: received {received_ms:.1} ms after, bundle+selection {:?}, plan {:?}, attach {:?}",
         t1,
@@ -469,11 +473,14 @@ fn monotonic_ns() -> u64 {
 
 /// The syscall/OpenSSL tracer for non-Go processes, unless turned off or impossible here (the
 /// Go probes then run alone).
-fn load_syscall_tracer(config: &Config) -> (Option<SyscallTracer>, Option<SyscallReader>) {
+fn load_syscall_tracer(
+    config: &Config,
+    activity: crate::attach::Activity,
+) -> (Option<SyscallTracer>, Option<SyscallReader>) {
     if !config.syscall_tracing {
         return (None, None);
     }
-    let loaded = SyscallTracer::load().and_then(|mut t| {
+    let loaded = SyscallTracer::load(activity).and_then(|mut t| {
         let ring = t.take_events()?;
         let lost = t.take_lost_counter()?;
         Ok((t, ring, lost))
@@ -641,7 +648,12 @@ fn discovery_loop(
                 // Instrumented at its launch meanwhile.
                 continue;
             }
-            match guard.attacher.attach_process(pid, &plan) {
+            let attached = guard.attacher.attach_process(pid, &plan);
+            guard
+                .attacher
+                .activity()
+                .attached(process.container_id.as_deref());
+            match attached {
                 Ok(n) => {
                     let grpc = plan
                         .grpc

@@ -145,7 +145,7 @@ fn check() -> i32 {
             }
             println!("Go HTTP server probes: available");
             // Non-Go processes only: the Go probes work without it, so it does not fail.
-            match crate::attach::syscalls::SyscallTracer::load() {
+            match crate::attach::syscalls::SyscallTracer::load(crate::attach::Activity::new()) {
                 Ok(_) => println!(
                     "syscall + OpenSSL tracer (non-Go processes): available, {}",
                     crate::kernel::syscall_source().detail

@@ -137,7 +137,7 @@ impl Attacher {
                 .map_err(|source| AttachError::Program { name, source })?;
         }
         Ok(Attacher {
-            reaper: Reaper::new().map_err(AttachError::Thread)?,
+            reaper: Reaper::new(Activity::new()).map_err(AttachError::Thread)?,
             ebpf,
             processes: HashMap::new(),
             goroutine_probes: false,

@@ -19,7 +19,7 @@ use aya::Ebpf;
 use object::{Object, ObjectSegment, ObjectSymbol};
 use thiserror::Error;
 
-use super::reaper::Reaper;
+use super::reaper::{Activity, Reaper};
 
 static SYSCALLS_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/syscalls.bpf.o"));
 
@@ -171,8 +171,9 @@ fn ssl_offsets(file: &Path) -> Vec<(&'static str, u64)> {
 
 impl SyscallTracer {
     /// Loads the programs (verifier included) and checks that the tracepoints attach, then
-    /// detaches them until a process is traced.
-    pub fn load() -> Result<Self, SyscallTraceError> {
+    /// detaches them until a process is traced. `activity`: the Go attacher's, so closing
+    /// OpenSSL links waits for calm moments too.
+    pub fn load(activity: Activity) -> Result<Self, SyscallTraceError> {
         if crate::kernel::ensure_tracefs()? {
             tracing::info!("mounted tracefs for the syscall tracepoints");
         }
@@ -197,7 +198,7 @@ impl SyscallTracer {
             })?;
         }
         let mut tracer = SyscallTracer {
-            reaper: Reaper::new().map_err(SyscallTraceError::Thread)?,
+            reaper: Reaper::new(activity).map_err(SyscallTraceError::Thread)?,
             ebpf,
             processes: HashMap::new(),
             tracepoints: Vec::new(),
