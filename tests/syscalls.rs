@@ -496,6 +496,38 @@ fn python_ssl_server_is_measured_in_plaintext() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// `program tests/syscalls/SCRIPT PORT TLS_PORT CERT KEY`, once both ports listen.
+fn spawn_http_and_https(
+    program: &str,
+    script: &str,
+    port: u16,
+    tls_port: u16,
+    cert: &Path,
+    key: &Path,
+) -> ChildGuard {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/syscalls")
+        .join(script);
+    spawn_listening(
+        Command::new(program)
+            .arg(&script)
+            .arg(port.to_string())
+            .arg(tls_port.to_string())
+            .arg(cert)
+            .arg(key),
+        &[port, tls_port],
+    )
+}
+
+/// sonde selecting the process that listens on `port` and `tls_port`.
+fn spawn_sonde_on_both(port: u16, tls_port: u16, prom: u16, routes: &str) -> SondeGuard {
+    spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_ROUTES_PATTERNS", routes),
+    ])
+}
+
 /// Open fds of a process.
 fn fd_count(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
@@ -524,21 +556,8 @@ fn reused_ssl_object_and_fd_keep_connections_apart() {
     let dir = scratch_dir("membio");
     let (cert, key) = make_cert(&dir);
     let (port, tls_port, prom) = (free_port(), free_port(), free_port());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/syscalls/membio_server.py");
-    let server = spawn_listening(
-        Command::new(python())
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(tls_port.to_string())
-            .arg(&cert)
-            .arg(&key),
-        &[port, tls_port],
-    );
-    let sonde = spawn_sonde(&[
-        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
-        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
-        ("SONDE_ROUTES_PATTERNS", "/tls/{n},/plain/{n}"),
-    ]);
+    let server = spawn_http_and_https(python(), "membio_server.py", port, tls_port, &cert, &key);
+    let sonde = spawn_sonde_on_both(port, tls_port, prom, "/tls/{n},/plain/{n}");
     wait_traced(&sonde, server.pid());
     let service = service_of(server.pid());
     let pid = server.pid();
@@ -582,21 +601,8 @@ fn node_http_server_and_client() {
     let dir = scratch_dir("node");
     let (cert, key) = make_cert(&dir);
     let (port, tls_port, prom) = (free_port(), free_port(), free_port());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/syscalls/node_http.js");
-    let server = spawn_listening(
-        Command::new("node")
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(tls_port.to_string())
-            .arg(&cert)
-            .arg(&key),
-        &[port, tls_port],
-    );
-    let sonde = spawn_sonde(&[
-        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
-        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
-        ("SONDE_ROUTES_PATTERNS", "/call,/status/{code}"),
-    ]);
+    let server = spawn_http_and_https("node", "node_http.js", port, tls_port, &cert, &key);
+    let sonde = spawn_sonde_on_both(port, tls_port, prom, "/call,/status/{code}");
     wait_traced(&sonde, server.pid());
     let service = service_of(server.pid());
     let mut server_tally = Tally::default();
@@ -681,24 +687,11 @@ fn tls_connections_older_than_sonde_do_not_capture_new_ones() {
     let dir = scratch_dir("node-old-tls");
     let (cert, key) = make_cert(&dir);
     let (port, tls_port, prom) = (free_port(), free_port(), free_port());
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/syscalls/node_http.js");
-    let server = spawn_listening(
-        Command::new("node")
-            .arg(&script)
-            .arg(port.to_string())
-            .arg(tls_port.to_string())
-            .arg(&cert)
-            .arg(&key),
-        &[port, tls_port],
-    );
+    let server = spawn_http_and_https("node", "node_http.js", port, tls_port, &cert, &key);
     let call = format!("http://127.0.0.1:{port}/call?to=/status/206&tls=1");
     // Opens the keep-alive HTTPS connection (both of its ends are in this process).
     assert_eq!(http("GET", &call, 0).0, 206);
-    let sonde = spawn_sonde(&[
-        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
-        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
-        ("SONDE_ROUTES_PATTERNS", "/call,/status/{code}"),
-    ]);
+    let sonde = spawn_sonde_on_both(port, tls_port, prom, "/call,/status/{code}");
     wait_traced(&sonde, server.pid());
     let service = service_of(server.pid());
     let mut tally = Tally::default();

@@ -391,6 +391,21 @@ mod tests {
         }
     }
 
+    /// TLS plaintext written by SSL object 0xabc before its socket is known.
+    fn unbound(bytes: &[u8]) -> SysRecord<'_> {
+        SysRecord::Data {
+            pid: 7,
+            fd: -1,
+            role: None,
+            direction: Direction::Out,
+            tls: true,
+            ts_ns: 50,
+            len: bytes.len() as u64,
+            data: bytes,
+            unbound_ssl: Some(0xabc),
+        }
+    }
+
     #[test]
     fn server_and_client_connections() {
         let mut c = Connections::default();
@@ -474,17 +489,7 @@ mod tests {
                     role: Role::Client,
                     peer: None,
                 },
-                SysRecord::Data {
-                    pid: 7,
-                    fd: -1,
-                    role: None,
-                    direction: Direction::Out,
-                    tls: true,
-                    ts_ns: 50,
-                    len: request.len() as u64,
-                    data: request,
-                    unbound_ssl: Some(0xabc),
-                },
+                unbound(request),
                 SysRecord::Bind {
                     pid: 7,
                     fd: 9,
@@ -511,17 +516,6 @@ mod tests {
         let mut c = Connections::default();
         let old = b"GET /old HTTP/1.1\r\n\r\n";
         let new = b"GET /new HTTP/1.1\r\n\r\n";
-        let unbound = |bytes: &'static [u8]| SysRecord::Data {
-            pid: 7,
-            fd: -1,
-            role: None,
-            direction: Direction::Out,
-            tls: true,
-            ts_ns: 50,
-            len: bytes.len() as u64,
-            data: bytes,
-            unbound_ssl: Some(0xabc),
-        };
         let out = collect(
             &mut c,
             vec![
