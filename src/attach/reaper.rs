@@ -202,7 +202,7 @@ impl Reaper {
 fn run(rx: mpsc::Receiver<Vec<UProbeLink>>, counter: Arc<AtomicUsize>, activity: Activity) {
     let mut waiting: Vec<UProbeLink> = Vec::new();
     let mut oldest = Instant::now();
-    let mut newest = Instant::now();
+    // When the latest links came, on the activity's clock (calm is compared with it).
     let mut newest_ms = 0;
     loop {
         let got = if waiting.is_empty() {
@@ -215,7 +215,6 @@ fn run(rx: mpsc::Receiver<Vec<UProbeLink>>, counter: Arc<AtomicUsize>, activity:
                 if waiting.is_empty() {
                     oldest = Instant::now();
                 }
-                newest = Instant::now();
                 newest_ms = activity.now_ms();
                 waiting.extend(links);
                 false
@@ -227,7 +226,7 @@ fn run(rx: mpsc::Receiver<Vec<UProbeLink>>, counter: Arc<AtomicUsize>, activity:
         let w = Waiting {
             count: waiting.len(),
             oldest: oldest.elapsed(),
-            newest: newest.elapsed(),
+            newest: Duration::from_millis(activity.now_ms().saturating_sub(newest_ms)),
         };
         let calm = activity.calm_since(newest_ms);
         if !waiting.is_empty() && (due(&w, activity.quiet_for(), calm) || closing) {
