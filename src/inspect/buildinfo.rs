@@ -21,6 +21,9 @@ pub struct BuildInfo {
     pub version: GoVersion,
     /// The raw module info (`path`, `mod`, `dep` lines), possibly empty.
     pub modinfo: String,
+    /// False when the binary has no build-info blob: the version then comes from the
+    /// runtime's own version string and the module list is unknown.
+    pub from_blob: bool,
 }
 
 /// Finds and decodes the blob. `Ok(None)` when there is none: not a Go binary.
@@ -57,6 +60,7 @@ pub fn read(data: &[u8], elf: &ElfLayout) -> Result<Option<BuildInfo>, InspectEr
         version_string,
         version,
         modinfo,
+        from_blob: true,
     }))
 }
 

@@ -31,7 +31,7 @@ impl From<gimli::Error> for DwarfError {
 }
 
 /// The structs and fields the kernel programs read.
-const WANTED: &[(&str, &[&str])] = &[
+pub(super) const WANTED: &[(&str, &[&str])] = &[
     (
         "net/http.Request",
         &["Method", "URL", "ContentLength", "RemoteAddr", "Header"],
@@ -47,7 +47,7 @@ const WANTED: &[(&str, &[&str])] = &[
 ];
 
 /// Go 1.27 moved the HTTP/2 server out of net/http's bundle into an internal package.
-const RENAMED: &[(&str, &str)] = &[
+pub(super) const RENAMED: &[(&str, &str)] = &[
     (
         "net/http/internal/http2.responseWriter",
         "net/http.http2responseWriter",
@@ -101,7 +101,7 @@ pub struct RawSections<'a> {
     pub addr: &'a [u8],
 }
 
-fn go_offsets(found: &FieldOffsets) -> Result<GoOffsets, DwarfError> {
+pub(super) fn go_offsets(found: &FieldOffsets) -> Result<GoOffsets, DwarfError> {
     let get = |s: &str, f: &str| {
         found
             .get(&(s.to_string(), f.to_string()))

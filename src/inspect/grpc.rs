@@ -178,6 +178,35 @@ pub fn plan(bin: &GoBinary) -> Option<(GrpcPlan, Vec<FunctionProbe>)> {
         tracing::info!(%path, "grpc-go functions found but no grpc-go version: gRPC not instrumented, HTTP still is");
         return None;
     };
+    let from_types = match bin.type_fields(WANTED, &[]) {
+        Ok(fields) => {
+            let o = from_fields(&fields);
+            if o.is_none() {
+                let missing: Vec<String> = WANTED
+                    .iter()
+                    .flat_map(|(s, fs)| fs.iter().map(move |f| (s, f)))
+                    .filter(|(s, f)| !fields.contains_key(&(s.to_string(), f.to_string())))
+                    .map(|(s, f)| format!("{s}.{f}"))
+                    .collect();
+                tracing::debug!(%path, "gRPC type metadata lacks {}", missing.join(", "));
+            }
+            o
+        }
+        Err(e) => {
+            tracing::debug!(%path, "gRPC offsets from type metadata: {e}");
+            None
+        }
+    };
+    if let Some(offsets) = from_types {
+        return Some((
+            GrpcPlan {
+                version,
+                offsets_source: OffsetsSource::TypeMetadata,
+                offsets,
+            },
+            probes,
+        ));
+    }
     let from_dwarf = match bin.object().map(|f| dwarf::struct_fields(&f, WANTED)) {
         Ok(Ok(Some(fields))) => from_fields(&fields),
         Ok(Ok(None)) => None,

@@ -110,8 +110,13 @@ fn compressed_dwarf_claiming_gigabytes_is_refused_not_allocated() {
         other => panic!("{other:?}"),
     }
     drop(f);
-    // The plan still comes, from the built-in table.
-    match inspect_bytes(path, data, Duration::from_secs(10)) {
+    // The plan still comes, from the type metadata (DWARF is not even read)...
+    let plan = inspect_bytes(path.clone(), data.clone(), Duration::from_secs(10)).unwrap();
+    assert_eq!(plan.offsets_source, OffsetsSource::TypeMetadata);
+    // ... and without it, past the refused DWARF, from the built-in table.
+    let mut bin = GoBinary::from_bytes(path, data).unwrap();
+    bin.no_type_metadata = true;
+    match bin.plan() {
         Ok(plan) => assert!(matches!(plan.offsets_source, OffsetsSource::Table(_))),
         Err(InspectError::NoOffsets(_)) => {}
         Err(e) => panic!("{e}"),

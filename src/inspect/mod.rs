@@ -17,6 +17,7 @@ pub mod offsets_table;
 pub mod pclntab;
 pub mod ret;
 pub mod symbols;
+pub mod typemeta;
 
 use std::fmt;
 use std::fmt::Write as _;
@@ -46,6 +47,8 @@ pub enum SymbolSource {
 /// Where struct field offsets came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OffsetsSource {
+    /// The binary's runtime type descriptors (moduledata → types → struct fields).
+    TypeMetadata,
     Dwarf,
     /// The built-in table, with the Go version of the row used.
     Table(String),
@@ -121,6 +124,8 @@ pub struct ProbePlan {
     pub symbols: SymbolSource,
     pub offsets_source: OffsetsSource,
     pub offsets: GoOffsets,
+    /// False when the binary has no build-info blob.
+    pub modules_known: bool,
     pub probes: Vec<FunctionProbe>,
     /// grpc-go, when the binary has it and sonde knows its layout (its probes are in
     /// `probes`).
@@ -181,6 +186,7 @@ impl fmt::Display for SymbolSource {
 impl fmt::Display for OffsetsSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
+            OffsetsSource::TypeMetadata => f.write_str("runtime type metadata"),
             OffsetsSource::Dwarf => f.write_str("DWARF"),
             OffsetsSource::Table(v) => write!(f, "built-in table (row for Go {v})"),
         }
@@ -259,6 +265,14 @@ pub struct GoBinary {
     elf: ElfLayout,
     build: buildinfo::BuildInfo,
     index: FunctionIndex,
+    /// Located on first use, then shared by the HTTP and gRPC offset lookups.
+    types: std::cell::OnceCell<Result<typemeta::TypeSection, typemeta::TypeMetaError>>,
+    /// Test hook: skip the type metadata, as a binary without it would.
+    #[cfg(test)]
+    pub(crate) no_type_metadata: bool,
+    /// Test hook: act as if the built-in table had no row for this Go version.
+    #[cfg(test)]
+    pub(crate) no_table_row: bool,
 }
 
 impl GoBinary {
@@ -295,7 +309,10 @@ impl GoBinary {
     /// As [`open`](Self::open), for bytes already in memory.
     pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<GoBinary, InspectError> {
         let elf = ElfLayout::parse(&data)?;
-        let build = buildinfo::read(&data, &elf)?.ok_or(InspectError::NotGo)?;
+        let build = match buildinfo::read(&data, &elf)? {
+            Some(b) => b,
+            None => without_build_info(&data, &elf)?,
+        };
         if build.version < GoVersion::new(1, 17, 0) {
             return Err(InspectError::GoTooOld(build.version));
         }
@@ -306,7 +323,46 @@ impl GoBinary {
             elf,
             build,
             index,
+            types: std::cell::OnceCell::new(),
+            #[cfg(test)]
+            no_type_metadata: false,
+            #[cfg(test)]
+            no_table_row: false,
         })
+    }
+
+    /// Offsets of struct fields read from the binary's runtime type descriptors, keyed as
+    /// DWARF keys them (see [`typemeta::TypeSection::struct_fields`]).
+    pub fn type_fields(
+        &self,
+        wanted: &[(&str, &[&str])],
+        renamed: &[(&str, &str)],
+    ) -> Result<dwarf::FieldOffsets, typemeta::TypeMetaError> {
+        #[cfg(test)]
+        if self.no_type_metadata {
+            return Err(typemeta::TypeMetaError::NoModuledata);
+        }
+        let types = self.types.get_or_init(|| {
+            let t = pclntab::Pclntab::find(&self.data, &self.elf)
+                .map_err(|_| typemeta::TypeMetaError::NoModuledata)?;
+            let md = t.moduledata.ok_or(typemeta::TypeMetaError::NoModuledata)?;
+            typemeta::TypeSection::locate(
+                &self.data,
+                &self.elf,
+                md,
+                t.generation,
+                Some(self.go_version()),
+            )
+        });
+        match types {
+            Ok(t) => t.struct_fields(&self.data, &self.elf, wanted, renamed),
+            Err(e) => Err(e.clone()),
+        }
+    }
+
+    /// False when the module list is unknown (no build-info blob).
+    pub fn has_build_info(&self) -> bool {
+        self.build.from_blob
     }
 
     #[cfg(test)]
@@ -407,8 +463,27 @@ impl GoBinary {
         })
     }
 
-    /// Struct offsets: DWARF when the binary has it, else the built-in table.
+    /// Struct offsets: the runtime type metadata, else DWARF when the binary has it, else the
+    /// built-in table.
     pub fn offsets(&self) -> Result<(OffsetsSource, GoOffsets), InspectError> {
+        let path = self.path.display();
+        match self.type_fields(dwarf::WANTED, dwarf::RENAMED) {
+            Ok(fields) => match dwarf::go_offsets(&fields) {
+                Ok(o) => return Ok((OffsetsSource::TypeMetadata, o)),
+                Err(dwarf::DwarfError::MissingField(f)) => tracing::info!(
+                    %path,
+                    "type metadata does not describe {f}: offsets from DWARF or the built-in table"
+                ),
+                Err(e) => tracing::info!(%path, "type metadata: {e}"),
+            },
+            Err(typemeta::TypeMetaError::Timeout) => {
+                return Err(InspectError::Timeout(std::time::Duration::ZERO))
+            }
+            Err(e) => tracing::info!(
+                %path,
+                "no offsets from type metadata ({e}): offsets from DWARF or the built-in table"
+            ),
+        }
         match self.object().map(|f| dwarf::offsets(&f)) {
             Ok(Ok(Some(o))) => return Ok((OffsetsSource::Dwarf, o)),
             Ok(Ok(None)) => {}
@@ -425,6 +500,10 @@ impl GoBinary {
             }
         }
         let v = self.go_version();
+        #[cfg(test)]
+        if self.no_table_row {
+            return Err(InspectError::NoOffsets(v));
+        }
         offsets_table::lookup(v)
             .map(|(row, o)| (OffsetsSource::Table(row), o))
             .ok_or(InspectError::NoOffsets(v))
@@ -464,10 +543,28 @@ impl GoBinary {
             symbols: self.symbol_source(),
             offsets_source,
             offsets,
+            modules_known: self.has_build_info(),
             probes,
             grpc,
         })
     }
+}
+
+/// A Go binary without a build-info blob (release builds of some tools strip it): known by
+/// its runtime function table, versioned by the runtime's own version string.
+fn without_build_info(data: &[u8], elf: &ElfLayout) -> Result<buildinfo::BuildInfo, InspectError> {
+    if pclntab::Pclntab::find(data, elf).is_err() {
+        return Err(InspectError::NotGo);
+    }
+    let (version_string, version) = typemeta::runtime_version(data, elf).ok_or_else(|| {
+        InspectError::Malformed("Go runtime table but no Go version string".into())
+    })?;
+    Ok(buildinfo::BuildInfo {
+        version_string,
+        version,
+        modinfo: String::new(),
+        from_blob: false,
+    })
 }
 
 /// Turns an executable into a probe plan, or says why it cannot be instrumented, within
@@ -520,6 +617,12 @@ pub fn render(plan: &ProbePlan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "path:       {}", plan.path.display());
     let _ = writeln!(s, "go version: {}", plan.go_version);
+    if !plan.modules_known {
+        let _ = writeln!(
+            s,
+            "build info: none (no .go.buildinfo): version from the runtime's string, module list unknown"
+        );
+    }
     let _ = writeln!(s, "symbols:    {}", plan.symbols);
     let _ = writeln!(s, "offsets:    {}", plan.offsets_source);
     for p in &plan.probes {
@@ -568,10 +671,7 @@ pub fn render(plan: &ProbePlan) -> String {
     }
     match &plan.grpc {
         Some(g) => {
-            let source = match &g.offsets_source {
-                OffsetsSource::Dwarf => "DWARF".to_string(),
-                OffsetsSource::Table(row) => format!("built-in table (row for {row})"),
-            };
+            let source = g.offsets_source.to_string();
             let _ = writeln!(s, "grpc:       grpc-go {}", g.version);
             let _ = writeln!(s, "grpc offsets: {source}");
             for (name, v) in grpc::render_offsets(&g.offsets) {
@@ -854,6 +954,102 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Hides the build-info blob, as release builds that strip it ship.
+    fn without_build_info(mut data: Vec<u8>) -> Vec<u8> {
+        while let Some(at) = memchr::memmem::find(&data, b"\xff Go buildinf:") {
+            data[at] = 0;
+        }
+        data
+    }
+
+    fn dwarf_offsets(path: &Path) -> GoOffsets {
+        let bin = GoBinary::open(path).unwrap();
+        let file = bin.object().unwrap();
+        dwarf::offsets(&file).unwrap().expect("DWARF")
+    }
+
+    #[test]
+    fn type_metadata_matches_dwarf_for_every_toolchain() {
+        let tcs = testbins::toolchains();
+        assert!(!tcs.is_empty(), "no Go toolchain");
+        let newest = tcs.last().map(|t| t.0.clone());
+        for (label, go) in &tcs {
+            let Some(full) = testbins::get(label, go, Variant::Static) else {
+                continue;
+            };
+            let want = dwarf_offsets(&full);
+            let mut variants = vec![Variant::Static, Variant::StaticSw, Variant::ExtlinkStrip];
+            if label.starts_with("1.19") || Some(label) == newest.as_ref() {
+                variants.push(Variant::Pie);
+            }
+            for v in variants {
+                let Some(path) = testbins::get(label, go, v) else {
+                    continue;
+                };
+                let bin = GoBinary::open(&path).unwrap();
+                let fields = bin
+                    .type_fields(dwarf::WANTED, dwarf::RENAMED)
+                    .unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+                let got =
+                    dwarf::go_offsets(&fields).unwrap_or_else(|e| panic!("{label} {v:?}: {e}"));
+                assert_eq!(got, want, "{label} {v:?}: type metadata vs DWARF");
+                assert_eq!(
+                    bin.offsets().unwrap(),
+                    (OffsetsSource::TypeMetadata, want),
+                    "{label} {v:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn go_binary_without_build_info_is_recognised() {
+        for (label, go) in testbins::toolchains() {
+            let Some(path) = testbins::get(&label, &go, Variant::StaticSw) else {
+                continue;
+            };
+            let data = without_build_info(std::fs::read(&path).unwrap());
+            let bin = GoBinary::from_bytes(path.clone(), data)
+                .unwrap_or_else(|e| panic!("{label} without build info: {e}"));
+            assert_eq!(
+                bin.go_version(),
+                GoVersion::parse(&format!("go{label}")).unwrap(),
+                "{label}"
+            );
+            assert!(!bin.has_build_info());
+            let plan = bin.plan().unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert_eq!(plan.offsets_source, OffsetsSource::TypeMetadata, "{label}");
+            assert!(!plan.modules_known);
+            assert!(render(&plan).contains("module list unknown"), "{label}");
+        }
+    }
+
+    /// A release whose layout the table has never seen still works: the 1.27 rows are hidden
+    /// and the stripped 1.27 binary is planned from its own type metadata; without that
+    /// metadata it would be skipped.
+    #[test]
+    fn newest_release_needs_no_table_row() {
+        let Some((label, go)) = testbins::toolchains()
+            .into_iter()
+            .find(|(l, _)| l.starts_with("1.27"))
+        else {
+            eprintln!("skipping: no Go 1.27 toolchain");
+            return;
+        };
+        let full = testbins::get(&label, &go, Variant::Static).unwrap();
+        let path = testbins::get(&label, &go, Variant::StaticStrip).unwrap();
+        let mut bin = GoBinary::open(&path).unwrap();
+        bin.no_table_row = true;
+        let plan = bin.plan().unwrap();
+        assert_eq!(plan.offsets_source, OffsetsSource::TypeMetadata);
+        assert_eq!(plan.offsets, dwarf_offsets(&full));
+        bin.no_type_metadata = true;
+        assert_eq!(
+            bin.plan().unwrap_err(),
+            InspectError::NoOffsets(bin.go_version())
+        );
     }
 
     #[test]

@@ -55,6 +55,21 @@ pub struct Pclntab {
     pcln_off: usize,
     text_start: u64,
     pub text_start_source: TextStartSource,
+    /// Address of `runtime.firstmoduledata`, when found: the way to the type metadata.
+    pub moduledata: Option<u64>,
+    pub generation: Generation,
+}
+
+/// Which generation of the table (and so of the runtime) wrote this binary; it tells the
+/// moduledata layouts apart when the Go version is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Generation {
+    /// Go 1.16 and 1.17.
+    Go116,
+    /// Go 1.18 and 1.19.
+    Go118,
+    /// Go 1.20 and later.
+    Go120,
 }
 
 /// Field offsets in `runtime.moduledata`, the same from Go 1.16 to 1.27: pcHeader pointer,
@@ -125,9 +140,10 @@ impl Pclntab {
         let bad = |what: &str| InspectError::Malformed(format!("pclntab: {what}"));
         let bytes = file_slice(data, offset, size).ok_or_else(|| bad("outside the file"))?;
         let magic = read_u32(bytes, 0).ok_or_else(|| bad("truncated header"))?;
-        let layout = match magic {
-            MAGIC_GO116 => Layout::Go116,
-            MAGIC_GO118 | MAGIC_GO120 => Layout::Go118,
+        let (layout, generation) = match magic {
+            MAGIC_GO116 => (Layout::Go116, Generation::Go116),
+            MAGIC_GO118 => (Layout::Go118, Generation::Go118),
+            MAGIC_GO120 => (Layout::Go118, Generation::Go120),
             m => return Err(bad(&format!("unsupported magic {m:#x} (Go before 1.16?)"))),
         };
         if bytes.get(4..8) != Some(&[0, 0, 1, 8][..]) {
@@ -159,11 +175,15 @@ impl Pclntab {
             pcln_off: pcln_off as usize,
             text_start: 0,
             text_start_source: TextStartSource::NotNeeded,
+            moduledata: None,
+            generation,
         };
+        let found = t.find_moduledata(data, elf);
+        t.moduledata = found.map(|(md, _)| md);
         if layout == Layout::Go118 {
             // Prefer the moduledata (always right, the only source from Go 1.26); the header
             // word, relocated if need be, is the fallback.
-            if let Some(text) = t.text_from_moduledata(data, elf) {
+            if let Some((_, text)) = found {
                 t.text_start = text;
                 t.text_start_source = TextStartSource::Moduledata;
             } else {
@@ -190,9 +210,9 @@ impl Pclntab {
         Ok(t)
     }
 
-    /// The text start recorded in `runtime.firstmoduledata`, found by the word that points at
-    /// this header (in the file, or as a RELA addend in PIE binaries).
-    fn text_from_moduledata(&self, data: &[u8], elf: &ElfLayout) -> Option<u64> {
+    /// `runtime.firstmoduledata` and the text start it records, found by the word that
+    /// points at this header (in the file, or as a RELA addend in PIE binaries).
+    fn find_moduledata(&self, data: &[u8], elf: &ElfLayout) -> Option<(u64, u64)> {
         let target = self.header_vaddr;
         let field = |md: u64, off: u64| elf.read_ptr(data, md.checked_add(off)?);
         let funcnametab = target.checked_add(self.funcname_off as u64)?;
@@ -209,7 +229,7 @@ impl Pclntab {
             super::check_budget().ok()?;
             if addend == target {
                 if let Some(t) = check(place) {
-                    return Some(t);
+                    return Some((place, t));
                 }
             }
         }
@@ -222,8 +242,9 @@ impl Pclntab {
                     super::check_budget().ok()?;
                 }
                 if read_u64(bytes, i) == Some(target) {
-                    if let Some(t) = check(seg.vaddr.wrapping_add(i as u64)) {
-                        return Some(t);
+                    let md = seg.vaddr.wrapping_add(i as u64);
+                    if let Some(t) = check(md) {
+                        return Some((md, t));
                     }
                 }
                 i += 8;
