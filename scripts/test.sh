@@ -14,6 +14,8 @@ bash scripts/dockerd.sh
 echo "== Go test targets"
 bash scripts/build-go-targets.sh target/go-targets | tail -n 3
 bash scripts/build-grpc-targets.sh target/go-targets | tail -n 3
+echo "== third-party Go servers (npm, Debian)"
+bash scripts/fetch-third-party-go.sh target/third-party | tail -n 1
 echo "== unit tests"
 cargo test --lib --bins --quiet
 echo "== integration tests (one at a time: they load BPF and bind ports)"

