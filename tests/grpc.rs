@@ -389,8 +389,9 @@ fn grpc_beyla_v1_naming() {
     );
 }
 
-/// An unknown grpc-go version in a stripped binary (no DWARF, no table row): gRPC is skipped
-/// with one log line, the HTTP probes of the same process still count.
+/// An unknown grpc-go layout in a stripped binary (not in its type metadata, no DWARF, no
+/// table row): gRPC is skipped with one log line, the HTTP probes of the same process still
+/// count.
 #[test]
 fn unknown_grpc_layout_is_skipped_and_http_still_works() {
     const TEST: &str = "unknown_grpc_layout_is_skipped_and_http_still_works";
@@ -413,6 +414,24 @@ fn unknown_grpc_layout_is_skipped_and_http_still_works() {
         i = at;
     }
     assert!(patched > 0, "no grpc-go user agent in {}", t.path.display());
+    // And the runtime type metadata must not describe the layout either: rename the type
+    // descriptor of transport.Stream (a length-prefixed name, "*transport.Stream" or
+    // "transport.Stream") so no struct of that name is found. Only reflection reads it.
+    let mut renamed = 0;
+    for from in [&b"\x11*transport.Stream"[..], &b"\x10transport.Stream"[..]] {
+        let mut i = 0;
+        while let Some(at) = data[i..].windows(from.len()).position(|w| w == from) {
+            let end = i + at + from.len();
+            data[end - 1] = b'n';
+            renamed += 1;
+            i = end;
+        }
+    }
+    assert!(
+        renamed > 0,
+        "no transport.Stream type name in {}",
+        t.path.display()
+    );
     let dir = repo().join("target/test-bins");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join(format!("grpc-unknown-{}", std::process::id()));
@@ -494,23 +513,28 @@ fn inspect_lists_grpc_probes() {
         ] {
             assert!(text.contains(role), "{}: no {role}\n{text}", t.name());
         }
-        let source = if t.stripped {
-            "grpc offsets: built-in table (row for grpc-go "
-        } else {
-            "grpc offsets: DWARF"
-        };
-        assert!(text.contains(source), "{}: {text}", t.name());
+        // Stripped or not, the binary's own type metadata describes grpc-go's structs (the
+        // unit test type_metadata_dwarf_and_table_agree_for_every_grpc_build checks them
+        // against DWARF and the table).
+        assert!(
+            text.contains("grpc offsets: runtime type metadata"),
+            "{}: {text}",
+            t.name()
+        );
         let offsets = text
             .split_once("grpc offsets:")
             .map(|(_, rest)| rest.lines().skip(1).collect::<Vec<_>>().join("\n"))
             .unwrap_or_default();
         offsets_by_build.push((t.version.clone(), t.stripped, offsets));
     }
-    // The table a stripped build uses says what the same build's DWARF says.
-    for (version, stripped, table) in offsets_by_build.iter().filter(|o| o.1) {
-        if let Some((_, _, dwarf)) = offsets_by_build.iter().find(|o| &o.0 == version && !o.1) {
+    // A stripped build's metadata says what its unstripped twin's says.
+    for (version, stripped, from_stripped) in offsets_by_build.iter().filter(|o| o.1) {
+        if let Some((_, _, plain)) = offsets_by_build.iter().find(|o| &o.0 == version && !o.1) {
             assert!(*stripped);
-            assert_eq!(table, dwarf, "Go {version}: table row and DWARF disagree");
+            assert_eq!(
+                from_stripped, plain,
+                "Go {version}: stripped and plain disagree"
+            );
         }
     }
 }

@@ -263,6 +263,51 @@ pub fn render_offsets(o: &GrpcOffsets) -> Vec<(&'static str, u32)> {
 mod tests {
     use super::*;
 
+    /// For every grpc-go build of the test matrix (`scripts/build-grpc-targets.sh`, run before
+    /// the unit tests in CI): the offsets its type metadata gives are those its DWARF gives and
+    /// those of the table row that backs them up, and its stripped twin is planned from its
+    /// metadata with the same offsets.
+    #[test]
+    fn type_metadata_dwarf_and_table_agree_for_every_grpc_build() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/go-targets");
+        let mut plain: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| {
+                        let n = p.file_name().unwrap().to_string_lossy();
+                        n.starts_with("grpcserver-") && n.ends_with("-plain")
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if plain.is_empty() {
+            eprintln!("skipping: no grpc-go builds in {}", dir.display());
+            return;
+        }
+        plain.sort();
+        for path in plain {
+            let name = path.file_name().unwrap().to_string_lossy().to_string();
+            let bin = GoBinary::open(&path).unwrap();
+            let from_types = from_fields(&bin.type_fields(WANTED, &[]).unwrap())
+                .unwrap_or_else(|| panic!("{name}: type metadata lacks a gRPC field"));
+            let object = bin.object().unwrap();
+            let from_dwarf = from_fields(&dwarf::struct_fields(&object, WANTED).unwrap().unwrap())
+                .unwrap_or_else(|| panic!("{name}: DWARF lacks a gRPC field"));
+            assert_eq!(from_types, from_dwarf, "{name}: type metadata vs DWARF");
+            let v = version(&bin.build.modinfo, &bin.data).unwrap();
+            let (row, from_table) = grpc_offsets_table::lookup(&v, bin.go_version())
+                .unwrap_or_else(|| panic!("{name}: no table row"));
+            assert_eq!(
+                from_types, from_table,
+                "{name}: type metadata vs table row {row}"
+            );
+            let stripped = path.with_file_name(name.replace("-plain", "-stripped"));
+            let (grpc, _) = plan(&GoBinary::open(&stripped).unwrap()).unwrap();
+            assert_eq!(grpc.offsets_source, OffsetsSource::TypeMetadata, "{name}");
+            assert_eq!(grpc.offsets, from_types, "{name}: stripped twin");
+        }
+    }
+
     #[test]
     fn version_from_modules_replacements_and_user_agent() {
         let mods = "path\tx\nmod\tx\t(devel)\t\ndep\tgoogle.golang.org/grpc\tv1.62.1\th1:abc\n";
