@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Plan time: how long `sonde inspect` takes to turn a Go binary into a probe plan (read,
-# parse, find functions and RETs, struct offsets), median of RUNS runs, per binary.
+# parse, find functions and RETs, struct offsets), median of RUNS runs, per binary: wall time
+# and CPU time (user + system; other work on the machine moves the first, hardly the second).
 # Usage: bench/plan-time.sh [--sonde PATH] [--runs N] BINARY...
 # With no BINARY: dockerd (the largest Go program on a host with Docker) and the stripped
 # Go 1.27 test server, if present. Prints one line per binary; nothing is written.
@@ -24,17 +25,23 @@ if [ ${#bins[@]} -eq 0 ]; then
   done
 fi
 [ ${#bins[@]} -gt 0 ] || { echo "no binary to measure" >&2; exit 2; }
-printf '%-55s %8s %10s  %s\n' binary size_MB median_ms offsets
+median() { sort -n | sed -n "$(( (runs + 1) / 2 ))p"; }
+printf '%-50s %7s %9s %9s  %s\n' binary size_MB wall_ms cpu_ms offsets
 for b in "${bins[@]}"; do
-  times=()
+  walls=() cpus=()
   for _ in $(seq "$runs"); do
     t0=$(date +%s%N)
+    # CPU time of the child from /proc's view of this shell's children (ticks → ms).
+    c0=$(awk '{print $16 + $17}' /proc/$$/stat)
     out=$("$sonde" inspect "$b" 2>/dev/null || true)
+    c1=$(awk '{print $16 + $17}' /proc/$$/stat)
     t1=$(date +%s%N)
-    times+=($(( (t1 - t0) / 1000000 )))
+    walls+=($(( (t1 - t0) / 1000000 )))
+    cpus+=($(( (c1 - c0) * 1000 / $(getconf CLK_TCK) )))
   done
-  median=$(printf '%s\n' "${times[@]}" | sort -n | sed -n "$(( (runs + 1) / 2 ))p")
+  wall=$(printf '%s\n' "${walls[@]}" | median)
+  cpu=$(printf '%s\n' "${cpus[@]}" | median)
   size=$(( $(stat -c %s "$b") / 1000000 ))
   src=$(printf '%s\n' "$out" | sed -n 's/^offsets: *//p' | head -n1)
-  printf '%-55s %8s %10s  %s\n' "$b" "$size" "$median" "${src:-(no plan)}"
+  printf '%-50s %7s %9s %9s  %s\n' "$b" "$size" "$wall" "$cpu" "${src:-(no plan)}"
 done
