@@ -9,6 +9,10 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+echo "== Prometheus rules (promtool check + unit tests) and generated dashboards"
+promtool check rules compose/prometheus/rules/sonde.rules.yml
+(cd compose/prometheus/rules && promtool test rules sonde.rules.test.yml)
+python3 dashboards/generate.py --check
 echo "== Docker engine"
 bash scripts/dockerd.sh
 echo "== Go test targets"

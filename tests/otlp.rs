@@ -1127,3 +1127,181 @@ fn bad_otlp_settings_exit_2_naming_the_variable() {
     );
     assert!(!all.contains(SECRET), "{all}");
 }
+
+/// `GET path` with `Accept: accept`: (content type, body).
+fn get_accepting(port: u16, path: &str, accept: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.0\r\nHost: localhost\r\nAccept: {accept}\r\n\r\n"
+    )
+    .unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    let ct = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type: ")
+                .map(str::to_string)
+        })
+        .unwrap_or_default();
+    (ct, body.to_string())
+}
+
+#[test]
+fn exemplars_stored_by_prometheus_are_the_received_spans() {
+    let test = "exemplars_stored_by_prometheus_are_the_received_spans";
+    if !require_root_or_skip(test) {
+        return;
+    }
+    if std::process::Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip_missing(test, "prometheus");
+        return;
+    }
+    let r = Receiver::http(free_port());
+    let endpoint = format!("http://127.0.0.1:{}", r.port);
+    let s = start(&[
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+    ]);
+    let prom = support::prometheus::LocalPrometheus::start(&[s.prom]);
+    send_mix(s.front_port);
+    let pid = i64::from(s.front.pid());
+    wait_until(&r, Duration::from_secs(30), "the spans", |got| {
+        all_spans(got)
+            .iter()
+            .filter(|(p, sp)| *p == Some(pid) && sp.kind == SERVER)
+            .count()
+            >= MIX.len()
+    });
+    let spans: HashMap<(String, String), Span> = all_spans(&r.got())
+        .into_iter()
+        .filter(|(p, _)| *p == Some(pid))
+        .map(|(_, sp)| ((hex(&sp.trace_id), hex(&sp.span_id)), sp))
+        .collect();
+
+    // The exposition: text by default, OpenMetrics with exemplars when asked.
+    let (ct, text) = get_accepting(s.prom, "/metrics", "text/plain");
+    assert!(ct.starts_with("text/plain; version=0.0.4"), "{ct}");
+    assert!(!text.contains("trace_id"));
+    let (ct, om) = get_accepting(
+        s.prom,
+        "/metrics",
+        "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5",
+    );
+    assert!(
+        ct.starts_with("application/openmetrics-text; version=1.0.0"),
+        "{ct}"
+    );
+    assert!(om.ends_with("# EOF\n"), "{om}");
+    assert!(
+        om.contains("_bucket{") && om.contains(" # {trace_id=\""),
+        "{om}"
+    );
+
+    // Prometheus scraped them: one exemplar per (series, bucket) a request fell in, each the
+    // ids of a SERVER span the receiver got, for that method, with the span's duration.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let path = format!(
+        "query_exemplars?query=http_server_request_duration_seconds_bucket&start={}&end={}",
+        now - 600,
+        now + 600
+    );
+    let t = Instant::now();
+    let found = loop {
+        let v = support::prometheus::api(prom.port, &path);
+        let mut found = Vec::new();
+        for series in v["data"].as_array().into_iter().flatten() {
+            let labels = &series["seriesLabels"];
+            for e in series["exemplars"].as_array().into_iter().flatten() {
+                found.push((
+                    labels["http_request_method"].as_str().unwrap().to_string(),
+                    labels["le"].as_str().unwrap().parse::<f64>().unwrap(),
+                    e["labels"]["trace_id"].as_str().unwrap().to_string(),
+                    e["labels"]["span_id"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap().parse::<f64>().unwrap(),
+                ));
+            }
+        }
+        let methods: std::collections::BTreeSet<&str> =
+            found.iter().map(|f| f.0.as_str()).collect();
+        if methods.len() == 5 || t.elapsed() > Duration::from_secs(30) {
+            assert_eq!(
+                methods.into_iter().collect::<Vec<_>>(),
+                ["DELETE", "GET", "PATCH", "POST", "PUT"],
+                "{v}"
+            );
+            break found;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    for (method, le, trace_id, span_id, value) in &found {
+        let sp = spans
+            .get(&(trace_id.clone(), span_id.clone()))
+            .unwrap_or_else(|| {
+                panic!("exemplar {trace_id}/{span_id} ({method}) is no span received")
+            });
+        assert_eq!(sp.kind, SERVER);
+        assert!(sp.name.starts_with(&format!("{method} ")), "{}", sp.name);
+        let secs = (sp.end_time_unix_nano - sp.start_time_unix_nano) as f64 / 1e9;
+        assert!(
+            (secs - value).abs() < 1e-6,
+            "{method}: {value} vs span {secs}"
+        );
+        assert!(*value <= *le, "{method}: {value} in le={le}");
+    }
+    let patch = found.iter().find(|f| f.0 == "PATCH").unwrap();
+    assert!(patch.4 >= 0.03, "the 30 ms request: {}", patch.4);
+
+    // The same links as OTLP exemplars.
+    wait_until(&r, Duration::from_secs(30), "OTLP exemplars", |got| {
+        got.metrics.iter().any(|m| {
+            m.resource_metrics.iter().any(|rm| {
+                resource_pid(&rm.resource) == Some(pid)
+                    && rm.scope_metrics.iter().any(|sm| {
+                        sm.metrics.iter().any(|m| {
+                            m.name == "http.server.request.duration"
+                                && matches!(&m.data, Some(metric::Data::Histogram(h))
+                                    if h.data_points.iter().any(|p| !p.exemplars.is_empty()))
+                        })
+                    })
+            })
+        })
+    });
+    let got = r.got();
+    let last = got
+        .metrics
+        .iter()
+        .rev()
+        .flat_map(|m| &m.resource_metrics)
+        .find(|rm| resource_pid(&rm.resource) == Some(pid))
+        .unwrap();
+    let mut n = 0;
+    for m in last.scope_metrics.iter().flat_map(|sm| &sm.metrics) {
+        let Some(metric::Data::Histogram(h)) = &m.data else {
+            continue;
+        };
+        for p in &h.data_points {
+            for e in &p.exemplars {
+                assert_eq!(m.name, "http.server.request.duration", "durations only");
+                let key = (hex(&e.trace_id), hex(&e.span_id));
+                assert!(
+                    spans.contains_key(&key),
+                    "OTLP exemplar {key:?} is no span received"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 5, "{n} OTLP exemplars");
+}

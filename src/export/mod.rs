@@ -11,6 +11,8 @@ use std::sync::{Arc, Mutex};
 
 use thiserror::Error;
 
+#[cfg(test)]
+mod dashboards;
 mod rpc;
 
 use crate::config::{Config, MetricsNaming};
@@ -123,12 +125,27 @@ fn names(naming: MetricsNaming, client: bool) -> Names {
     }
 }
 
+/// The trace of a recent request in one bucket: a link from a slow bucket to its trace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Exemplar {
+    pub trace_id: [u8; 16],
+    pub span_id: [u8; 8],
+    pub value: f64,
+    pub unix_ms: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[derive(Debug, Clone)]
 struct Histogram {
     /// Non-cumulative counts per bucket; the last slot is +Inf.
     counts: Vec<u64>,
     sum: f64,
     count: u64,
+    /// Per bucket, the newest sampled request's trace; empty until traces are on.
+    exemplars: Vec<Option<Exemplar>>,
 }
 
 impl Histogram {
@@ -137,6 +154,7 @@ impl Histogram {
             counts: vec![0; bounds.len() + 1],
             sum: 0.0,
             count: 0,
+            exemplars: Vec::new(),
         }
     }
 
@@ -179,7 +197,23 @@ impl Family {
         }
     }
 
-    fn render(&self, out: &mut String) {
+    /// Attaches the exemplar to the bucket its value falls in, on a series `observe` made.
+    fn exemplar(&mut self, labels: &Labels, e: Exemplar) {
+        let bounds = self.bounds;
+        if let Some(h) = self.series.get_mut(labels) {
+            let i = bounds
+                .iter()
+                .position(|&b| e.value <= b)
+                .unwrap_or(bounds.len());
+            if h.exemplars.is_empty() {
+                h.exemplars = vec![None; bounds.len() + 1];
+            }
+            h.exemplars[i] = Some(e);
+        }
+    }
+
+    /// The text format, or OpenMetrics (which alone carries exemplars).
+    fn render(&self, out: &mut String, openmetrics: bool) {
         if self.series.is_empty() {
             return;
         }
@@ -197,11 +231,23 @@ impl Family {
                     Some(b) => format!("{b}"),
                     None => "+Inf".to_string(),
                 };
-                let _ = writeln!(
+                let _ = write!(
                     out,
                     "{}_bucket{{{base}le=\"{le}\"}} {cumulative}",
                     self.name
                 );
+                if let Some(Some(e)) = h.exemplars.get(i).filter(|_| openmetrics) {
+                    let _ = write!(
+                        out,
+                        " # {{trace_id=\"{}\",span_id=\"{}\"}} {} {}.{:03}",
+                        hex(&e.trace_id),
+                        hex(&e.span_id),
+                        e.value,
+                        e.unix_ms / 1000,
+                        e.unix_ms % 1000
+                    );
+                }
+                out.push('\n');
             }
             let plain = base.trim_end_matches(',');
             let _ = writeln!(out, "{}_sum{{{plain}}} {}", self.name, h.sum);
@@ -215,6 +261,20 @@ fn escape(v: &str) -> String {
         .replace('"', "\\\"")
         .replace('\n', "\\n")
 }
+
+/// The reasons `inspect` gives for not instrumenting a binary (`InspectError::reason`).
+const SKIP_REASONS: &[&str] = &[
+    "io",
+    "too_large",
+    "not_elf",
+    "unsupported_arch",
+    "not_go",
+    "go_too_old",
+    "malformed",
+    "missing_function",
+    "no_offsets",
+    "timeout",
+];
 
 /// Counters about sonde itself, shared by every stage.
 #[derive(Default)]
@@ -259,9 +319,17 @@ impl Health {
         self.otlp_dropped[signal as usize].fetch_add(n, Ordering::Relaxed);
     }
 
-    fn render(&self, out: &mut String) {
+    fn render(&self, out: &mut String, openmetrics: bool) {
         let mut metric = |name: &str, kind: &str, help: &str, body: String| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{body}");
+            // OpenMetrics names a counter's family without the `_total` of its samples.
+            let family = match openmetrics {
+                true => name.strip_suffix("_total").unwrap_or(name),
+                false => name,
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {family} {help}\n# TYPE {family} {kind}\n{body}"
+            );
         };
         metric(
             "sonde_build_info",
@@ -322,20 +390,27 @@ impl Health {
             "OTLP data given up on: metric export requests, or spans.",
             by_signal("sonde_otlp_dropped_total", &self.otlp_dropped),
         );
-        let skipped = self.skipped.lock().unwrap_or_else(|p| p.into_inner());
-        if !skipped.is_empty() {
-            let body = skipped
-                .iter()
-                .map(|(r, n)| format!("sonde_skipped_binaries_total{{reason=\"{r}\"}} {n}"))
-                .collect::<Vec<_>>()
-                .join("\n");
-            metric(
-                "sonde_skipped_binaries_total",
-                "counter",
-                "Selected processes not instrumented, by reason.",
-                body,
-            );
+        // Every known reason from the start, at 0: `increase()` then sees the first skip, and
+        // a dashboard panel on this family is never empty.
+        let mut skipped = self
+            .skipped
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for r in SKIP_REASONS {
+            skipped.entry(r).or_default();
         }
+        let body = skipped
+            .iter()
+            .map(|(r, n)| format!("sonde_skipped_binaries_total{{reason=\"{r}\"}} {n}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        metric(
+            "sonde_skipped_binaries_total",
+            "counter",
+            "Selected processes not instrumented, by reason.",
+            body,
+        );
     }
 }
 
@@ -366,11 +441,11 @@ impl Families {
         }
     }
 
-    fn render(&self, out: &mut String) {
-        self.duration.render(out);
-        self.request_size.render(out);
+    fn render(&self, out: &mut String, openmetrics: bool) {
+        self.duration.render(out, openmetrics);
+        self.request_size.render(out, openmetrics);
         if let Some(resp) = &self.response_size {
-            resp.render(out);
+            resp.render(out, openmetrics);
         }
     }
 
@@ -486,6 +561,30 @@ impl Exporter {
         }
     }
 
+    /// The trace of a request `record` just counted, as the exemplar of its duration bucket.
+    pub fn exemplar(&self, r: &EnrichedRequest, trace_id: [u8; 16], span_id: [u8; 8]) {
+        let e = Exemplar {
+            trace_id,
+            span_id,
+            value: r.request.duration_seconds(),
+            unix_ms: otlp::traces::WallClock::now_unix_ns() / 1_000_000,
+        };
+        if r.request.kind.is_rpc() {
+            self.rpc
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .exemplar(r, e);
+            return;
+        }
+        let labels = self.labels(r);
+        let mut f = self.families.lock().unwrap_or_else(|p| p.into_inner());
+        match r.request.kind {
+            crate::collect::RequestKind::HttpServer => f.0.duration.exemplar(&labels, e),
+            crate::collect::RequestKind::HttpClient => f.1.duration.exemplar(&labels, e),
+            crate::collect::RequestKind::RpcServer | crate::collect::RequestKind::RpcClient => {}
+        }
+    }
+
     /// The container stopped: its series go at `expires` unless it comes back first.
     pub fn retire_container(&self, name: &str, expires: std::time::Instant) {
         self.retiring
@@ -534,18 +633,31 @@ impl Exporter {
         tracing::info!("expired the series of stopped containers {expired:?}");
     }
 
+    /// The Prometheus text format (0.0.4).
     pub fn render(&self) -> String {
+        self.render_as(false)
+    }
+
+    /// OpenMetrics 1.0: the same samples, with exemplars on the duration buckets.
+    pub fn render_openmetrics(&self) -> String {
+        self.render_as(true)
+    }
+
+    fn render_as(&self, openmetrics: bool) -> String {
         let mut out = String::new();
         {
             let f = self.families.lock().unwrap_or_else(|p| p.into_inner());
-            f.0.render(&mut out);
-            f.1.render(&mut out);
+            f.0.render(&mut out, openmetrics);
+            f.1.render(&mut out, openmetrics);
         }
         self.rpc
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .render(&mut out);
-        self.health.render(&mut out);
+            .render(&mut out, openmetrics);
+        self.health.render(&mut out, openmetrics);
+        if openmetrics {
+            out.push_str("# EOF\n");
+        }
         out
     }
 }
@@ -598,7 +710,8 @@ pub async fn serve(listener: tokio::net::TcpListener, exporter: Arc<Exporter>, p
         .collect();
     let route = warp::get()
         .and(warp::path::full())
-        .and_then(move |full: warp::path::FullPath| {
+        .and(warp::header::optional::<String>("accept"))
+        .and_then(move |full: warp::path::FullPath, accept: Option<String>| {
             let exporter = exporter.clone();
             let wanted = segments.clone();
             async move {
@@ -606,11 +719,19 @@ pub async fn serve(listener: tokio::net::TcpListener, exporter: Arc<Exporter>, p
                 if got != wanted {
                     return Err(warp::reject::not_found());
                 }
-                Ok::<_, warp::Rejection>(warp::reply::with_header(
-                    exporter.render(),
-                    "content-type",
-                    "text/plain; version=0.0.4; charset=utf-8",
-                ))
+                // Prometheus asks for OpenMetrics first; only that format has exemplars.
+                let reply = if accept.is_some_and(|a| a.contains("application/openmetrics-text")) {
+                    (
+                        exporter.render_openmetrics(),
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )
+                } else {
+                    (
+                        exporter.render(),
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )
+                };
+                Ok::<_, warp::Rejection>(warp::reply::with_header(reply.0, "content-type", reply.1))
             }
         });
     warp::serve(route).incoming(listener).run().await;
@@ -705,6 +826,60 @@ mod tests {
     }
 
     #[test]
+    fn openmetrics_carries_exemplars_on_duration_buckets_only() {
+        let e = Exporter::with(MetricsNaming::Semconv, false, false);
+        let r = request("GET", 200, 0.03, "/a", None);
+        e.record(&r);
+        e.exemplar(&r, [0xab; 16], [0x01, 2, 3, 4, 5, 6, 7, 8]);
+        let om = e.render_openmetrics();
+        let l = r#"http_request_method="GET",http_response_status_code="200",http_route="/**",service_name="svc \"q\"",service_namespace="ns""#;
+        let line = om
+            .lines()
+            .find(|x| {
+                x.starts_with(&format!(
+                    "http_server_request_duration_seconds_bucket{{{l},le=\"0.05\"}} 1 # "
+                ))
+            })
+            .unwrap_or_else(|| panic!("{om}"));
+        let ex = line.split(" # ").nth(1).unwrap();
+        let (ids, rest) = ex.split_once("} ").unwrap();
+        assert_eq!(
+            ids,
+            format!(
+                "{{trace_id=\"{}\",span_id=\"0102030405060708\"",
+                "ab".repeat(16)
+            )
+        );
+        let mut rest = rest.split(' ');
+        assert_eq!(rest.next(), Some("0.03"));
+        let ts: f64 = rest.next().unwrap().parse().unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64();
+        assert!((now - ts).abs() < 60.0, "{ts} vs {now}");
+        assert_eq!(
+            om.matches(" # {").count(),
+            1,
+            "one bucket, one family: {om}"
+        );
+        assert!(om.ends_with("# EOF\n"));
+        assert!(
+            om.contains("# TYPE sonde_events counter\nsonde_events_total 1\n"),
+            "{om}"
+        );
+        let text = e.render();
+        assert!(!text.contains(" # {") && !text.contains("# EOF"), "{text}");
+        assert!(text.contains("# TYPE sonde_events_total counter\n"));
+        // A newer request in the same bucket replaces it.
+        e.record(&r);
+        e.exemplar(&r, [0xcd; 16], [9; 8]);
+        let om = e.render_openmetrics();
+        assert_eq!(om.matches(" # {").count(), 1);
+        assert!(om.contains(&"cd".repeat(16)));
+    }
+
+    #[test]
     fn health_counts_skips_by_reason() {
         let e = Exporter::with(MetricsNaming::BeylaV0, false, false);
         e.health().inc_skipped("not_go");
@@ -712,6 +887,7 @@ mod tests {
         e.health().add_events_lost(3);
         let text = e.render();
         assert!(text.contains("sonde_skipped_binaries_total{reason=\"not_go\"} 2\n"));
+        assert!(text.contains("sonde_skipped_binaries_total{reason=\"timeout\"} 0\n"));
         assert!(text.contains("sonde_events_lost_total 3\n"));
         assert!(text.contains(&format!(
             "sonde_build_info{{version=\"{}\"}} 1\n",

@@ -125,9 +125,19 @@ impl RpcFamilies {
         family.observe(&labels, r.request.duration_seconds());
     }
 
-    pub(super) fn render(&self, out: &mut String) {
-        self.server.render(out);
-        self.client.render(out);
+    pub(super) fn exemplar(&mut self, r: &EnrichedRequest, e: super::Exemplar) {
+        let labels = self.labels(r);
+        let family = if r.request.kind == RequestKind::RpcClient {
+            &mut self.client
+        } else {
+            &mut self.server
+        };
+        family.exemplar(&labels, e);
+    }
+
+    pub(super) fn render(&self, out: &mut String, openmetrics: bool) {
+        self.server.render(out, openmetrics);
+        self.client.render(out, openmetrics);
     }
 
     pub(super) fn retain(&mut self, keep: impl Fn(&Labels) -> bool) {

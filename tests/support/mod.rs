@@ -1,6 +1,8 @@
 //! Helpers for the integration tests: real processes, real sockets, cleaned up by PID.
 #![allow(dead_code)]
 
+pub mod prometheus;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
 use opentelemetry_proto::tonic::metrics::v1::{
-    metric, AggregationTemporality, Histogram, HistogramDataPoint, Metric, ResourceMetrics,
-    ScopeMetrics,
+    exemplar, metric, AggregationTemporality, Exemplar, Histogram, HistogramDataPoint, Metric,
+    ResourceMetrics, ScopeMetrics,
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
@@ -88,6 +88,9 @@ enum Value {
 /// Attribute set of one series, sorted by key.
 type Attrs = Vec<(&'static str, Value)>;
 
+/// A sampled request as an exemplar: trace id, span id, value, Unix ns.
+type SampledRequest = ([u8; 16], [u8; 8], f64, u64);
+
 #[derive(Debug, Clone)]
 struct Hist {
     counts: Vec<u64>,
@@ -95,6 +98,8 @@ struct Hist {
     count: u64,
     min: f64,
     max: f64,
+    /// Per bucket, the newest sampled request's (trace id, span id, value, Unix ns).
+    exemplars: Vec<Option<SampledRequest>>,
 }
 
 impl Hist {
@@ -105,6 +110,7 @@ impl Hist {
             count: 0,
             min: f64::INFINITY,
             max: f64::NEG_INFINITY,
+            exemplars: Vec::new(),
         }
     }
 
@@ -116,6 +122,17 @@ impl Hist {
         self.count += 1;
         self.min = self.min.min(v);
         self.max = self.max.max(v);
+    }
+
+    fn exemplar(&mut self, bounds: &[f64], e: SampledRequest) {
+        let i = bounds
+            .iter()
+            .position(|&b| e.2 <= b)
+            .unwrap_or(bounds.len());
+        if self.exemplars.is_empty() {
+            self.exemplars = vec![None; bounds.len() + 1];
+        }
+        self.exemplars[i] = Some(e);
     }
 }
 
@@ -210,12 +227,14 @@ impl MetricStore {
         }
     }
 
-    /// One short lock and a few additions: this runs for every request.
+    /// One short lock and a few additions: this runs for every request. `trace`: the ids
+    /// of its sampled span, kept as the exemplar of its duration bucket.
     pub fn record(
         &self,
         r: &EnrichedRequest,
         resource: impl FnOnce() -> Arc<Resource>,
         now_unix_ns: u64,
+        trace: Option<([u8; 16], [u8; 8])>,
     ) {
         let q = &r.request;
         let a = attrs(r, self.report_target, self.report_peer);
@@ -261,12 +280,13 @@ impl MetricStore {
         p.last_update = Instant::now();
         for (&instrument, v) in instruments.iter().zip(values) {
             let bounds = instrument.bounds();
-            if let Some(h) = p.series.get_mut(&(instrument, a.clone())) {
-                h.observe(bounds, v);
-            } else {
-                let mut h = Hist::new(bounds);
-                h.observe(bounds, v);
-                p.series.insert((instrument, a.clone()), h);
+            let h = match p.series.entry((instrument, a.clone())) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => e.insert(Hist::new(bounds)),
+            };
+            h.observe(bounds, v);
+            if let (Some((trace_id, span_id)), true) = (trace, instrument.unit() == "s") {
+                h.exemplar(bounds, (trace_id, span_id, v, now_unix_ns));
             }
         }
     }
@@ -303,6 +323,18 @@ impl MetricStore {
                     explicit_bounds: instrument.bounds().to_vec(),
                     min: (h.count > 0).then_some(h.min),
                     max: (h.count > 0).then_some(h.max),
+                    exemplars: h
+                        .exemplars
+                        .iter()
+                        .flatten()
+                        .map(|(trace_id, span_id, v, at)| Exemplar {
+                            time_unix_nano: *at,
+                            value: Some(exemplar::Value::AsDouble(*v)),
+                            span_id: span_id.to_vec(),
+                            trace_id: trace_id.to_vec(),
+                            ..Default::default()
+                        })
+                        .collect(),
                     ..Default::default()
                 };
                 match metrics.last_mut() {
@@ -398,8 +430,18 @@ mod tests {
             false,
             Duration::from_secs(60),
         );
-        s.record(&request(RequestKind::HttpServer, 200, 0.03, false), res, 10);
-        s.record(&request(RequestKind::HttpServer, 200, 0.2, false), res, 11);
+        s.record(
+            &request(RequestKind::HttpServer, 200, 0.03, false),
+            res,
+            10,
+            None,
+        );
+        s.record(
+            &request(RequestKind::HttpServer, 200, 0.2, false),
+            res,
+            11,
+            None,
+        );
         let r = s.collect(100).unwrap();
         let p = &points(&r, "http.server.request.duration")[0];
         assert_eq!(p.count, 2);
@@ -418,11 +460,42 @@ mod tests {
             m.iter().find(|m| m.unit == "s").unwrap().name,
             "http.server.request.duration"
         );
-        s.record(&request(RequestKind::HttpServer, 200, 0.03, false), res, 12);
+        s.record(
+            &request(RequestKind::HttpServer, 200, 0.03, false),
+            res,
+            12,
+            None,
+        );
         assert_eq!(
             points(&s.collect(200).unwrap(), "http.server.request.duration")[0].count,
             3
         );
+    }
+
+    #[test]
+    fn sampled_spans_are_exemplars_of_duration_buckets() {
+        let s = MetricStore::new(
+            Temporality::Cumulative,
+            false,
+            false,
+            Duration::from_secs(60),
+        );
+        let r = request(RequestKind::HttpServer, 200, 0.03, false);
+        s.record(&r, res, 10, Some(([7; 16], [8; 8])));
+        s.record(&r, res, 11, None);
+        let req = s.collect(100).unwrap();
+        let p = &points(&req, "http.server.request.duration")[0];
+        assert_eq!(p.exemplars.len(), 1);
+        let e = &p.exemplars[0];
+        assert_eq!(
+            (e.trace_id.as_slice(), e.span_id.as_slice()),
+            (&[7u8; 16][..], &[8u8; 8][..])
+        );
+        assert_eq!(e.value, Some(exemplar::Value::AsDouble(0.03)));
+        assert_eq!(e.time_unix_nano, 10);
+        assert!(points(&req, "http.server.response.body.size")[0]
+            .exemplars
+            .is_empty());
     }
 
     #[test]
@@ -443,12 +516,12 @@ mod tests {
             }
         };
         let mut r = request(RequestKind::HttpServer, 200, 0.01, false);
-        s.record(&r, named("pid-7"), 1);
+        s.record(&r, named("pid-7"), 1, None);
         r.identity = Arc::new(Identity {
             service_name: "shop".into(),
             ..Identity::default()
         });
-        s.record(&r, named("shop"), 2);
+        s.record(&r, named("shop"), 2, None);
         let req = s.collect(3).unwrap();
         let res = req.resource_metrics[0].resource.as_ref().unwrap();
         assert_eq!(res.attributes[0], kv_str("service.name", "shop"));
@@ -459,8 +532,18 @@ mod tests {
     #[test]
     fn delta_points_restart_each_interval() {
         let s = MetricStore::new(Temporality::Delta, false, false, Duration::from_secs(60));
-        s.record(&request(RequestKind::HttpClient, 503, 0.01, false), res, 10);
-        s.record(&request(RequestKind::HttpClient, 0, 0.01, true), res, 10);
+        s.record(
+            &request(RequestKind::HttpClient, 503, 0.01, false),
+            res,
+            10,
+            None,
+        );
+        s.record(
+            &request(RequestKind::HttpClient, 0, 0.01, true),
+            res,
+            10,
+            None,
+        );
         let r = s.collect(100).unwrap();
         let p = points(&r, "http.client.request.duration");
         assert_eq!(p.len(), 2, "failed call is its own series");
@@ -477,6 +560,7 @@ mod tests {
             &request(RequestKind::HttpClient, 503, 0.01, false),
             res,
             160,
+            None,
         );
         let p = &points(&s.collect(200).unwrap(), "http.client.request.duration")[0];
         assert_eq!((p.count, p.start_time_unix_nano), (1, 100));

@@ -194,11 +194,12 @@ impl Otlp {
 
     /// Called for every request, on the collection path: never blocks on the network.
     pub fn record(&self, r: &EnrichedRequest) {
-        if let Some(m) = &self.metrics {
-            m.record(r, || self.resource(r), WallClock::now_unix_ns());
-        }
-        if let Some(buf) = &self.spans {
-            let ids = match r.request.trace {
+        // The span's ids first: a sampled span is the exemplar of its request's bucket, in
+        // OTLP and in the Prometheus exposition (the request is already counted there).
+        let ids = self
+            .spans
+            .as_ref()
+            .map(|_| match r.request.trace {
                 Some(t) => SpanIds {
                     trace_id: t.trace_id,
                     span_id: t.span_id,
@@ -206,10 +207,14 @@ impl Otlp {
                     remote_parent: t.remote_parent,
                 },
                 None => self.ids.root(),
-            };
-            if !traces::sampled(&ids.trace_id, self.sampler_ratio) {
-                return;
-            }
+            })
+            .filter(|ids| traces::sampled(&ids.trace_id, self.sampler_ratio));
+        if let Some(m) = &self.metrics {
+            let trace = ids.map(|i| (i.trace_id, i.span_id));
+            m.record(r, || self.resource(r), WallClock::now_unix_ns(), trace);
+        }
+        if let (Some(buf), Some(ids)) = (&self.spans, ids) {
+            self.exporter.exemplar(r, ids.trace_id, ids.span_id);
             self.push_span(buf, r, &ids);
         }
     }
