@@ -151,6 +151,12 @@ run_kernel() {
     tr -d '\r' <"$log" | tail -n 20 | sed 's/^/    /'
     failed=$((failed + 1))
   fi
+  # What the verifier refused, when it refused something that must load.
+  [ "$failed" = 0 ] || tr -d '\r' <"$log" | grep -E '^    \| .*: rejected: ' | grep -v 'unbounded.bpf.o/' \
+    | sed "s/^    | /  $series:   /" || true
+  if [ "$self_test" ] && [ "$failed" != 0 ]; then
+    tr -d '\r' <"$log" | grep -E '^    \| unbounded.bpf.o/.*: rejected: ' | sed "s/^    | /  $series:   /" || true
+  fi
   if [ "$passed" = 0 ]; then
     failed=$((failed + 1))
   fi
