@@ -77,8 +77,11 @@ prepare() {
     local kver
     kver=$(ls "$dir/tree/lib/modules")
     depmod -b "$dir/tree" "$kver"
-    build_initramfs "$dir" "$kver"
     touch "$dir/.ready"
+  fi
+  # Cheap (a few modules): rebuilt whenever tests/kernels/init changed.
+  if [ ! "$dir/initramfs.gz" -nt tests/kernels/init ]; then
+    build_initramfs "$dir" "$(ls "$dir/tree/lib/modules")"
   fi
 }
 
