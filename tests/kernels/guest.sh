@@ -106,9 +106,11 @@ SONDE_OPEN_PORT=18081,18082,18083,18084,18085 SONDE_PROMETHEUS_PORT=19400 SONDE_
   "$SONDE" >$work/sonde.log 2>&1 &
 sonde=$!
 
+# One deadline for every attach: a kernel where they fail fails in WAIT seconds, not in one
+# WAIT per process.
+deadline=$((SECONDS + WAIT))
 wait_log() {
-  local t=0
-  while ! grep -q "$1" $work/sonde.log && [ $t -lt $WAIT ]; do sleep 1; t=$((t + 1)); done
+  while ! grep -q "$1" $work/sonde.log && [ $SECONDS -lt $deadline ]; do sleep 1; done
   grep -q "$1" $work/sonde.log
 }
 ready=1
