@@ -115,7 +115,7 @@ static __always_inline int grpc_take(void *map, struct inflight_key *key, struct
 
 static __always_inline void copy_go_bytes(char *dst, __u32 cap, __u64 ptr, __u64 len)
 {
-    __u64 n = len < cap ? len : cap;
+    __u64 n = bounded(len, cap);
     if (n > 0 && ptr)
         bpf_probe_read_user(dst, n, (void *)ptr);
 }

@@ -12,6 +12,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "sonde_events.h"
+#include "bounds.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -113,7 +114,7 @@ static __always_inline __u64 read_go_string(char *dst, __u32 cap, __u64 str_addr
     if (bpf_probe_read_user(hdr, sizeof(hdr), (void *)str_addr) != 0)
         return 0;
     __u64 len = hdr[1];
-    __u64 n = len < cap ? len : cap;
+    __u64 n = bounded(len, cap);
     if (n > 0 && hdr[0] != 0)
         bpf_probe_read_user(dst, n, (void *)hdr[0]);
     return len;
@@ -134,10 +135,10 @@ struct window {
 static __always_inline void window_copy(struct window *w, void *buf, __u64 cap, __u64 base,
                                         __u64 need)
 {
-    __u64 n = need < cap ? need : cap;
     w->base = base;
     w->len = 0;
-    if (n == 0 || n > cap)
+    __u64 n = bounded(need, cap);
+    if (n == 0)
         return;
     if (bpf_probe_read_user(buf, n, (void *)base) == 0)
         w->len = n;
@@ -162,7 +163,7 @@ static __always_inline __u64 max_u64(__u64 a, __u64 b)
 /* Copies a Go string whose header (pointer, length) was already read; returns its length. */
 static __always_inline __u64 copy_go_string(char *dst, __u32 cap, __u64 ptr, __u64 len)
 {
-    __u64 n = len < cap ? len : cap;
+    __u64 n = bounded(len, cap);
     if (n > 0 && ptr != 0)
         bpf_probe_read_user(dst, n, (void *)ptr);
     return len;

@@ -26,6 +26,7 @@
 #include <bpf/bpf_tracing.h>
 
 #include "sonde_events.h"
+#include "bounds.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -224,12 +225,12 @@ static __always_inline struct sys_event *scratch_event(void)
  * unless the buffer is filling up. */
 static __always_inline void output(struct sys_event *e, __u32 copied)
 {
-    if (copied > SONDE_SYS_DATA_MAX)
-        copied = SONDE_SYS_DATA_MAX;
     __u64 wake = bpf_ringbuf_query(&sys_events, BPF_RB_AVAIL_DATA) >= WAKEUP_THRESHOLD
                      ? BPF_RB_FORCE_WAKEUP
                      : BPF_RB_NO_WAKEUP;
-    if (bpf_ringbuf_output(&sys_events, e, SYS_EVENT_HEADER + copied, wake) != 0) {
+    /* Bounded after the query call: a bound kept across a call may be spilled and lost. */
+    __u64 size = SYS_EVENT_HEADER + bounded(copied, SONDE_SYS_DATA_MAX);
+    if (bpf_ringbuf_output(&sys_events, e, size, wake) != 0) {
         __u32 zero = 0;
         __u64 *lost = bpf_map_lookup_elem(&sys_lost, &zero);
         if (lost)
@@ -273,9 +274,7 @@ static __always_inline void emit_data(__u32 pid, __s32 fd, struct conn *c, __u8 
     /* Unbound TLS plaintext names its SSL object here; see SONDE_SYS_FLAG_UNBOUND. */
     __builtin_memset(e->addr, 0, sizeof(e->addr));
     __builtin_memcpy(e->addr, &ssl, sizeof(ssl));
-    __u32 n = len < SONDE_SYS_DATA_MAX ? (__u32)len : SONDE_SYS_DATA_MAX;
-    if (!buf)
-        n = 0;
+    __u32 n = buf ? bounded(len, SONDE_SYS_DATA_MAX) : 0;
     if (n > 0 && bpf_probe_read_user(e->data, n, (void *)buf) != 0)
         n = 0;
     e->copied = n;

@@ -9,12 +9,24 @@
 #   - nginx-light, nodejs, openssl: non-Go servers for the syscall/OpenSSL tracer tests
 #   - docker.io: a Docker engine for the container tests (scripts/dockerd.sh starts it)
 #   - util-linux (setpriv): tests/privileges.rs; binutils (objcopy): fuzz seeds
+#   - qemu-system-x86, busybox-static, cpio, kmod, xz-utils: the kernel matrix
+#     (scripts/kernel-matrix.sh), whose 6.12 kernel comes from bookworm-backports
 set -euo pipefail
 
 say() { echo "setup: $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root"; exit 1; }
 
-packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose golang-google-grpc-dev wrk nginx-light nodejs openssl util-linux binutils)
+# Debian's 6.12 kernel (the kernel matrix) is in bookworm-backports; its packages only install
+# when asked for by suite (priority 100), so nothing else changes.
+if grep -qs bookworm /etc/os-release && ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/; then
+  say "adding bookworm-backports (the kernel matrix's 6.12 kernel)"
+  printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+    'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+    >/etc/apt/sources.list.d/sonde-kernels.sources
+  apt-get update -qq
+fi
+
+packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose golang-google-grpc-dev wrk nginx-light nodejs openssl util-linux binutils busybox-static cpio kmod xz-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -23,6 +35,15 @@ if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Without recommends (no GUI, no firmware blobs). Bookworm's qemu-system-x86 conflicts with a
+# qemu-utils already taken from backports: then it comes from backports too.
+if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then
+  say "installing qemu-system-x86 (the kernel matrix)"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null 2>&1 \
+    || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
 GO_VERSIONS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)

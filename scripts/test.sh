@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command, and what CI runs: installs prerequisites, checks formatting and
-# lints, then unit tests and the integration tests (root: real BPF, real Go servers).
+# lints, then unit tests and the integration tests (root: real BPF, real Go servers), then the
+# kernel matrix (the BPF side on Debian's 6.1 and 6.12 kernels, ~3 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,5 +25,7 @@ echo "== unit tests"
 cargo test --lib --bins --quiet
 echo "== integration tests (one at a time: they load BPF and bind ports)"
 SONDE_REQUIRE_INTEGRATION=1 cargo test --no-fail-fast --test '*' -- --test-threads=1
+echo "== kernel matrix: Debian's 6.1 and 6.12 kernels under QEMU (the host kernel is covered above)"
+bash scripts/kernel-matrix.sh 6.1 6.12
 echo "== fuzz smoke (every target in fuzz/, a few seconds each)"
 bash scripts/fuzz-smoke.sh "${FUZZ_SECONDS:-10}"

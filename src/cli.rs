@@ -39,8 +39,17 @@ enum Command {
         /// A process id (its /proc/<pid>/exe is read) or the path of an executable.
         target: String,
     },
-    /// Show what this kernel and these privileges allow.
-    Check,
+    /// Show what this kernel and these privileges allow; exits 1 when something the
+    /// configuration needs is unavailable.
+    Check {
+        /// Load every program of every embedded BPF object through the verifier, and nothing
+        /// else (the kernel matrix, scripts/kernel-matrix.sh).
+        #[arg(long, hide = true)]
+        load_all: bool,
+        /// With --load-all: also every program of this BPF object file (repeatable).
+        #[arg(long, hide = true, value_name = "FILE", requires = "load_all")]
+        load_object: Vec<PathBuf>,
+    },
     /// Benchmark floor: count-only uprobes on the offsets sonde would probe (bench/).
     #[command(hide = true)]
     Floor {
@@ -63,9 +72,22 @@ pub fn run() -> i32 {
             init_logging("warn");
             inspect(&target)
         }
-        Command::Check => {
+        Command::Check {
+            load_all,
+            load_object,
+        } => {
             init_logging("warn");
-            check()
+            if load_all {
+                return check_load_all(&load_object);
+            }
+            let config = match Config::from_env_and_file(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sonde: configuration error: {e}");
+                    return EXIT_CONFIG;
+                }
+            };
+            check(&config)
         }
         Command::Floor { pid } => {
             init_logging("warn");
@@ -122,7 +144,27 @@ fn inspect(target: &str) -> i32 {
     }
 }
 
-fn check() -> i32 {
+/// Every program of every embedded object (and of `extra` files) through the verifier: 0 only
+/// when all of them load.
+fn check_load_all(extra: &[PathBuf]) -> i32 {
+    let outcomes = crate::attach::verify::load_all(extra);
+    print!("{}", crate::attach::verify::render(&outcomes));
+    let rejected = outcomes.iter().filter(|o| o.result.is_err()).count();
+    println!(
+        "{} programs loaded, {rejected} rejected",
+        outcomes.len() - rejected
+    );
+    i32::from(rejected > 0)
+}
+
+/// The exit status of `sonde check`: 1 when the Go probes cannot run, or when the syscall
+/// tracer cannot load while the configuration turns it on (its default).
+fn check_status(go_probes: bool, syscall_tracer: Option<bool>, syscall_tracing: bool) -> i32 {
+    let tracer_missing = syscall_tracing && syscall_tracer != Some(true);
+    i32::from(!go_probes || tracer_missing)
+}
+
+fn check(config: &Config) -> i32 {
     match crate::kernel::ensure_tracefs() {
         Ok(true) => println!("mounted tracefs at /sys/kernel/tracing"),
         Ok(false) => {}
@@ -134,29 +176,69 @@ fn check() -> i32 {
         Some(caps) => print!("{}", crate::privileges::report(caps)),
         None => println!("capabilities: cannot read CapEff from /proc/self/status"),
     }
-    match crate::kernel::can_run_go_probes(&features) {
-        Ok(()) => {
-            match crate::attach::Attacher::load() {
-                Ok(_) => println!("BPF programs load and pass the verifier: yes"),
-                Err(e) => {
-                    println!("BPF programs load and pass the verifier: no ({e})");
-                    return 1;
-                }
+    let go_probes = match crate::kernel::can_run_go_probes(&features) {
+        Ok(()) => match crate::attach::Attacher::load() {
+            Ok(_) => {
+                println!("BPF programs load and pass the verifier: yes");
+                println!("Go HTTP server probes: available");
+                true
             }
-            println!("Go HTTP server probes: available");
-            // Non-Go processes only: the Go probes work without it, so it does not fail.
-            match crate::attach::syscalls::SyscallTracer::load(crate::attach::Activity::new()) {
-                Ok(_) => println!(
-                    "syscall + OpenSSL tracer (non-Go processes): available, {}",
-                    crate::kernel::syscall_source().detail
-                ),
-                Err(e) => println!("syscall + OpenSSL tracer (non-Go processes): unavailable: {e}"),
+            Err(e) => {
+                println!("BPF programs load and pass the verifier: no ({e})");
+                println!("Go HTTP server probes: unavailable");
+                false
             }
-            0
-        }
+        },
         Err(why) => {
             println!("Go HTTP server probes: unavailable: {why}");
-            1
+            false
         }
+    };
+    let tracer = if !config.syscall_tracing {
+        println!("syscall + OpenSSL tracer (non-Go processes): off (syscall_tracing is false)");
+        None
+    } else if !go_probes {
+        // The same privileges and ring buffer are missing: loading it would only say so again.
+        println!("syscall + OpenSSL tracer (non-Go processes): not tried");
+        Some(false)
+    } else {
+        match crate::attach::syscalls::SyscallTracer::load(crate::attach::Activity::new()) {
+            Ok(_) => {
+                println!(
+                    "syscall + OpenSSL tracer (non-Go processes): available, {}",
+                    crate::kernel::syscall_source().detail
+                );
+                Some(true)
+            }
+            Err(e) => {
+                println!(
+                    "syscall + OpenSSL tracer (non-Go processes): unavailable: {e}\n\
+                     the configuration needs it (syscall_tracing: true; \
+                     SONDE_SYSCALL_TRACING=false runs without it)"
+                );
+                Some(false)
+            }
+        }
+    };
+    check_status(go_probes, tracer, config.syscall_tracing)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_status;
+
+    #[test]
+    fn check_fails_when_a_needed_capability_is_missing() {
+        // Everything there.
+        assert_eq!(check_status(true, Some(true), true), 0);
+        // The syscall tracer is rejected (the 6.1 verifier did) while the configuration
+        // traces non-Go processes: not a warning, a failure.
+        assert_eq!(check_status(true, Some(false), true), 1);
+        // The same kernel, with syscall tracing turned off: nothing needed is missing.
+        assert_eq!(check_status(true, None, false), 0);
+        assert_eq!(check_status(true, Some(false), false), 0);
+        // No Go probes: always a failure.
+        assert_eq!(check_status(false, Some(true), true), 1);
+        assert_eq!(check_status(false, None, false), 1);
     }
 }

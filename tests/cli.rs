@@ -144,3 +144,83 @@ fn check_reports_kernel_features_and_verifier() {
         assert!(out.contains(line), "check lacks {line}:\n{out}");
     }
 }
+
+#[test]
+fn check_follows_the_configuration() {
+    if !require_root_or_skip("check_follows_the_configuration") {
+        return;
+    }
+    // `check` reads the configuration now: a bad value is a configuration error.
+    let (code, _, err) = sonde(&["check"], &[("SONDE_SYSCALL_TRACING", "maybe")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.to_lowercase().contains("syscall_tracing"), "{err}");
+    // Turned off, the tracer is not needed: not loaded, not a failure.
+    let (code, out, _) = sonde(&["check"], &[("SONDE_SYSCALL_TRACING", "false")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("syscall + OpenSSL tracer (non-Go processes): off (syscall_tracing is false)"),
+        "{out}"
+    );
+}
+
+/// `sonde check --load-all` (the kernel matrix's verifier check) loads every embedded program,
+/// and a known-bad object (tests/kernels/unbounded.bpf.c, compiled now) is reported rejected
+/// with the verifier's reason and a non-zero exit: a verifier regression cannot pass silently.
+#[test]
+fn load_all_loads_every_program_and_sees_a_rejection() {
+    if !require_root_or_skip("load_all_loads_every_program_and_sees_a_rejection") {
+        return;
+    }
+    let (code, out, _) = sonde(&["check", "--load-all"], &[]);
+    assert_eq!(code, 0, "{out}");
+    for program in [
+        "sonde.bpf.o/server_handler_entry",
+        "launch.bpf.o/task_rename",
+        "floor.bpf.o/floor_hit",
+        "syscalls.bpf.o/sys_exit_read",
+        "syscalls.bpf.o/ssl_return",
+    ] {
+        assert!(
+            out.contains(&format!("loaded {program}")),
+            "{program}:\n{out}"
+        );
+    }
+    assert!(out.contains(" programs loaded, 0 rejected"), "{out}");
+
+    let dir = std::env::temp_dir().join(format!("sonde-bad-bpf-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("unbounded.bpf.o");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let st = Command::new(std::env::var("CLANG").unwrap_or_else(|_| "clang".into()))
+        .args([
+            "-O2",
+            "-g",
+            "-target",
+            "bpf",
+            "-I/usr/include/x86_64-linux-gnu",
+            "-c",
+        ])
+        .arg(format!("{repo}/tests/kernels/unbounded.bpf.c"))
+        .arg("-o")
+        .arg(&bad)
+        .status()
+        .expect("run clang (it builds sonde too)");
+    assert!(st.success());
+    let (code, out, _) = sonde(
+        &[
+            "check",
+            "--load-all",
+            "--load-object",
+            bad.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("unbounded.bpf.o/read_unbounded: rejected: "))
+        .unwrap_or_else(|| panic!("no rejection:\n{out}"));
+    assert!(line.contains("verifier: R2 "), "{line}");
+    assert!(out.contains(" programs loaded, 1 rejected"), "{out}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

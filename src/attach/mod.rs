@@ -19,6 +19,7 @@ pub mod launch;
 mod reaper;
 pub use reaper::Activity;
 pub mod syscalls;
+pub mod verify;
 
 use crate::ebpf_abi::{GoOffsetsAbi, GrpcOffsetsAbi};
 use crate::inspect::{ProbePlan, ProbeRole};
