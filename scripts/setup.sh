@@ -8,13 +8,15 @@
 #   - wrk: the load generator of the benchmark (bench/run.sh) and its smoke test
 #   - nginx-light, nodejs, openssl: non-Go servers for the syscall/OpenSSL tracer tests
 #   - docker.io: a Docker engine for the container tests (scripts/dockerd.sh starts it)
+#   - podman, crun: the Podman tests (scripts/podman.sh starts its API service; runc, from
+#     docker.io, runs the containers: crun refuses this VM's hybrid cgroups)
 #   - util-linux (setpriv): tests/privileges.rs; binutils (objcopy): fuzz seeds
 set -euo pipefail
 
 say() { echo "setup: $*"; }
 [ "$(id -u)" = 0 ] || { echo "setup: run as root"; exit 1; }
 
-packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose golang-google-grpc-dev wrk nginx-light nodejs openssl util-linux binutils)
+packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose podman crun golang-google-grpc-dev wrk nginx-light nodejs openssl util-linux binutils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -11,6 +11,8 @@ echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 echo "== Docker engine"
 bash scripts/dockerd.sh
+echo "== Podman API service"
+bash scripts/podman.sh
 echo "== Go test targets"
 bash scripts/build-go-targets.sh target/go-targets | tail -n 3
 bash scripts/build-grpc-targets.sh target/go-targets | tail -n 3

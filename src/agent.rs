@@ -141,6 +141,10 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
+    let mut enrolments = Enrolments {
+        ring: attacher.take_enrolments()?,
+        slots: attacher.armed_slots(),
+    };
     let (tracer, mut sys_reader) = load_syscall_tracer(&config, attacher.activity());
     // Loading it parsed the kernel's BTF again: return those pages too.
     // SAFETY: malloc_trim has no preconditions.
@@ -178,6 +182,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // Docker events and container launches wake the discovery thread at once instead of at
     // its next scan.
     let (wake, woken) = std::sync::mpsc::channel::<()>();
+    // Processes the kernel enrolled at an armed file's probe, named at once by the collector
+    // and handed to discovery, which owns their filter entries.
+    let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
     if let Some(containers) = &containers {
@@ -190,10 +197,6 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     }));
     let mut _launches = None;
     if let Some(containers) = containers {
-        tracing::info!(
-            "watching Docker at {}",
-            crate::discover::docker::socket_path()
-        );
         _launches = watch_launches(
             shared.clone(),
             plans.clone(),
@@ -218,7 +221,17 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 }
             }
         };
-        tokio::spawn(crate::discover::docker::watch(containers, changed, created));
+        let created = Arc::new(created);
+        for socket in crate::discover::docker::socket_paths() {
+            tracing::info!("watching containers at {socket}");
+            let (changed, created) = (changed.clone(), created.clone());
+            tokio::spawn(crate::discover::docker::watch(
+                containers.clone(),
+                socket,
+                changed,
+                move |hint| created(hint),
+            ));
+        }
     }
     let discovery = {
         let identities = identities.clone();
@@ -229,7 +242,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             .name("sonde-discovery".into())
             .spawn(move || {
                 discovery_loop(
-                    shared, tracer, plans, identities, exporter, stop, woken, ttl,
+                    shared, tracer, plans, identities, exporter, stop, woken, enrolled, ttl,
                 )
             })?
     };
@@ -247,6 +260,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        // Before the requests: a process's enrolment is reported before its first request.
+        enrolments.drain(&selector, &identities, &exporter, &enrolled_tx);
         {
             let ids = identities.read().unwrap_or_else(|p| p.into_inner());
             let mut handle = |request: crate::collect::Request| {
@@ -375,6 +390,17 @@ fn instrument_launch(
     let Some(start_time) = crate::discover::start_time(pid) else {
         return;
     };
+    if !tracker.selector().knows_container(&container_id) {
+        // Podman's API service relays a creation only after the container started: its own
+        // event log has it already.
+        if let Some(info) = crate::discover::docker::podman_container_from_log(&container_id) {
+            tracing::debug!(
+                "launch of pid {pid}: container {} known from Podman's event log",
+                info.name
+            );
+            tracker.selector().learn_container(info);
+        }
+    }
     let launch = match crate::discover::bundle::find_bundle(pid, &container_id)
         .and_then(|b| crate::discover::bundle::launch_of(&b))
     {
@@ -445,6 +471,37 @@ fn instrument_launch(
             register(identities, exporter, pid, identity);
         }
         Err(e) => tracing::debug!("attaching before the exec of pid {pid}: {e}"),
+    }
+}
+
+/// The armed file's slot a selected process runs, arming its file first when
+/// `executable_name` selects it (so that its later executions, however short, are measured
+/// from their first request). `None`: attach to the process alone.
+fn armed_slot_for(
+    guard: &mut Instrumented,
+    process: &HostProcess,
+    plan: &crate::inspect::ProbePlan,
+) -> Option<u32> {
+    let exe = std::path::PathBuf::from(format!("/proc/{}/exe", process.pid));
+    if let Some(slot) = guard.attacher.armed_slot(&exe) {
+        return Some(slot);
+    }
+    if !guard.tracker.selector().selects_by_executable(process) {
+        return None;
+    }
+    match guard.attacher.arm_file(&exe, &process.exe, plan) {
+        Ok((slot, _)) => {
+            tracing::info!(
+                "armed {} (Go {}) as a whole: its later runs are measured from their first request",
+                process.exe.display(),
+                plan.go_version
+            );
+            Some(slot)
+        }
+        Err(e) => {
+            tracing::debug!("not arming {}: {e}", process.exe.display());
+            None
+        }
     }
 }
 
@@ -525,6 +582,123 @@ fn fallback_identity(pid: u32) -> Arc<Identity> {
     })
 }
 
+/// The kernel's reports of processes it enrolled at an armed file's probe.
+struct Enrolments {
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    slots: crate::attach::ArmedSlots,
+}
+
+impl Enrolments {
+    /// Names each newly enrolled process (as a scan would have) and hands it to discovery.
+    fn drain(
+        &mut self,
+        selector: &crate::select::Selector,
+        identities: &RwLock<Identities>,
+        exporter: &Exporter,
+        discovery: &std::sync::mpsc::Sender<HostProcess>,
+    ) {
+        while let Some(item) = self.ring.next() {
+            let Some(e) = crate::ebpf_abi::EnrolEvent::from_bytes(&item) else {
+                continue;
+            };
+            drop(item);
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            let Some(exe) = slots.get(&e.slot).cloned() else {
+                continue;
+            };
+            drop(slots);
+            // It may have exited already: then it is named by its file alone.
+            let process = HostProcess {
+                pid: e.pid,
+                exe,
+                start_time: crate::discover::start_time(e.pid).unwrap_or(0),
+                listen_ports: Vec::new(),
+                container_id: crate::discover::cgroup::container_id_of(e.pid),
+            };
+            let identity = selector.identity(&process);
+            tracing::debug!(
+                "pid {} ({}) enrolled at its first probe hit, {:.1} ms ago, as service \"{}\"",
+                e.pid,
+                process.exe.display(),
+                monotonic_ns().saturating_sub(e.ktime_ns) as f64 / 1e6,
+                identity.service_name
+            );
+            register(identities, exporter, e.pid, identity);
+            let _ = discovery.send(process);
+        }
+    }
+}
+
+/// Arms the files `executable_name` names by path, before they run (see
+/// `Attacher::arm_file`). `failed` remembers why a file could not be, to say it once.
+fn arm_named_files(
+    shared: &Shared,
+    plans: &PlanCache,
+    exporter: &Exporter,
+    failed: &mut HashMap<std::path::PathBuf, String>,
+) {
+    let files = lock(shared).tracker.selector().named_files();
+    for file in files {
+        if lock(shared).attacher.armed_slot(&file).is_some() {
+            continue;
+        }
+        // Never inspect while holding `shared`.
+        let plan = match plans.get_or_inspect(&file) {
+            Ok((_, Ok(plan), _)) => plan,
+            Ok((_, Err(e), _)) => {
+                if failed.insert(file.clone(), e.to_string()).is_none() {
+                    tracing::info!("not arming {}: {e}", file.display());
+                    exporter.health().inc_skipped(e.reason());
+                }
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let armed = lock(shared).attacher.arm_file(&file, &file, &plan);
+        match armed {
+            Ok((_, true)) => {
+                failed.remove(&file);
+                tracing::info!(
+                    "armed {} (Go {}) as a whole: every process that runs it is measured from its first request",
+                    file.display(),
+                    plan.go_version
+                );
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let e = e.to_string();
+                if failed.get(&file) != Some(&e) {
+                    tracing::warn!("cannot arm {}: {e}", file.display());
+                    failed.insert(file, e);
+                }
+            }
+        }
+    }
+}
+
+/// Takes over the processes the kernel enrolled: alive ones are tracked like instrumented
+/// ones (their filter entries go when they exit); those gone already are forgotten now.
+fn adopt_enrolled(
+    shared: &Shared,
+    enrolled: &std::sync::mpsc::Receiver<HostProcess>,
+    identities: &RwLock<Identities>,
+) {
+    for p in enrolled.try_iter() {
+        let mut guard = lock(shared);
+        let alive = p.start_time != 0 && crate::discover::start_time(p.pid) == Some(p.start_time);
+        if alive {
+            guard.attacher.adopt_enrolled(p.pid);
+            guard.tracker.adopt(p.pid, p.start_time, p.exe);
+        } else if !guard.tracker.is_selected(p.pid) {
+            guard.attacher.detach_process(p.pid);
+            let mut ids = identities.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(id) = ids.live.remove(&p.pid) {
+                ids.gone.insert(p.pid, (id, Instant::now()));
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn discovery_loop(
     shared: Shared,
@@ -534,12 +708,16 @@ fn discovery_loop(
     exporter: Arc<Exporter>,
     stop: Arc<AtomicBool>,
     woken: std::sync::mpsc::Receiver<()>,
+    enrolled: std::sync::mpsc::Receiver<HostProcess>,
     series_ttl: Duration,
 ) {
     // Processes whose attach failed, with the attempts made so far.
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
+    let mut arm_failures = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
+        arm_named_files(&shared, &plans, &exporter, &mut arm_failures);
+        adopt_enrolled(&shared, &enrolled, &identities);
         let needs_ports = lock(&shared).tracker.needs_listen_ports();
         let scan = if needs_ports {
             crate::discover::scan()
@@ -646,6 +824,24 @@ fn discovery_loop(
             }
             if guard.attacher.is_attached(pid) {
                 // Instrumented at its launch meanwhile.
+                continue;
+            }
+            if let Some(slot) = armed_slot_for(&mut guard, &process, &plan) {
+                match guard.attacher.enrol(pid, slot) {
+                    Ok(()) => {
+                        tracing::info!(
+                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole",
+                            process.exe.display(),
+                            plan.go_version,
+                            identity.service_name
+                        );
+                        register(&identities, &exporter, pid, identity);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot instrument pid {pid}: {e}");
+                        exporter.health().inc_attach_errors();
+                    }
+                }
                 continue;
             }
             let attached = guard.attacher.attach_process(pid, &plan);

@@ -130,6 +130,25 @@ impl LaunchEvent {
     }
 }
 
+/// `struct enrol_event`: a process the kernel enrolled at an armed file's probe.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnrolEvent {
+    pub pid: u32,
+    pub slot: u32,
+    pub ktime_ns: u64,
+}
+
+impl EnrolEvent {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
 /// `struct grpc_offsets`: the value of the `pid_grpc_offsets` map.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -306,6 +325,7 @@ mod tests {
             ]
         );
         check!("launch_event", LaunchEvent, [pid, _pad, ktime_ns]);
+        check!("enrol_event", EnrolEvent, [pid, slot, ktime_ns]);
         check!(
             "grpc_offsets",
             GrpcOffsetsAbi,
