@@ -2,7 +2,7 @@
 """Container start → first request counted, on Docker or Podman (runc), one container at a time.
 
 Starts sonde (metrics on a free port, url_path reported), then for each trial runs a labelled
-container of the Go test server image with --network host, sends GET /first the moment its
+container of the Go test server image with --network host, sends GET /status/200 the moment its
 port accepts and polls /metrics until that request is counted. Prints p50/p99 of
 `run → counted` and `run → port accepts`, and how many first requests were counted.
 
@@ -102,10 +102,10 @@ def main():
                     sys.exit(f"{name}: port {port} never accepted")
                 time.sleep(0.001)
             t_accept = time.monotonic()
-            get(port, "/first")
+            get(port, "/status/200")
             first = None
             while time.monotonic() - t0 < 10:
-                if counted(scrape(prom), name, "/first"):
+                if counted(scrape(prom), name, "/status/200"):
                     first = time.monotonic()
                     break
                 time.sleep(0.005)
