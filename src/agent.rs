@@ -629,27 +629,47 @@ impl Enrolments {
     }
 }
 
+/// Why a named file could not be armed: its mtime then, when, and the reason.
+type ArmFailures = HashMap<std::path::PathBuf, (Option<std::time::SystemTime>, Instant, String)>;
+
+/// An unchanged file that could not be armed is tried again after this long (the process
+/// that had probes of its own on it may have exited).
+const ARM_RETRY: Duration = Duration::from_secs(10);
+
 /// Arms the files `executable_name` names by path, before they run (see
-/// `Attacher::arm_file`). `failed` remembers why a file could not be, to say it once.
+/// `Attacher::arm_file`). `failed` remembers why a file could not be, to say it once and not
+/// retry at every scan.
 fn arm_named_files(
     shared: &Shared,
     plans: &PlanCache,
     exporter: &Exporter,
-    failed: &mut HashMap<std::path::PathBuf, String>,
+    failed: &mut ArmFailures,
 ) {
     let files = lock(shared).tracker.selector().named_files();
     for file in files {
+        let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        let known = failed.get(&file);
+        if known.is_some_and(|(m, at, _)| *m == mtime && at.elapsed() < ARM_RETRY) {
+            continue;
+        }
         if lock(shared).attacher.armed_slot(&file).is_some() {
             continue;
         }
+        let said = known.map(|(_, _, why)| why.clone());
+        let mut fail = |why: String, skipped: Option<&'static str>| {
+            if said.as_ref() != Some(&why) {
+                tracing::info!("not arming {}: {why}", file.display());
+                if let Some(reason) = skipped {
+                    exporter.health().inc_skipped(reason);
+                }
+            }
+            failed.insert(file.clone(), (mtime, Instant::now(), why));
+        };
         // Never inspect while holding `shared`.
         let plan = match plans.get_or_inspect(&file) {
             Ok((_, Ok(plan), _)) => plan,
             Ok((_, Err(e), _)) => {
-                if failed.insert(file.clone(), e.to_string()).is_none() {
-                    tracing::info!("not arming {}: {e}", file.display());
-                    exporter.health().inc_skipped(e.reason());
-                }
+                fail(e.to_string(), Some(e.reason()));
                 continue;
             }
             Err(_) => continue,
@@ -665,13 +685,7 @@ fn arm_named_files(
                 );
             }
             Ok(_) => {}
-            Err(e) => {
-                let e = e.to_string();
-                if failed.get(&file) != Some(&e) {
-                    tracing::warn!("cannot arm {}: {e}", file.display());
-                    failed.insert(file, e);
-                }
-            }
+            Err(e) => fail(e.to_string(), None),
         }
     }
 }
@@ -713,7 +727,7 @@ fn discovery_loop(
 ) {
     // Processes whose attach failed, with the attempts made so far.
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
-    let mut arm_failures = HashMap::new();
+    let mut arm_failures = ArmFailures::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         arm_named_files(&shared, &plans, &exporter, &mut arm_failures);
