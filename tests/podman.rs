@@ -157,6 +157,18 @@ fn sonde_for_podman(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
     (prom, sonde)
 }
 
+/// The links of exited containers are closed (attaching quiet for a second, at most 60 s:
+/// src/attach/reaper.rs), so that closing them does not hold up the next attach.
+fn links_closed(prom: u16) -> bool {
+    wait_for_metric(
+        prom,
+        "sonde_uprobe_links",
+        &[],
+        0.0,
+        Duration::from_secs(75),
+    )
+}
+
 fn count(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metric_value(text, "http_server_request_duration_seconds_count", labels)
 }
@@ -283,6 +295,7 @@ fn first_requests_of_a_podman_container_are_counted() {
             sonde.log()
         );
     }
+    assert!(links_closed(prom), "{}", sonde.log());
     let port = free_port();
     let name = container_name("podman-first");
     let pod = Pod::create(&name, port, &[("sonde.enable", "true")]);
@@ -312,6 +325,7 @@ fn first_requests_of_a_podman_container_are_counted() {
         sonde.log()
     );
     pod.stop();
+    assert!(links_closed(prom), "{}", sonde.log());
     let statuses = std::thread::scope(|s| {
         let started = s.spawn(|| pod.start());
         let statuses = first_requests(port, "/status/200", 5, Duration::from_secs(20));
