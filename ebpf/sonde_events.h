@@ -88,6 +88,14 @@ struct enrol_event {
     __u64 ktime_ns; /* bpf_ktime_get_ns */
 };
 
+/* A program execution (ebpf/launch.bpf.c, sched_process_exec): the path given to exec. */
+#define SONDE_EXEC_PATH_MAX 256
+struct exec_event {
+    __u32 pid;
+    __u32 len; /* bytes of filename before its NUL */
+    char filename[SONDE_EXEC_PATH_MAX];
+};
+
 /* A uprobe cookie with this bit set names an armed file's slot (its low 32 bits). */
 #define SONDE_ARMED_FILE (1ULL << 32)
 

@@ -185,6 +185,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // Processes the kernel enrolled at an armed file's probe, named at once by the collector
     // and handed to discovery, which owns their filter entries.
     let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
+    // Files of `executable_name` seen running, to arm for their later runs.
+    let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
+    let _execs = watch_execs(&config, seen_tx);
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
     if let Some(containers) = &containers {
@@ -242,7 +245,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             .name("sonde-discovery".into())
             .spawn(move || {
                 discovery_loop(
-                    shared, tracer, plans, identities, exporter, stop, woken, enrolled, ttl,
+                    shared, tracer, plans, identities, exporter, stop, woken, enrolled, seen, ttl,
                 )
             })?
     };
@@ -636,16 +639,52 @@ type ArmFailures = HashMap<std::path::PathBuf, (Option<std::time::SystemTime>, I
 /// that had probes of its own on it may have exited).
 const ARM_RETRY: Duration = Duration::from_secs(10);
 
-/// Arms the files `executable_name` names by path, before they run (see
+/// Watches executions when `executable_name` is set, sending each selected host file seen
+/// running (once) to discovery, which arms it.
+fn watch_execs(
+    config: &Config,
+    seen: std::sync::mpsc::Sender<std::path::PathBuf>,
+) -> Option<crate::attach::launch::ExecWatch> {
+    let re = config.executable_name.clone()?;
+    let mut sent = std::collections::HashSet::new();
+    let started = crate::attach::launch::ExecWatch::start(move |_pid, path| {
+        // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            return;
+        };
+        // Bounded: a host running many distinct matching programs forgets old ones.
+        if re.is_match(&real.to_string_lossy()) && !sent.contains(&real) {
+            if sent.len() >= 4096 {
+                sent.clear();
+            }
+            sent.insert(real.clone());
+            let _ = seen.send(real);
+        }
+    });
+    match started {
+        Ok(w) => {
+            tracing::info!("watching executions: files executable_name selects are armed when first seen running");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{e}: short-lived processes are measured only when their file is named by path"
+            );
+            None
+        }
+    }
+}
+
+/// Arms these files (named by `executable_name`'s path, or seen running) as a whole (see
 /// `Attacher::arm_file`). `failed` remembers why a file could not be, to say it once and not
 /// retry at every scan.
-fn arm_named_files(
+fn arm_files(
     shared: &Shared,
     plans: &PlanCache,
     exporter: &Exporter,
+    files: impl Iterator<Item = std::path::PathBuf>,
     failed: &mut ArmFailures,
 ) {
-    let files = lock(shared).tracker.selector().named_files();
     for file in files {
         let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
         let known = failed.get(&file);
@@ -723,6 +762,7 @@ fn discovery_loop(
     stop: Arc<AtomicBool>,
     woken: std::sync::mpsc::Receiver<()>,
     enrolled: std::sync::mpsc::Receiver<HostProcess>,
+    seen: std::sync::mpsc::Receiver<std::path::PathBuf>,
     series_ttl: Duration,
 ) {
     // Processes whose attach failed, with the attempts made so far.
@@ -730,7 +770,14 @@ fn discovery_loop(
     let mut arm_failures = ArmFailures::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
-        arm_named_files(&shared, &plans, &exporter, &mut arm_failures);
+        let named = lock(&shared).tracker.selector().named_files();
+        arm_files(
+            &shared,
+            &plans,
+            &exporter,
+            named.into_iter().chain(seen.try_iter()),
+            &mut arm_failures,
+        );
         adopt_enrolled(&shared, &enrolled, &identities);
         let needs_ports = lock(&shared).tracker.needs_listen_ports();
         let scan = if needs_ports {

@@ -210,3 +210,111 @@ fn a_cli_selected_by_path_is_measured_from_its_first_call() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// With a name-only pattern the file is not known before it runs: its first run is seen by
+/// the exec tracepoint and the file armed, and every later run is counted exactly.
+#[test]
+fn a_cli_selected_by_name_is_measured_from_its_second_run() {
+    if !require_root_or_skip("a_cli_selected_by_name_is_measured_from_its_second_run") {
+        return;
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        skip_missing(
+            "a_cli_selected_by_name_is_measured_from_its_second_run",
+            "go",
+        );
+        return;
+    }
+    let server = build_go("grpcserver");
+    let built = build_go("shortcli");
+    let dir = repo().join(format!("target/short-lived/name-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let name = format!("sonde-cli-{}", std::process::id());
+    let cli = dir.join(&name);
+    std::fs::copy(&built, &cli).unwrap();
+    let cli = std::fs::canonicalize(&cli).unwrap();
+
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let _server = ChildGuard {
+        child: Command::new(&server)
+            .args([
+                "-port",
+                &grpc_port.to_string(),
+                "-http",
+                &http_port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the gRPC server"),
+    };
+    assert!(wait_for_port(http_port, Duration::from_secs(10)));
+    assert!(wait_for_port(grpc_port, Duration::from_secs(10)));
+
+    let prom = free_port();
+    let sonde = spawn_sonde(&[
+        (
+            "SONDE_EXECUTABLE_NAME",
+            &format!("{}$", regex_escape(&name)),
+        ),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_DOCKER", "false"),
+    ]);
+    assert!(
+        sonde.wait_for_log("watching executions", Duration::from_secs(30)),
+        "{}",
+        sonde.log()
+    );
+    // Serving metrics: the agent is up.
+    assert!(wait_for_metric(
+        prom,
+        "sonde_instrumented_processes",
+        &[],
+        0.0,
+        Duration::from_secs(30)
+    ));
+    let took = run_cli(&cli, http_port, grpc_port);
+    assert!(took < Duration::from_millis(100), "{took:?}");
+    assert!(
+        sonde.wait_for_log(&format!("armed {}", cli.display()), Duration::from_secs(10)),
+        "the CLI's file was not armed after its first run:\n{}",
+        sonde.log()
+    );
+    // The first run ended before its file was armed: whatever it got is the baseline.
+    std::thread::sleep(Duration::from_millis(300));
+    let svc = [("service_name", name.as_str())];
+    let value = |metric: &str| metric_value(&scrape(prom), metric, &svc).unwrap_or(0.0);
+    let (http0, grpc0) = (
+        value("http_client_request_duration_seconds_count"),
+        value("rpc_client_call_duration_seconds_count"),
+    );
+    for run in 1..=2u32 {
+        let took = run_cli(&cli, http_port, grpc_port);
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        let n = f64::from(run);
+        assert!(
+            wait_for_metric(
+                prom,
+                "rpc_client_call_duration_seconds_count",
+                &svc,
+                grpc0 + 3.0 * n,
+                Duration::from_secs(5)
+            ),
+            "run {run}: {}\n{}",
+            value("rpc_client_call_duration_seconds_count"),
+            sonde.log()
+        );
+        assert!(
+            wait_for_metric(
+                prom,
+                "http_client_request_duration_seconds_count",
+                &svc,
+                http0 + 5.0 * n,
+                Duration::from_secs(5)
+            ),
+            "run {run}: {}\n{}",
+            value("http_client_request_duration_seconds_count"),
+            sonde.log()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
