@@ -12,12 +12,16 @@
  * the *clientStream it returned, and (*clientStream).finish entry, on whatever goroutine ends
  * the stream, which reads the status the transport stream received. */
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
-    __type(key, __u32);
-    __type(value, struct grpc_offsets);
-} pid_grpc_offsets SEC(".maps");
+/* pid_grpc_offsets is defined in sonde.bpf.c: enrolling a process fills it too. */
+
+/* The calling process's gRPC offsets; see offsets_of. */
+static __always_inline struct grpc_offsets *grpc_offsets_of(struct pt_regs *ctx, __u32 pid)
+{
+    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    if (off || !enrol(ctx, pid))
+        return off;
+    return bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+}
 
 struct grpc_call {
     __u64 start_ns;
@@ -158,7 +162,7 @@ SEC("uprobe")
 int grpc_server_entry(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    struct grpc_offsets *off = grpc_offsets_of(ctx, pid);
     if (!off)
         return 0;
     __u64 stream = ctx->rdi;
@@ -174,7 +178,7 @@ SEC("uprobe")
 int grpc_server_status(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    struct grpc_offsets *off = grpc_offsets_of(ctx, pid);
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
@@ -188,7 +192,7 @@ SEC("uprobe")
 int grpc_server_return(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    struct grpc_offsets *off = grpc_offsets_of(ctx, pid);
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
@@ -205,7 +209,7 @@ SEC("uprobe")
 int grpc_client_invoke_entry(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!bpf_map_lookup_elem(&pid_grpc_offsets, &pid))
+    if (!grpc_offsets_of(ctx, pid))
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     grpc_remember(&grpc_client_inflight, &key, ctx->rax, ctx->rdi, ctx->rsi);
@@ -216,7 +220,7 @@ SEC("uprobe")
 int grpc_client_invoke_return(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    struct grpc_offsets *off = grpc_offsets_of(ctx, pid);
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
@@ -235,7 +239,7 @@ SEC("uprobe")
 int grpc_client_stream_entry(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!bpf_map_lookup_elem(&pid_grpc_offsets, &pid))
+    if (!grpc_offsets_of(ctx, pid))
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     grpc_remember(&grpc_client_inflight, &key, ctx->rax, ctx->rsi, ctx->r8);
@@ -246,7 +250,7 @@ SEC("uprobe")
 int grpc_client_stream_return(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    struct grpc_offsets *off = grpc_offsets_of(ctx, pid);
     if (!off)
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
@@ -270,7 +274,7 @@ SEC("uprobe")
 int grpc_client_stream_finish(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct grpc_offsets *off = bpf_map_lookup_elem(&pid_grpc_offsets, &pid);
+    struct grpc_offsets *off = grpc_offsets_of(ctx, pid);
     if (!off)
         return 0;
     __u64 cs = ctx->rax;

@@ -48,3 +48,34 @@ int task_rename(void *ctx)
     bpf_ringbuf_submit(e, 0);
     return 0;
 }
+
+/* Executions, for `executable_name`'s files that are not armed yet (src/attach/launch.rs,
+ * ExecWatch): a program seen running once is armed as a whole, so its later runs, however
+ * short, are measured from their first request. Loaded only when `executable_name` is set.
+ * Reports wait for user space's next drain (no wake-up per exec). */
+
+/* Offset of the `filename` __data_loc field in the sched_process_exec record; read from the
+ * tracepoint's format file by user space. */
+volatile const __u32 FILENAME_OFFSET = 8;
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 256 << 10);
+} execs SEC(".maps");
+
+SEC("tracepoint/sched/sched_process_exec")
+int process_exec(void *ctx)
+{
+    __u32 loc = 0;
+    if (bpf_probe_read_kernel(&loc, sizeof(loc), (char *)ctx + FILENAME_OFFSET) != 0)
+        return 0;
+    struct exec_event *e = bpf_ringbuf_reserve(&execs, sizeof(*e), 0);
+    if (!e)
+        return 0;
+    e->pid = bpf_get_current_pid_tgid() >> 32;
+    long n = bpf_probe_read_kernel_str(e->filename, sizeof(e->filename),
+                                       (char *)ctx + (loc & 0xffff));
+    e->len = n > 0 ? (__u32)(n - 1) : 0;
+    bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}

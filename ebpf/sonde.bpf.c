@@ -93,6 +93,38 @@ struct {
     __type(value, __u64);
 } lost_events SEC(".maps");
 
+/* The gRPC offsets of each selected process (see grpc.bpf.h). */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 8192);
+    __type(key, __u32);
+    __type(value, struct grpc_offsets);
+} pid_grpc_offsets SEC(".maps");
+
+/* Files armed as a whole: a program file the user selected by path (`executable_name`) has
+ * its probes attached for every process (pid -1), with the file's slot in the cookie, so a
+ * process that runs it is measured from its first instruction, however short it lives — no
+ * scan could find it in time. Its first hit enrols it: the file's offsets are copied to its
+ * PID and user space is told who it is. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, __u32);
+    __type(value, struct go_offsets);
+} file_offsets SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 256);
+    __type(key, __u32);
+    __type(value, struct grpc_offsets);
+} file_grpc_offsets SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 64 << 10);
+} enrolments SEC(".maps");
+
 /* User space drains on a short timer; wake it early only when this much is waiting, so the
  * application's thread never pays a wake-up per request. */
 #define WAKEUP_THRESHOLD (1 << 20)
@@ -339,6 +371,43 @@ static __always_inline void join_incoming_trace(__u64 req, struct go_offsets *of
     t->remote_parent = 1;
 }
 
+/* At a probe of an armed file (its cookie says which), a process without offsets yet is
+ * enrolled: the file's offsets become its own, and user space learns its PID (once: the
+ * thread that inserts it reports). 1 when the process has offsets now. */
+static __always_inline int enrol(struct pt_regs *ctx, __u32 pid)
+{
+    __u64 cookie = bpf_get_attach_cookie(ctx);
+    if (!(cookie & SONDE_ARMED_FILE))
+        return 0;
+    __u32 slot = (__u32)cookie;
+    struct go_offsets *off = bpf_map_lookup_elem(&file_offsets, &slot);
+    if (!off)
+        return 0;
+    struct grpc_offsets *grpc = bpf_map_lookup_elem(&file_grpc_offsets, &slot);
+    /* gRPC first: the HTTP entry is what marks a process as enrolled. */
+    if (grpc)
+        bpf_map_update_elem(&pid_grpc_offsets, &pid, grpc, BPF_NOEXIST);
+    if (bpf_map_update_elem(&pid_offsets, &pid, off, BPF_NOEXIST) != 0)
+        return 1;
+    struct enrol_event *e = bpf_ringbuf_reserve(&enrolments, sizeof(*e), 0);
+    if (e) {
+        e->pid = pid;
+        e->slot = slot;
+        e->ktime_ns = bpf_ktime_get_ns();
+        bpf_ringbuf_submit(e, 0);
+    }
+    return 1;
+}
+
+/* The calling process's offsets: its own entry, or its armed file's (enrolling it). */
+static __always_inline struct go_offsets *offsets_of(struct pt_regs *ctx, __u32 pid)
+{
+    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    if (off || !enrol(ctx, pid))
+        return off;
+    return bpf_map_lookup_elem(&pid_offsets, &pid);
+}
+
 static __always_inline void random_words(__u32 *dst, int n)
 {
     for (int i = 0; i < n; i++)
@@ -352,7 +421,7 @@ static __always_inline void remember(struct pt_regs *ctx, void *inflight_map, vo
                                      __u64 req, __u64 rw_data)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    struct go_offsets *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    struct go_offsets *off = offsets_of(ctx, pid);
     if (!off)
         return;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
@@ -400,7 +469,7 @@ start_event(struct pt_regs *ctx, void *inflight_map, __u8 kind, struct inflight 
             struct go_offsets **off, __u64 *url, __u8 *req_buf, struct window *reqw)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    *off = bpf_map_lookup_elem(&pid_offsets, &pid);
+    *off = offsets_of(ctx, pid);
     if (!*off)
         return NULL;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
@@ -555,7 +624,7 @@ SEC("uprobe")
 int goroutine_start_entry(struct pt_regs *ctx)
 {
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!bpf_map_lookup_elem(&pid_offsets, &pid))
+    if (!offsets_of(ctx, pid))
         return 0;
     struct inflight_key key = {.pid = pid, .goroutine = GO_G(ctx)};
     __u64 caller = ctx->rbx;

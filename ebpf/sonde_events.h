@@ -80,6 +80,25 @@ struct launch_event {
     __u64 ktime_ns; /* bpf_ktime_get_ns */
 };
 
+/* A process enrolled by a probe attached to a whole file (see `enrol` in sonde.bpf.c): it
+ * runs the armed file in `slot` and is measured from its first probe hit. */
+struct enrol_event {
+    __u32 pid;      /* in the initial PID namespace */
+    __u32 slot;     /* the file's slot in `file_offsets` */
+    __u64 ktime_ns; /* bpf_ktime_get_ns */
+};
+
+/* A program execution (ebpf/launch.bpf.c, sched_process_exec): the path given to exec. */
+#define SONDE_EXEC_PATH_MAX 256
+struct exec_event {
+    __u32 pid;
+    __u32 len; /* bytes of filename before its NUL */
+    char filename[SONDE_EXEC_PATH_MAX];
+};
+
+/* A uprobe cookie with this bit set names an armed file's slot (its low 32 bits). */
+#define SONDE_ARMED_FILE (1ULL << 32)
+
 /* gRPC (google.golang.org/grpc) field offsets of one binary: the value of `pid_grpc_offsets`.
  * A PID without an entry emits no RPC events (its HTTP probes are unaffected). */
 struct grpc_offsets {

@@ -8,6 +8,8 @@
 #   - wrk: the load generator of the benchmark (bench/run.sh) and its smoke test
 #   - nginx-light, nodejs, openssl: non-Go servers for the syscall/OpenSSL tracer tests
 #   - docker.io: a Docker engine for the container tests (scripts/dockerd.sh starts it)
+#   - podman, crun: the Podman tests (scripts/podman.sh starts its API service; runc, from
+#     docker.io, runs the containers: crun refuses this VM's hybrid cgroups)
 #   - util-linux (setpriv): tests/privileges.rs; binutils (objcopy): fuzz seeds
 #   - qemu-system-x86, busybox-static, cpio, kmod, xz-utils: the kernel matrix
 #     (scripts/kernel-matrix.sh), whose 6.12 kernel comes from bookworm-backports
@@ -26,7 +28,7 @@ if grep -qs bookworm /etc/os-release && ! grep -rqs bookworm-backports /etc/apt/
   apt-get update -qq
 fi
 
-packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose golang-google-grpc-dev wrk nginx-light nodejs openssl util-linux binutils busybox-static cpio kmod xz-utils)
+packages=(clang llvm libbpf-dev linux-libc-dev gcc libc6-dev golang-go curl python3 python3-venv prometheus docker.io docker-compose podman crun golang-google-grpc-dev wrk nginx-light nodejs openssl util-linux binutils busybox-static cpio kmod xz-utils)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

@@ -16,6 +16,8 @@ promtool check rules compose/prometheus/rules/sonde.rules.yml
 python3 dashboards/generate.py --check
 echo "== Docker engine"
 bash scripts/dockerd.sh
+echo "== Podman API service"
+bash scripts/podman.sh
 echo "== Go test targets"
 bash scripts/build-go-targets.sh target/go-targets | tail -n 3
 bash scripts/build-grpc-targets.sh target/go-targets | tail -n 3

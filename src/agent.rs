@@ -141,6 +141,10 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
+    let mut enrolments = Enrolments {
+        ring: attacher.take_enrolments()?,
+        slots: attacher.armed_slots(),
+    };
     let (tracer, mut sys_reader) = load_syscall_tracer(&config, attacher.activity());
     // Loading it parsed the kernel's BTF again: return those pages too.
     // SAFETY: malloc_trim has no preconditions.
@@ -178,6 +182,12 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // Docker events and container launches wake the discovery thread at once instead of at
     // its next scan.
     let (wake, woken) = std::sync::mpsc::channel::<()>();
+    // Processes the kernel enrolled at an armed file's probe, named at once by the collector
+    // and handed to discovery, which owns their filter entries.
+    let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
+    // Files of `executable_name` seen running, to arm for their later runs.
+    let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
+    let _execs = watch_execs(&config, seen_tx);
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
     if let Some(containers) = &containers {
@@ -190,10 +200,6 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     }));
     let mut _launches = None;
     if let Some(containers) = containers {
-        tracing::info!(
-            "watching Docker at {}",
-            crate::discover::docker::socket_path()
-        );
         _launches = watch_launches(
             shared.clone(),
             plans.clone(),
@@ -218,7 +224,17 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
                 }
             }
         };
-        tokio::spawn(crate::discover::docker::watch(containers, changed, created));
+        let created = Arc::new(created);
+        for socket in crate::discover::docker::socket_paths() {
+            tracing::info!("watching containers at {socket}");
+            let (changed, created) = (changed.clone(), created.clone());
+            tokio::spawn(crate::discover::docker::watch(
+                containers.clone(),
+                socket,
+                changed,
+                move |hint| created(hint),
+            ));
+        }
     }
     let discovery = {
         let identities = identities.clone();
@@ -229,7 +245,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             .name("sonde-discovery".into())
             .spawn(move || {
                 discovery_loop(
-                    shared, tracer, plans, identities, exporter, stop, woken, ttl,
+                    shared, tracer, plans, identities, exporter, stop, woken, enrolled, seen, ttl,
                 )
             })?
     };
@@ -247,6 +263,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
+        // Before the requests: a process's enrolment is reported before its first request.
+        enrolments.drain(&selector, &identities, &exporter, &enrolled_tx);
         {
             let ids = identities.read().unwrap_or_else(|p| p.into_inner());
             let mut handle = |request: crate::collect::Request| {
@@ -375,6 +393,17 @@ fn instrument_launch(
     let Some(start_time) = crate::discover::start_time(pid) else {
         return;
     };
+    if !tracker.selector().knows_container(&container_id) {
+        // Podman's API service relays a creation only after the container started: its own
+        // event log has it already.
+        if let Some(info) = crate::discover::docker::podman_container_from_log(&container_id) {
+            tracing::debug!(
+                "launch of pid {pid}: container {} known from Podman's event log",
+                info.name
+            );
+            tracker.selector().learn_container(info);
+        }
+    }
     let launch = match crate::discover::bundle::find_bundle(pid, &container_id)
         .and_then(|b| crate::discover::bundle::launch_of(&b))
     {
@@ -445,6 +474,37 @@ fn instrument_launch(
             register(identities, exporter, pid, identity);
         }
         Err(e) => tracing::debug!("attaching before the exec of pid {pid}: {e}"),
+    }
+}
+
+/// The armed file's slot a selected process runs, arming its file first when
+/// `executable_name` selects it (so that its later executions, however short, are measured
+/// from their first request). `None`: attach to the process alone.
+fn armed_slot_for(
+    guard: &mut Instrumented,
+    process: &HostProcess,
+    plan: &crate::inspect::ProbePlan,
+) -> Option<u32> {
+    let exe = std::path::PathBuf::from(format!("/proc/{}/exe", process.pid));
+    if let Some(slot) = guard.attacher.armed_slot(&exe) {
+        return Some(slot);
+    }
+    if !guard.tracker.selector().selects_by_executable(process) {
+        return None;
+    }
+    match guard.attacher.arm_file(&exe, &process.exe, plan) {
+        Ok((slot, _)) => {
+            tracing::info!(
+                "armed {} (Go {}) as a whole: its later runs are measured from their first request",
+                process.exe.display(),
+                plan.go_version
+            );
+            Some(slot)
+        }
+        Err(e) => {
+            tracing::debug!("not arming {}: {e}", process.exe.display());
+            None
+        }
     }
 }
 
@@ -525,6 +585,173 @@ fn fallback_identity(pid: u32) -> Arc<Identity> {
     })
 }
 
+/// The kernel's reports of processes it enrolled at an armed file's probe.
+struct Enrolments {
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    slots: crate::attach::ArmedSlots,
+}
+
+impl Enrolments {
+    /// Names each newly enrolled process (as a scan would have) and hands it to discovery.
+    fn drain(
+        &mut self,
+        selector: &crate::select::Selector,
+        identities: &RwLock<Identities>,
+        exporter: &Exporter,
+        discovery: &std::sync::mpsc::Sender<HostProcess>,
+    ) {
+        while let Some(item) = self.ring.next() {
+            let Some(e) = crate::ebpf_abi::EnrolEvent::from_bytes(&item) else {
+                continue;
+            };
+            drop(item);
+            let slots = self.slots.read().unwrap_or_else(|p| p.into_inner());
+            let Some(exe) = slots.get(&e.slot).cloned() else {
+                continue;
+            };
+            drop(slots);
+            // It may have exited already: then it is named by its file alone.
+            let process = HostProcess {
+                pid: e.pid,
+                exe,
+                start_time: crate::discover::start_time(e.pid).unwrap_or(0),
+                listen_ports: Vec::new(),
+                container_id: crate::discover::cgroup::container_id_of(e.pid),
+            };
+            let identity = selector.identity(&process);
+            tracing::debug!(
+                "pid {} ({}) enrolled at its first probe hit, {:.1} ms ago, as service \"{}\"",
+                e.pid,
+                process.exe.display(),
+                monotonic_ns().saturating_sub(e.ktime_ns) as f64 / 1e6,
+                identity.service_name
+            );
+            register(identities, exporter, e.pid, identity);
+            let _ = discovery.send(process);
+        }
+    }
+}
+
+/// Why a named file could not be armed: its mtime then, when, and the reason.
+type ArmFailures = HashMap<std::path::PathBuf, (Option<std::time::SystemTime>, Instant, String)>;
+
+/// An unchanged file that could not be armed is tried again after this long (the process
+/// that had probes of its own on it may have exited).
+const ARM_RETRY: Duration = Duration::from_secs(10);
+
+/// Watches executions when `executable_name` is set, sending each selected host file seen
+/// running (once) to discovery, which arms it.
+fn watch_execs(
+    config: &Config,
+    seen: std::sync::mpsc::Sender<std::path::PathBuf>,
+) -> Option<crate::attach::launch::ExecWatch> {
+    let re = config.executable_name.clone()?;
+    let mut sent = std::collections::HashSet::new();
+    let started = crate::attach::launch::ExecWatch::start(move |_pid, path| {
+        // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            return;
+        };
+        // Bounded: a host running many distinct matching programs forgets old ones.
+        if re.is_match(&real.to_string_lossy()) && !sent.contains(&real) {
+            if sent.len() >= 4096 {
+                sent.clear();
+            }
+            sent.insert(real.clone());
+            let _ = seen.send(real);
+        }
+    });
+    match started {
+        Ok(w) => {
+            tracing::info!("watching executions: files executable_name selects are armed when first seen running");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!(
+                "{e}: short-lived processes are measured only when their file is named by path"
+            );
+            None
+        }
+    }
+}
+
+/// Arms these files (named by `executable_name`'s path, or seen running) as a whole (see
+/// `Attacher::arm_file`). `failed` remembers why a file could not be, to say it once and not
+/// retry at every scan.
+fn arm_files(
+    shared: &Shared,
+    plans: &PlanCache,
+    exporter: &Exporter,
+    files: impl Iterator<Item = std::path::PathBuf>,
+    failed: &mut ArmFailures,
+) {
+    for file in files {
+        let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
+        let known = failed.get(&file);
+        if known.is_some_and(|(m, at, _)| *m == mtime && at.elapsed() < ARM_RETRY) {
+            continue;
+        }
+        if lock(shared).attacher.armed_slot(&file).is_some() {
+            continue;
+        }
+        let said = known.map(|(_, _, why)| why.clone());
+        let mut fail = |why: String, skipped: Option<&'static str>| {
+            if said.as_ref() != Some(&why) {
+                tracing::info!("not arming {}: {why}", file.display());
+                if let Some(reason) = skipped {
+                    exporter.health().inc_skipped(reason);
+                }
+            }
+            failed.insert(file.clone(), (mtime, Instant::now(), why));
+        };
+        // Never inspect while holding `shared`.
+        let plan = match plans.get_or_inspect(&file) {
+            Ok((_, Ok(plan), _)) => plan,
+            Ok((_, Err(e), _)) => {
+                fail(e.to_string(), Some(e.reason()));
+                continue;
+            }
+            Err(_) => continue,
+        };
+        let armed = lock(shared).attacher.arm_file(&file, &file, &plan);
+        match armed {
+            Ok((_, true)) => {
+                failed.remove(&file);
+                tracing::info!(
+                    "armed {} (Go {}) as a whole: every process that runs it is measured from its first request",
+                    file.display(),
+                    plan.go_version
+                );
+            }
+            Ok(_) => {}
+            Err(e) => fail(e.to_string(), None),
+        }
+    }
+}
+
+/// Takes over the processes the kernel enrolled: alive ones are tracked like instrumented
+/// ones (their filter entries go when they exit); those gone already are forgotten now.
+fn adopt_enrolled(
+    shared: &Shared,
+    enrolled: &std::sync::mpsc::Receiver<HostProcess>,
+    identities: &RwLock<Identities>,
+) {
+    for p in enrolled.try_iter() {
+        let mut guard = lock(shared);
+        let alive = p.start_time != 0 && crate::discover::start_time(p.pid) == Some(p.start_time);
+        if alive {
+            guard.attacher.adopt_enrolled(p.pid);
+            guard.tracker.adopt(p.pid, p.start_time, p.exe);
+        } else if !guard.tracker.is_selected(p.pid) {
+            guard.attacher.detach_process(p.pid);
+            let mut ids = identities.write().unwrap_or_else(|p| p.into_inner());
+            if let Some(id) = ids.live.remove(&p.pid) {
+                ids.gone.insert(p.pid, (id, Instant::now()));
+            }
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn discovery_loop(
     shared: Shared,
@@ -534,12 +761,24 @@ fn discovery_loop(
     exporter: Arc<Exporter>,
     stop: Arc<AtomicBool>,
     woken: std::sync::mpsc::Receiver<()>,
+    enrolled: std::sync::mpsc::Receiver<HostProcess>,
+    seen: std::sync::mpsc::Receiver<std::path::PathBuf>,
     series_ttl: Duration,
 ) {
     // Processes whose attach failed, with the attempts made so far.
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
+    let mut arm_failures = ArmFailures::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
+        let named = lock(&shared).tracker.selector().named_files();
+        arm_files(
+            &shared,
+            &plans,
+            &exporter,
+            named.into_iter().chain(seen.try_iter()),
+            &mut arm_failures,
+        );
+        adopt_enrolled(&shared, &enrolled, &identities);
         let needs_ports = lock(&shared).tracker.needs_listen_ports();
         let scan = if needs_ports {
             crate::discover::scan()
@@ -646,6 +885,24 @@ fn discovery_loop(
             }
             if guard.attacher.is_attached(pid) {
                 // Instrumented at its launch meanwhile.
+                continue;
+            }
+            if let Some(slot) = armed_slot_for(&mut guard, &process, &plan) {
+                match guard.attacher.enrol(pid, slot) {
+                    Ok(()) => {
+                        tracing::info!(
+                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole",
+                            process.exe.display(),
+                            plan.go_version,
+                            identity.service_name
+                        );
+                        register(&identities, &exporter, pid, identity);
+                    }
+                    Err(e) => {
+                        tracing::warn!("cannot instrument pid {pid}: {e}");
+                        exporter.health().inc_attach_errors();
+                    }
+                }
                 continue;
             }
             let attached = guard.attacher.attach_process(pid, &plan);

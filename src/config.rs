@@ -306,11 +306,13 @@ impl Config {
         self.open_port.is_some() || self.executable_name.is_some() || self.docker_enabled()
     }
 
-    /// Docker discovery is on when asked, or by default when the daemon's socket exists.
+    /// Container discovery is on when asked, or by default when an engine's socket (Docker's
+    /// or Podman's) exists.
     pub fn docker_enabled(&self) -> bool {
         self.docker.unwrap_or_else(|| {
-            let socket = crate::discover::docker::socket_path();
-            std::path::Path::new(socket.trim_start_matches("unix://")).exists()
+            crate::discover::docker::socket_paths()
+                .iter()
+                .any(|s| std::path::Path::new(s.trim_start_matches("unix://")).exists())
         })
     }
 

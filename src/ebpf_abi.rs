@@ -130,6 +130,53 @@ impl LaunchEvent {
     }
 }
 
+/// `struct enrol_event`: a process the kernel enrolled at an armed file's probe.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EnrolEvent {
+    pub pid: u32,
+    pub slot: u32,
+    pub ktime_ns: u64,
+}
+
+impl EnrolEvent {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+}
+
+pub const EXEC_PATH_MAX: usize = 256;
+
+/// `struct exec_event`: a program execution and the path given to exec.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct ExecEvent {
+    pub pid: u32,
+    pub len: u32,
+    pub filename: [u8; EXEC_PATH_MAX],
+}
+
+impl ExecEvent {
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        if bytes.len() < std::mem::size_of::<Self>() {
+            return None;
+        }
+        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
+        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+    }
+
+    /// The path given to exec (truncated at EXEC_PATH_MAX - 1 bytes).
+    pub fn path(&self) -> std::path::PathBuf {
+        use std::os::unix::ffi::OsStrExt;
+        let n = (self.len as usize).min(EXEC_PATH_MAX);
+        std::ffi::OsStr::from_bytes(&self.filename[..n]).into()
+    }
+}
+
 /// `struct grpc_offsets`: the value of the `pid_grpc_offsets` map.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -306,6 +353,8 @@ mod tests {
             ]
         );
         check!("launch_event", LaunchEvent, [pid, _pad, ktime_ns]);
+        check!("enrol_event", EnrolEvent, [pid, slot, ktime_ns]);
+        check!("exec_event", ExecEvent, [pid, len, filename]);
         check!(
             "grpc_offsets",
             GrpcOffsetsAbi,

@@ -16,6 +16,9 @@ pub mod labels {
     pub const SERVICE_NAMESPACE: &str = "sonde.service.namespace";
     pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
     pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+    /// podman-compose sets the Docker ones too; older versions only these.
+    pub const PODMAN_COMPOSE_SERVICE: &str = "io.podman.compose.service";
+    pub const PODMAN_COMPOSE_PROJECT: &str = "io.podman.compose.project";
 }
 
 /// The selection rules of the configuration. A host process is selected when it listens on
@@ -82,6 +85,24 @@ impl Selector {
         let map = containers.read().unwrap_or_else(|e| e.into_inner());
         map.values()
             .any(|c| c.labels.contains_key(labels::OPEN_PORTS))
+    }
+
+    /// Whether the container `id` is known (created, not destroyed).
+    pub fn knows_container(&self, id: &str) -> bool {
+        self.containers
+            .as_ref()
+            .is_some_and(|c| c.read().unwrap_or_else(|e| e.into_inner()).contains_key(id))
+    }
+
+    /// Learns a container ahead of its engine's event (see `instrument_launch`); the event,
+    /// when it comes, replaces it.
+    pub fn learn_container(&self, info: ContainerInfo) {
+        if let Some(c) = &self.containers {
+            c.write()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(info.id.clone())
+                .or_insert_with(|| std::sync::Arc::new(info));
+        }
     }
 
     fn container_of(&self, p: &HostProcess) -> Option<std::sync::Arc<ContainerInfo>> {
@@ -151,6 +172,54 @@ impl Selector {
             }
         }
         self.host_rules_match(p)
+    }
+
+    /// A host process (not in a container) that `executable_name` selects: its file may be
+    /// armed as a whole (every process running it is selected the same way).
+    pub fn selects_by_executable(&self, p: &HostProcess) -> bool {
+        p.container_id.is_none()
+            && self
+                .exe
+                .as_ref()
+                .is_some_and(|re| re.is_match(&p.exe.to_string_lossy()))
+    }
+
+    /// The files `executable_name` names by path, so they can be armed before they first
+    /// run: the file of a literal pattern (`^/opt/app/bin/cli$`), or the files of the
+    /// directory its literal start names (`^/opt/app/bin/.*`) that match it. Canonical
+    /// paths (what `/proc/<pid>/exe` will show), regular executable files only.
+    pub fn named_files(&self) -> Vec<std::path::PathBuf> {
+        let Some(re) = &self.exe else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (literal, exact) in literal_path_prefixes(re.as_str()) {
+            let candidates: Vec<std::path::PathBuf> = if exact {
+                vec![literal.into()]
+            } else {
+                let dir = &literal[..=literal.rfind('/').unwrap_or(0)];
+                match std::fs::read_dir(dir) {
+                    Ok(entries) => entries
+                        .flatten()
+                        .take(MAX_NAMED_FILES)
+                        .map(|e| e.path())
+                        .collect(),
+                    Err(_) => continue,
+                }
+            };
+            for c in candidates {
+                let Ok(real) = std::fs::canonicalize(&c) else {
+                    continue;
+                };
+                use std::os::unix::fs::PermissionsExt;
+                let runnable = std::fs::metadata(&real)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+                if runnable && re.is_match(&real.to_string_lossy()) && !out.contains(&real) {
+                    out.push(real);
+                }
+            }
+        }
+        out
     }
 
     fn host_rules_match(&self, p: &HostProcess) -> bool {
@@ -227,9 +296,11 @@ impl Selector {
                 service_name: label(labels::SERVICE_NAME)
                     .or(env_name)
                     .or_else(|| label(labels::COMPOSE_SERVICE))
+                    .or_else(|| label(labels::PODMAN_COMPOSE_SERVICE))
                     .unwrap_or_else(|| c.name.clone()),
                 service_namespace: label(labels::SERVICE_NAMESPACE)
                     .or_else(|| label(labels::COMPOSE_PROJECT))
+                    .or_else(|| label(labels::PODMAN_COMPOSE_PROJECT))
                     .or(env_namespace)
                     .unwrap_or_default(),
                 container_name: Some(c.name.clone()),
@@ -267,6 +338,50 @@ fn same_exe(now: &std::path::Path, before: &std::path::Path) -> bool {
             .to_vec()
     };
     now == before || strip(now) == strip(before)
+}
+
+/// Entries of one directory looked at for `executable_name`'s files.
+const MAX_NAMED_FILES: usize = 1024;
+
+/// The literal path each alternative of a regex starts with, when it starts with `/`, and
+/// whether that is the whole match (`$` right after it). Escaped punctuation is literal; a
+/// character a quantifier makes optional is not part of it.
+pub fn literal_path_prefixes(pattern: &str) -> Vec<(String, bool)> {
+    // Top-level alternatives only when there is no group or class to split inside.
+    let alternatives: Vec<&str> = if pattern.contains(['(', '[']) {
+        vec![pattern]
+    } else {
+        pattern.split('|').collect()
+    };
+    let mut out = Vec::new();
+    for alt in alternatives {
+        let alt = alt.strip_prefix('^').unwrap_or(alt);
+        let mut literal = String::new();
+        let mut exact = false;
+        let mut chars = alt.chars().peekable();
+        while let Some(c) = chars.next() {
+            match c {
+                '\\' => match chars.next() {
+                    Some(n) if n.is_ascii_punctuation() => literal.push(n),
+                    _ => break,
+                },
+                '$' => {
+                    exact = chars.peek().is_none();
+                    break;
+                }
+                '?' | '*' | '{' => {
+                    literal.pop();
+                    break;
+                }
+                '.' | '[' | ']' | '(' | ')' | '+' | '|' | '^' => break,
+                c => literal.push(c),
+            }
+        }
+        if literal.starts_with('/') {
+            out.push((literal, exact));
+        }
+    }
+    out
 }
 
 /// What changed since the previous scan.
@@ -484,6 +599,71 @@ mod tests {
     }
 
     #[test]
+    fn literal_paths_of_executable_patterns() {
+        let p = |s: &str| literal_path_prefixes(s);
+        assert_eq!(
+            p("^/opt/app/bin/cli$"),
+            [("/opt/app/bin/cli".to_string(), true)]
+        );
+        assert_eq!(
+            p("^/opt/app/bin/.*"),
+            [("/opt/app/bin/".to_string(), false)]
+        );
+        assert_eq!(
+            p(r"^/opt/my\.app/cli\-1$"),
+            [("/opt/my.app/cli-1".to_string(), true)]
+        );
+        // The optional character is not part of the literal.
+        assert_eq!(
+            p("^/usr/bin/toolx?$"),
+            [("/usr/bin/tool".to_string(), false)]
+        );
+        assert_eq!(
+            p("^/a/x$|^/b/y$"),
+            [("/a/x".to_string(), true), ("/b/y".to_string(), true)]
+        );
+        // Names without a path name no file.
+        assert!(p("server$").is_empty());
+        assert!(p("(a|/b)").is_empty());
+        assert!(p(".*/cli$").is_empty());
+    }
+
+    #[test]
+    fn named_files_are_the_matching_executables() {
+        let dir = std::env::temp_dir().join(format!("sonde-named-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        for (name, mode) in [
+            ("cli-a", 0o755),
+            ("cli-b", 0o755),
+            ("cli-data", 0o644),
+            ("other", 0o755),
+        ] {
+            let f = dir.join(name);
+            std::fs::write(&f, b"x").unwrap();
+            std::fs::set_permissions(&f, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        std::os::unix::fs::symlink(dir.join("cli-a"), dir.join("cli-link")).unwrap();
+        let real = std::fs::canonicalize(&dir).unwrap();
+        let selector = |re: String| {
+            Selector::new(&Config {
+                executable_name: Some(regex::Regex::new(&re).unwrap()),
+                ..Config::default()
+            })
+        };
+        let esc = regex::escape(&real.to_string_lossy());
+        let mut files = selector(format!("^{esc}/cli-.*")).named_files();
+        files.sort();
+        // The link resolves to cli-a, listed once; the non-executable file is left out.
+        assert_eq!(files, [real.join("cli-a"), real.join("cli-b")]);
+        let files = selector(format!("^{esc}/other$")).named_files();
+        assert_eq!(files, [real.join("other")]);
+        assert!(selector("other$".into()).named_files().is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn container_identity_precedence() {
         let compose = with_container(
             DockerSelect::Labelled,
@@ -511,6 +691,18 @@ mod tests {
         assert_eq!(
             (id.service_name.as_str(), id.service_namespace.as_str()),
             ("checkout", "prod")
+        );
+        let podman_compose = with_container(
+            DockerSelect::Labelled,
+            &[
+                ("io.podman.compose.service", "api"),
+                ("io.podman.compose.project", "store"),
+            ],
+        );
+        let id = podman_compose.identity(&container_proc(0, &[], "c1"));
+        assert_eq!(
+            (id.service_name.as_str(), id.service_namespace.as_str()),
+            ("api", "store")
         );
         let plain = with_container(DockerSelect::Labelled, &[]);
         assert_eq!(

@@ -124,6 +124,75 @@ fn watch(
     }
 }
 
+const EXEC_FORMAT: &str = "/sys/kernel/tracing/events/sched/sched_process_exec/format";
+
+/// Every program execution on the host (`sched/sched_process_exec`), for arming the files
+/// `executable_name` selects once they have been seen running; detached on drop.
+pub struct ExecWatch {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ExecWatch {
+    /// `on_exec` is called, from the watch thread, with each execution's PID and the path
+    /// given to exec, within `EXEC_DRAIN` of it.
+    pub fn start(
+        mut on_exec: impl FnMut(u32, std::path::PathBuf) + Send + 'static,
+    ) -> Result<Self, LaunchError> {
+        let format = std::fs::read_to_string(EXEC_FORMAT).map_err(LaunchError::NoTracepoint)?;
+        let filename = field_offset(&format, "filename").ok_or(LaunchError::Format("filename"))?;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("FILENAME_OFFSET", &filename, true)
+            .load(LAUNCH_BPF)?;
+        let program: &mut TracePoint = ebpf
+            .program_mut("process_exec")
+            .ok_or(LaunchError::Missing("process_exec"))?
+            .try_into()?;
+        program.load()?;
+        program.attach("sched", "sched_process_exec")?;
+        let mut ring = RingBuf::try_from(
+            ebpf.take_map("execs")
+                .ok_or(LaunchError::Missing("execs"))?,
+        )?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name("sonde-execs".into())
+                .spawn(move || {
+                    let _ebpf = ebpf;
+                    // Reports do not wake user space (one per exec on a busy host): drain on
+                    // a timer.
+                    while !stop.load(Ordering::Relaxed) {
+                        std::thread::sleep(EXEC_DRAIN);
+                        while let Some(item) = ring.next() {
+                            if let Some(e) = crate::ebpf_abi::ExecEvent::from_bytes(&item) {
+                                on_exec(e.pid, e.path());
+                            }
+                        }
+                    }
+                })
+                .map_err(LaunchError::Thread)?
+        };
+        Ok(ExecWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// How often executions are read.
+const EXEC_DRAIN: Duration = Duration::from_millis(100);
+
+impl Drop for ExecWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,5 +206,12 @@ mod tests {
         let without_pid = "\tfield:char oldcomm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:char newcomm[16];\toffset:24;\tsize:16;\tsigned:0;\n";
         assert_eq!(field_offset(without_pid, "newcomm"), Some(24));
         assert_eq!(field_offset(without_pid, "pid"), None);
+    }
+
+    #[test]
+    fn reads_the_exec_filename_field() {
+        let format = "name: sched_process_exec\nformat:\n\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n\tfield:__data_loc char[] filename;\toffset:8;\tsize:4;\tsigned:0;\n\tfield:pid_t pid;\toffset:12;\tsize:4;\tsigned:1;\n";
+        assert_eq!(field_offset(format, "filename"), Some(8));
+        assert_eq!(field_offset(format, "pid"), Some(12));
     }
 }

@@ -3,12 +3,20 @@
 //! Uprobes are attached per selected process (`UProbeScope::OneProcess`), so a process that
 //! is not selected never traps into a probe even when it runs the very same file; the
 //! `pid_offsets` map is both the in-kernel PID filter and the offsets of each process.
+//!
+//! The exception is a file *armed* as a whole ([`Attacher::arm_file`]): a program the user
+//! selected by its path, whose every process must be measured from its first instruction,
+//! however short it lives. Its probes fire for every process running it and carry the file's
+//! slot in their cookie; the first hit of a process enrols it in the kernel (ebpf/sonde.bpf.c,
+//! `enrol`) and reports it on the `enrolments` ring.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
 
 use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
-use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
+use aya::programs::uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope};
 use aya::programs::UProbe;
 use aya::Ebpf;
 use thiserror::Error;
@@ -86,6 +94,56 @@ pub enum AttachError {
     InvalidPid,
     #[error("cannot start the detach thread: {0}")]
     Thread(std::io::Error),
+    #[error("{path}: {source}")]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{0} files are armed already")]
+    TooManyArmed(usize),
+    #[error("pid {0} runs it with probes of its own")]
+    AttachedPerProcess(u32),
+    #[error("no armed file in slot {0}")]
+    NoSlot(u32),
+}
+
+/// A uprobe cookie with this bit names an armed file's slot (`SONDE_ARMED_FILE`).
+const ARMED_FILE: u64 = 1 << 32;
+/// The size of the `file_offsets` map.
+const MAX_ARMED_FILES: usize = 256;
+
+/// The path of each armed file by slot, for naming the processes the kernel enrols.
+pub type ArmedSlots = Arc<RwLock<HashMap<u32, PathBuf>>>;
+
+/// Identifies a file's content: a file rewritten in place keeps its inode, not its mtime.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct FileKey {
+    dev: u64,
+    ino: u64,
+    mtime_ns: i128,
+}
+
+impl FileKey {
+    fn of(path: &Path) -> Result<Self, AttachError> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path).map_err(|source| AttachError::File {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(FileKey {
+            dev: m.dev(),
+            ino: m.ino(),
+            mtime_ns: m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128,
+        })
+    }
+}
+
+/// A file armed as a whole: its slot, its links, and the offsets a process running it gets.
+struct ArmedFile {
+    slot: u32,
+    links: ProcessLinks,
+    offsets: GoOffsetsAbi,
+    grpc: Option<GrpcOffsetsAbi>,
 }
 
 /// Links of one instrumented process, by program, so they can be detached when it goes away.
@@ -101,6 +159,9 @@ pub struct Attacher {
     processes: HashMap<u32, ProcessLinks>,
     /// Probe goroutine starts (two hits per `go` statement): only worth it for traces.
     goroutine_probes: bool,
+    armed: HashMap<FileKey, ArmedFile>,
+    slots: ArmedSlots,
+    next_slot: u32,
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, AttachError> {
@@ -142,7 +203,184 @@ impl Attacher {
             ebpf,
             processes: HashMap::new(),
             goroutine_probes: false,
+            armed: HashMap::new(),
+            slots: ArmedSlots::default(),
+            next_slot: 0,
         })
+    }
+
+    /// The reports of processes the kernel enrolled at an armed file's probe; can be taken
+    /// once.
+    pub fn take_enrolments(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+        let map = self
+            .ebpf
+            .take_map("enrolments")
+            .ok_or(AttachError::Missing("enrolments"))?;
+        RingBuf::try_from(map).map_err(|source| AttachError::Map {
+            name: "enrolments",
+            source,
+        })
+    }
+
+    /// Armed files' paths by slot, kept up to date.
+    pub fn armed_slots(&self) -> ArmedSlots {
+        self.slots.clone()
+    }
+
+    /// The slot of the armed file `path` is (by device, inode and mtime), if armed.
+    pub fn armed_slot(&self, path: &Path) -> Option<u32> {
+        let key = FileKey::of(path).ok()?;
+        self.armed.get(&key).map(|a| a.slot)
+    }
+
+    /// Arms `path` as a whole: its plan's probes fire for every process running it, each
+    /// process being enrolled by the kernel at its first hit. `name` is the path processes
+    /// will show as their executable. Returns the slot, and whether it was armed just now.
+    /// A file rewritten since it was armed is disarmed and armed again.
+    pub fn arm_file(
+        &mut self,
+        path: &Path,
+        name: &Path,
+        plan: &ProbePlan,
+    ) -> Result<(u32, bool), AttachError> {
+        let key = FileKey::of(path)?;
+        if let Some(a) = self.armed.get(&key) {
+            return Ok((a.slot, false));
+        }
+        let stale: Vec<FileKey> = self
+            .armed
+            .keys()
+            .filter(|k| k.dev == key.dev && k.ino == key.ino)
+            .copied()
+            .collect();
+        for k in stale {
+            self.disarm(k);
+        }
+        if self.armed.len() >= MAX_ARMED_FILES {
+            return Err(AttachError::TooManyArmed(MAX_ARMED_FILES));
+        }
+        // A process with probes of its own on this file would hit both sets: count twice.
+        if let Some(pid) = self.attached_running(key) {
+            return Err(AttachError::AttachedPerProcess(pid));
+        }
+        // Slots are not reused: a late enrolment report must never name another file.
+        let slot = self.next_slot;
+        let offsets = self.offsets_abi(plan);
+        let grpc = plan.grpc.as_ref().map(|g| GrpcOffsetsAbi::from(&g.offsets));
+        // Offsets before probes: a hit must find them.
+        self.file_map("file_offsets").and_then(|mut m| {
+            m.insert(slot, offsets, 0)
+                .map_err(|source| AttachError::Map {
+                    name: "file_offsets",
+                    source,
+                })
+        })?;
+        if let Some(g) = grpc {
+            if let Err(e) = self.file_grpc_map().and_then(|mut m| {
+                m.insert(slot, g, 0).map_err(|source| AttachError::Map {
+                    name: "file_grpc_offsets",
+                    source,
+                })
+            }) {
+                self.remove_file_offsets(slot);
+                return Err(e);
+            }
+        }
+        let cookie = ARMED_FILE | u64::from(slot);
+        let links = match self.attach_plan(0, plan, path, UProbeScope::AllProcesses, Some(cookie)) {
+            Ok(l) => l,
+            Err(e) => {
+                self.remove_file_offsets(slot);
+                return Err(e);
+            }
+        };
+        self.next_slot += 1;
+        self.armed.insert(
+            key,
+            ArmedFile {
+                slot,
+                links,
+                offsets,
+                grpc,
+            },
+        );
+        self.slots
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(slot, name.to_path_buf());
+        Ok((slot, true))
+    }
+
+    /// Enrols a process that runs the armed file in `slot`, as the kernel does at its first
+    /// probe hit (found by a scan before it hit one); no links of its own.
+    pub fn enrol(&mut self, pid: u32, slot: u32) -> Result<(), AttachError> {
+        let (offsets, grpc) = self
+            .armed
+            .values()
+            .find(|a| a.slot == slot)
+            .map(|a| (a.offsets, a.grpc))
+            .ok_or(AttachError::NoSlot(slot))?;
+        if let Some(g) = grpc {
+            self.grpc_filter().and_then(|mut m| {
+                m.insert(pid, g, 0).map_err(|source| AttachError::Map {
+                    name: "pid_grpc_offsets",
+                    source,
+                })
+            })?;
+        }
+        self.pid_filter().and_then(|mut m| {
+            m.insert(pid, offsets, 0)
+                .map_err(|source| AttachError::Map {
+                    name: "pid_offsets",
+                    source,
+                })
+        })?;
+        self.processes
+            .insert(pid, ProcessLinks { links: Vec::new() });
+        Ok(())
+    }
+
+    /// Records a process the kernel enrolled: its filter entries are sonde's to remove.
+    pub fn adopt_enrolled(&mut self, pid: u32) {
+        self.processes
+            .entry(pid)
+            .or_insert(ProcessLinks { links: Vec::new() });
+    }
+
+    pub fn armed_count(&self) -> usize {
+        self.armed.len()
+    }
+
+    /// A process with links of its own that runs the file `key`.
+    fn attached_running(&self, key: FileKey) -> Option<u32> {
+        self.processes
+            .iter()
+            .filter(|(_, l)| !l.links.is_empty())
+            .map(|(pid, _)| *pid)
+            .find(|pid| {
+                FileKey::of(Path::new(&format!("/proc/{pid}/exe")))
+                    .is_ok_and(|k| k.dev == key.dev && k.ino == key.ino)
+            })
+    }
+
+    fn disarm(&mut self, key: FileKey) {
+        if let Some(a) = self.armed.remove(&key) {
+            self.remove_file_offsets(a.slot);
+            self.slots
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&a.slot);
+            self.detach_links(a.links);
+        }
+    }
+
+    fn remove_file_offsets(&mut self, slot: u32) {
+        if let Ok(mut m) = self.file_map("file_offsets") {
+            let _ = m.remove(&slot);
+        }
+        if let Ok(mut m) = self.file_grpc_map() {
+            let _ = m.remove(&slot);
+        }
     }
 
     /// The event ring buffer; can be taken once.
@@ -198,6 +436,50 @@ impl Attacher {
         binary: &std::path::Path,
     ) -> Result<usize, AttachError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(AttachError::InvalidPid)?);
+        let links = self.attach_plan(pid, plan, binary, scope, None)?;
+        let count = links.links.len();
+        // Before the HTTP filter entry, which marks the process as attached.
+        if let Some(grpc) = &plan.grpc {
+            let offsets = GrpcOffsetsAbi::from(&grpc.offsets);
+            if let Err(source) = self.grpc_filter().and_then(|mut m| {
+                m.insert(pid, offsets, 0)
+                    .map_err(|source| AttachError::Map {
+                        name: "pid_grpc_offsets",
+                        source,
+                    })
+            }) {
+                self.detach_links(links);
+                return Err(source);
+            }
+        }
+        let offsets = self.offsets_abi(plan);
+        if let Err(source) = self.pid_filter().and_then(|mut m| {
+            m.insert(pid, offsets, 0)
+                .map_err(|source| AttachError::Map {
+                    name: "pid_offsets",
+                    source,
+                })
+        }) {
+            if let Ok(mut m) = self.grpc_filter() {
+                let _ = m.remove(&pid);
+            }
+            self.detach_links(links);
+            return Err(source);
+        }
+        self.processes.insert(pid, links);
+        Ok(count)
+    }
+
+    /// The plan's probes on `target`, for `scope`, each with `cookie`. `pid` names the
+    /// process in errors (0: every process). On error nothing stays attached.
+    fn attach_plan(
+        &mut self,
+        pid: u32,
+        plan: &ProbePlan,
+        binary: &Path,
+        scope: UProbeScope,
+        cookie: Option<u64>,
+    ) -> Result<ProcessLinks, AttachError> {
         let target = binary;
         self.reaper.activity().touch();
         let mut links = ProcessLinks { links: Vec::new() };
@@ -219,7 +501,14 @@ impl Attacher {
                 };
                 let attach = |ebpf: &mut Ebpf, prog: &'static str, offset: u64| {
                     uprobe(ebpf, prog)?
-                        .attach(UProbeAttachLocation::AbsoluteOffset(offset), target, scope)
+                        .attach(
+                            UProbeAttachPoint {
+                                location: UProbeAttachLocation::AbsoluteOffset(offset),
+                                cookie,
+                            },
+                            target,
+                            scope,
+                        )
                         .map_err(|source| AttachError::Uprobe {
                             pid,
                             symbol: probe.symbol.clone(),
@@ -241,21 +530,11 @@ impl Attacher {
             self.detach_links(links);
             return Err(e);
         }
-        let count = links.links.len();
-        // Before the HTTP filter entry, which marks the process as attached.
-        if let Some(grpc) = &plan.grpc {
-            let offsets = GrpcOffsetsAbi::from(&grpc.offsets);
-            if let Err(source) = self.grpc_filter().and_then(|mut m| {
-                m.insert(pid, offsets, 0)
-                    .map_err(|source| AttachError::Map {
-                        name: "pid_grpc_offsets",
-                        source,
-                    })
-            }) {
-                self.detach_links(links);
-                return Err(source);
-            }
-        }
+        Ok(links)
+    }
+
+    /// The `pid_offsets` value of a process running the plan's binary.
+    fn offsets_abi(&self, plan: &ProbePlan) -> GoOffsetsAbi {
         let mut offsets = GoOffsetsAbi::from(&plan.offsets);
         // Go 1.24 replaced the bucket hash map by swiss tables.
         if plan.go_version >= crate::inspect::GoVersion::new(1, 24, 0) {
@@ -265,21 +544,7 @@ impl Attacher {
         if !self.goroutine_probes {
             offsets.map_layout = crate::ebpf_abi::NO_TRACES;
         }
-        if let Err(source) = self.pid_filter().and_then(|mut m| {
-            m.insert(pid, offsets, 0)
-                .map_err(|source| AttachError::Map {
-                    name: "pid_offsets",
-                    source,
-                })
-        }) {
-            if let Ok(mut m) = self.grpc_filter() {
-                let _ = m.remove(&pid);
-            }
-            self.detach_links(links);
-            return Err(source);
-        }
-        self.processes.insert(pid, links);
-        Ok(count)
+        offsets
     }
 
     /// Removes a process from the filter and detaches its links. Unknown PIDs are ignored.
@@ -308,6 +573,11 @@ impl Attacher {
             .values()
             .map(|p| p.links.len())
             .sum::<usize>()
+            + self
+                .armed
+                .values()
+                .map(|a| a.links.links.len())
+                .sum::<usize>()
             + self.reaper.pending()
     }
 
@@ -336,6 +606,27 @@ impl Attacher {
             .ok_or(AttachError::Missing("pid_offsets"))?;
         BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
             name: "pid_offsets",
+            source,
+        })
+    }
+
+    fn file_map(
+        &mut self,
+        name: &'static str,
+    ) -> Result<BpfHashMap<&mut MapData, u32, GoOffsetsAbi>, AttachError> {
+        let map = self.ebpf.map_mut(name).ok_or(AttachError::Missing(name))?;
+        BpfHashMap::try_from(map).map_err(|source| AttachError::Map { name, source })
+    }
+
+    fn file_grpc_map(
+        &mut self,
+    ) -> Result<BpfHashMap<&mut MapData, u32, GrpcOffsetsAbi>, AttachError> {
+        let map = self
+            .ebpf
+            .map_mut("file_grpc_offsets")
+            .ok_or(AttachError::Missing("file_grpc_offsets"))?;
+        BpfHashMap::try_from(map).map_err(|source| AttachError::Map {
+            name: "file_grpc_offsets",
             source,
         })
     }

@@ -5,11 +5,18 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::Deserialize;
 
-/// Where containerd keeps the bundles of Docker's containers (namespace `moby`): Docker's own
-/// containerd, and a system containerd.
-const BUNDLE_ROOTS: &[&str] = &[
-    "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby",
-    "/run/containerd/io.containerd.runtime.v2.task/moby",
+/// Where bundles are kept, as (directory, what follows the container id): containerd's for
+/// Docker's containers (namespace `moby`: Docker's own containerd, and a system containerd),
+/// and Podman's (rootful; conmon runs the runtime with the bundle `…/<id>/userdata`, whose
+/// config.json is written before the runtime starts).
+const BUNDLE_ROOTS: &[(&str, &str)] = &[
+    (
+        "/run/docker/containerd/daemon/io.containerd.runtime.v2.task/moby",
+        "",
+    ),
+    ("/run/containerd/io.containerd.runtime.v2.task/moby", ""),
+    ("/var/lib/containers/storage/overlay-containers", "userdata"),
+    ("/run/containers/storage/overlay-containers", "userdata"),
 ];
 
 /// A bundle's config is small; a hostile one must not cost memory.
@@ -75,17 +82,33 @@ pub fn find_bundle(pid: u32, container_id: &str) -> Result<PathBuf, BundleError>
     // where the host's /run is not mounted.
     if let Some(ppid) = parent_of(pid) {
         let cwd = PathBuf::from(format!("/proc/{ppid}/cwd"));
-        let named = std::fs::read_link(&cwd)
-            .is_ok_and(|target| target.file_name().is_some_and(|n| n == container_id));
+        let named =
+            std::fs::read_link(&cwd).is_ok_and(|target| names_bundle(&target, container_id));
         if named && cwd.join("config.json").is_file() {
             return Ok(cwd);
         }
     }
-    BUNDLE_ROOTS
-        .iter()
-        .map(|r| on_host(Path::new(r).join(container_id)))
+    bundle_candidates(container_id)
+        .into_iter()
+        .map(on_host)
         .find(|dir| dir.join("config.json").is_file())
         .ok_or_else(|| BundleError::NotFound(container_id.to_string()))
+}
+
+/// Whether a directory is this container's bundle by its name: `…/<id>` (containerd) or
+/// `…/<id>/userdata` (Podman; rootless too, under the user's storage).
+fn names_bundle(dir: &Path, container_id: &str) -> bool {
+    let name = |p: &Path| p.file_name().is_some_and(|n| n == container_id);
+    name(dir) || (dir.ends_with("userdata") && dir.parent().is_some_and(name))
+}
+
+/// The well-known bundle directories of a container, in the order they are tried.
+pub fn bundle_candidates(container_id: &str) -> Vec<PathBuf> {
+    BUNDLE_ROOTS
+        .iter()
+        .map(|(root, tail)| Path::new(root).join(container_id).join(tail))
+        .map(|p| p.components().collect())
+        .collect()
 }
 
 /// A path of the host's file system as this process can open it: through `/proc/1/root`
@@ -222,6 +245,27 @@ pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn docker_and_podman_bundle_places() {
+        let id = "c".repeat(64);
+        let all = bundle_candidates(&id);
+        assert!(all.contains(&PathBuf::from(format!(
+            "/run/containerd/io.containerd.runtime.v2.task/moby/{id}"
+        ))));
+        assert!(all.contains(&PathBuf::from(format!(
+            "/var/lib/containers/storage/overlay-containers/{id}/userdata"
+        ))));
+        assert!(names_bundle(Path::new(&format!("/x/moby/{id}")), &id));
+        assert!(names_bundle(
+            Path::new(&format!(
+                "/home/u/.local/share/containers/storage/overlay-containers/{id}/userdata"
+            )),
+            &id
+        ));
+        assert!(!names_bundle(Path::new("/x/userdata"), &id));
+        assert!(!names_bundle(Path::new("/tmp"), &id));
+    }
 
     #[test]
     fn resolves_programs_inside_the_root_only() {

@@ -1,6 +1,7 @@
-//! Containers, from the Docker API: subscribe to events first, then list, so no container
-//! started in between is missed; reconnect with back-off and resynchronise after the daemon
-//! restarts.
+//! Containers, from the Docker API — Docker's, and Podman's compatible one: subscribe to
+//! events first, then list, so no container started in between is missed; reconnect with
+//! back-off and resynchronise after the daemon restarts. One watch per engine socket; they
+//! share one map of containers, each replacing only its own entries.
 //!
 //! A container is known from its create event to its destroy event, so that when runc
 //! starts its init process (see `attach::launch`) sonde already knows its labels, even for a
@@ -8,7 +9,7 @@
 //! Docker's inspect blocks while the container starts (~150 ms measured here), longer than
 //! runc's wait before the exec.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -41,8 +42,16 @@ pub struct ProgramHint {
     pub cwd: String,
 }
 
-/// Attributes of a container event that are not labels.
-const NON_LABEL_ATTRIBUTES: &[&str] = &["name", "image", "exitCode", "signal", "execID"];
+/// Attributes of a container event that are not labels (Docker's, then Podman's).
+const NON_LABEL_ATTRIBUTES: &[&str] = &[
+    "name",
+    "image",
+    "exitCode",
+    "signal",
+    "execID",
+    "containerExitCode",
+    "podId",
+];
 
 /// A container as its create event describes it: labels are the attributes other than the
 /// event's own (a label named like one of those cannot be told apart; inspect fixes it).
@@ -71,6 +80,59 @@ pub fn overlay_layers(graph_driver: &HashMap<String, String>) -> Vec<std::path::
     layers
 }
 
+/// Podman's event log (rootful, `events_logger = "file"`): the CLI appends each event here
+/// before it goes on, while the API service relays it only later — ~200 ms measured here, after
+/// the container's program has started.
+pub const PODMAN_EVENTS_LOG: &str = "/run/libpod/events/events.log";
+/// How much of the end of the log is read: a starting container's create event is recent.
+const EVENTS_TAIL_BYTES: u64 = 256 << 10;
+
+#[derive(serde::Deserialize)]
+struct PodmanEvent {
+    #[serde(rename = "ID")]
+    id: String,
+    #[serde(rename = "Name", default)]
+    name: String,
+    #[serde(rename = "Image", default)]
+    image: String,
+    #[serde(rename = "Status", default)]
+    status: String,
+    #[serde(rename = "Type", default)]
+    kind: String,
+    #[serde(rename = "Attributes", default)]
+    attributes: Option<HashMap<String, String>>,
+}
+
+/// A container as the newest event of Podman's log that names it describes it (labels are
+/// its attributes), for a container starting before the API service relayed its creation.
+pub fn container_from_event_log(log: &[u8], id: &str) -> Option<ContainerInfo> {
+    log.split(|&b| b == b'\n').rev().find_map(|line| {
+        // Cheap filter first: most lines are other containers'.
+        if line.windows(id.len()).all(|w| w != id.as_bytes()) {
+            return None;
+        }
+        let e: PodmanEvent = serde_json::from_slice(line).ok()?;
+        (e.kind == "container" && e.id == id && e.status != "remove").then(|| ContainerInfo {
+            id: e.id,
+            name: e.name,
+            image: e.image,
+            labels: e.attributes.unwrap_or_default(),
+        })
+    })
+}
+
+/// [`container_from_event_log`] on the end of Podman's log file.
+pub fn podman_container_from_log(id: &str) -> Option<ContainerInfo> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(crate::discover::bundle::on_host(PODMAN_EVENTS_LOG)).ok()?;
+    let len = f.metadata().ok()?.len();
+    f.seek(SeekFrom::Start(len.saturating_sub(EVENTS_TAIL_BYTES)))
+        .ok()?;
+    let mut buf = Vec::new();
+    f.take(EVENTS_TAIL_BYTES).read_to_end(&mut buf).ok()?;
+    container_from_event_log(&buf, id)
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DockerError {
     #[error("cannot connect to Docker at {socket}: {source}")]
@@ -82,18 +144,85 @@ pub enum DockerError {
     Api(#[from] bollard::errors::Error),
 }
 
-/// The socket: `DOCKER_HOST` (unix://…) or /var/run/docker.sock.
-pub fn socket_path() -> String {
-    std::env::var("DOCKER_HOST")
-        .ok()
-        .filter(|h| h.starts_with("unix://"))
-        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())
+/// The engine sockets to watch: `DOCKER_HOST` (unix://…) or /var/run/docker.sock, Podman's
+/// rootful /run/podman/podman.sock and rootless `$XDG_RUNTIME_DIR/podman/podman.sock` — those
+/// that exist, each file once; Docker's when none exists (it is retried until it answers).
+pub fn socket_paths() -> Vec<String> {
+    let candidates = candidate_sockets(
+        std::env::var("DOCKER_HOST").ok(),
+        std::env::var("XDG_RUNTIME_DIR").ok(),
+    );
+    let mut seen = HashSet::new();
+    let existing: Vec<String> = candidates
+        .iter()
+        .filter(|s| {
+            let path = crate::discover::bundle::on_host(s.trim_start_matches("unix://"));
+            std::fs::canonicalize(path).is_ok_and(|real| seen.insert(real))
+        })
+        .cloned()
+        .collect();
+    if existing.is_empty() {
+        candidates.into_iter().take(1).collect()
+    } else {
+        existing
+    }
 }
 
-fn connect() -> Result<Docker, DockerError> {
-    let socket = socket_path();
-    Docker::connect_with_socket(&socket, 30, bollard::API_DEFAULT_VERSION)
-        .map_err(|source| DockerError::Connect { socket, source })
+/// Every socket an engine may listen on, Docker's first.
+pub fn candidate_sockets(docker_host: Option<String>, xdg_runtime: Option<String>) -> Vec<String> {
+    let mut out = vec![docker_host
+        .filter(|h| h.starts_with("unix://"))
+        .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())];
+    out.push("unix:///run/podman/podman.sock".to_string());
+    if let Some(dir) = xdg_runtime.filter(|d| d.starts_with('/')) {
+        out.push(format!(
+            "unix://{}/podman/podman.sock",
+            dir.trim_end_matches('/')
+        ));
+    }
+    let mut seen = HashSet::new();
+    out.retain(|s| seen.insert(s.clone()));
+    out
+}
+
+fn connect(socket: &str) -> Result<Docker, DockerError> {
+    Docker::connect_with_socket(socket, 30, bollard::API_DEFAULT_VERSION).map_err(|source| {
+        DockerError::Connect {
+            socket: socket.to_string(),
+            source,
+        }
+    })
+}
+
+/// "Podman" or "Docker", from the engine's version answer, for logs.
+async fn engine_name(docker: &Docker) -> &'static str {
+    let podman = docker.version().await.is_ok_and(|v| {
+        v.components
+            .unwrap_or_default()
+            .iter()
+            .any(|c| c.name.contains("Podman"))
+    });
+    if podman {
+        "Podman"
+    } else {
+        "Docker"
+    }
+}
+
+/// Replaces one engine's containers in the shared map by what it listed, leaving the other
+/// engines' alone.
+pub fn resync(
+    map: &mut HashMap<String, Arc<ContainerInfo>>,
+    own: &mut HashSet<String>,
+    fresh: HashMap<String, Arc<ContainerInfo>>,
+) {
+    for id in own.drain() {
+        if !fresh.contains_key(&id) {
+            map.remove(&id);
+        }
+    }
+    own.extend(fresh.keys().cloned());
+    map.extend(fresh);
 }
 
 async fn inspect(docker: &Docker, id: &str) -> Result<(ContainerInfo, ProgramParts), DockerError> {
@@ -162,18 +291,21 @@ impl ProgramParts {
     }
 }
 
-/// Keeps `containers` equal to the containers Docker has, calling `changed` after every
-/// change and `created` with where a new container's program can be read ahead, until the
-/// process ends. Never returns: a lost daemon is retried with back-off.
+/// Keeps `containers` equal to the containers the engine at `socket` has (besides other
+/// engines' entries), calling `changed` after every change and `created` with where a new
+/// container's program can be read ahead, until the process ends. Never returns: a lost
+/// daemon is retried with back-off.
 pub async fn watch(
     containers: Containers,
+    socket: String,
     changed: impl Fn() + Send + 'static,
     created: impl Fn(ProgramHint) + Send + Sync + 'static,
 ) {
     let created = Arc::new(created);
     let mut backoff = Duration::from_millis(200);
+    let mut own = HashSet::new();
     loop {
-        match run(&containers, &changed, &created).await {
+        match run(&containers, &socket, &mut own, &changed, &created).await {
             Ok(()) => tracing::warn!("Docker event stream ended; reconnecting"),
             Err(e) => tracing::warn!("{e}; retrying in {backoff:?}"),
         }
@@ -188,18 +320,22 @@ pub async fn watch(
 
 async fn run<C>(
     containers: &Containers,
+    socket: &str,
+    own: &mut HashSet<String>,
     changed: &impl Fn(),
     created: &Arc<C>,
 ) -> Result<(), DockerError>
 where
     C: Fn(ProgramHint) + Send + Sync + 'static,
 {
-    let docker = connect()?;
+    let docker = connect(socket)?;
+    let engine = engine_name(&docker).await;
     let filters: HashMap<String, Vec<String>> = [
         ("type".to_string(), vec!["container".to_string()]),
         (
             "event".to_string(),
-            ["create", "start", "die", "destroy", "rename"]
+            // Podman says "remove" where Docker says "destroy".
+            ["create", "start", "die", "destroy", "remove", "rename"]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -242,10 +378,14 @@ where
         }
     }
     tracing::info!(
-        "Docker: {} running containers",
+        "{engine}: {} running containers",
         running_count(&listed_running)
     );
-    *containers.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+    resync(
+        &mut containers.write().unwrap_or_else(|p| p.into_inner()),
+        own,
+        fresh,
+    );
     changed();
 
     while let Some(event) = events.next().await {
@@ -256,7 +396,8 @@ where
         match action.as_str() {
             "create" => {
                 let info = Arc::new(info_from_event(&id, &actor.attributes.unwrap_or_default()));
-                tracing::debug!("container {} ({}) created", info.name, short(&id));
+                tracing::debug!("{engine} container {} ({}) created", info.name, short(&id));
+                own.insert(id.clone());
                 containers
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -274,7 +415,8 @@ where
             }
             "start" | "rename" => match inspect(&docker, &id).await {
                 Ok((info, _)) => {
-                    tracing::debug!("container {} ({}) {action}", info.name, short(&id));
+                    tracing::debug!("{engine} container {} ({}) {action}", info.name, short(&id));
+                    own.insert(id.clone());
                     containers
                         .write()
                         .unwrap_or_else(|p| p.into_inner())
@@ -284,7 +426,8 @@ where
             },
             // A stopped container keeps its entry: it may be started again.
             "die" => continue,
-            "destroy" => {
+            "destroy" | "remove" => {
+                own.remove(&id);
                 containers
                     .write()
                     .unwrap_or_else(|p| p.into_inner())
@@ -310,6 +453,110 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sockets_of_both_engines() {
+        let s = candidate_sockets(None, Some("/run/user/1000/".into()));
+        assert_eq!(
+            s,
+            [
+                "unix:///var/run/docker.sock",
+                "unix:///run/podman/podman.sock",
+                "unix:///run/user/1000/podman/podman.sock"
+            ]
+        );
+        // DOCKER_HOST pointing at Podman is watched once.
+        let s = candidate_sockets(Some("unix:///run/podman/podman.sock".into()), None);
+        assert_eq!(s, ["unix:///run/podman/podman.sock"]);
+        // A TCP DOCKER_HOST is not followed; a relative runtime dir is ignored.
+        let s = candidate_sockets(Some("tcp://1.2.3.4:2375".into()), Some("run".into()));
+        assert_eq!(
+            s,
+            [
+                "unix:///var/run/docker.sock",
+                "unix:///run/podman/podman.sock"
+            ]
+        );
+    }
+
+    #[test]
+    fn each_engine_replaces_only_its_own_containers() {
+        let info = |id: &str| {
+            Arc::new(ContainerInfo {
+                id: id.into(),
+                name: id.into(),
+                image: String::new(),
+                labels: HashMap::new(),
+            })
+        };
+        let mut map = HashMap::new();
+        let (mut docker, mut podman) = (HashSet::new(), HashSet::new());
+        resync(
+            &mut map,
+            &mut docker,
+            [("d1".to_string(), info("d1"))].into(),
+        );
+        resync(
+            &mut map,
+            &mut podman,
+            [
+                ("p1".to_string(), info("p1")),
+                ("p2".to_string(), info("p2")),
+            ]
+            .into(),
+        );
+        assert_eq!(map.len(), 3);
+        // Podman restarted and lists only p2: d1 stays.
+        resync(
+            &mut map,
+            &mut podman,
+            [("p2".to_string(), info("p2"))].into(),
+        );
+        let mut ids: Vec<&String> = map.keys().collect();
+        ids.sort();
+        assert_eq!(ids, ["d1", "p2"]);
+        resync(&mut map, &mut docker, HashMap::new());
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["p2"]);
+    }
+
+    #[test]
+    fn podman_event_attributes_are_not_labels() {
+        let attributes: HashMap<String, String> = [
+            ("name", "p"),
+            ("image", "localhost/web:1"),
+            ("containerExitCode", "0"),
+            ("podId", ""),
+            ("io.podman.compose.project", "shop"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let info = info_from_event("abc", &attributes);
+        assert_eq!(info.labels.len(), 1, "{:?}", info.labels);
+    }
+
+    #[test]
+    fn podman_event_log_names_a_starting_container() {
+        let id = "1184b9c36f5baa24b3b152bc49b50c2dfbe31530fc1745e7c67905b593e28e46";
+        let other = "06e3fe76c0134e13d86e10fa47ef804b64f02e649f54f7a03e79ffd6eb0e9738";
+        // Lines as Podman 4.3 writes them.
+        let log = format!(
+            r#"{{"ID":"{id}","Image":"localhost/web:1","Name":"web","Status":"create","Time":"2026-12-07T02:56:31.4Z","Type":"container","Attributes":{{"io.buildah.version":"1.28.2","sonde.enable":"true"}}}}
+{{"ID":"{other}","Image":"localhost/x:1","Name":"x","Status":"remove","Time":"2026-12-07T02:57:02.2Z","Type":"container","Attributes":{{"foo":"bar"}}}}
+{{"Name":"localhost/web:1","Status":"pull","Time":"2026-12-07T02:57:03Z","Type":"image"}}
+"#
+        );
+        let info = container_from_event_log(log.as_bytes(), id).unwrap();
+        assert_eq!(
+            (info.name.as_str(), info.image.as_str()),
+            ("web", "localhost/web:1")
+        );
+        assert_eq!(info.labels["sonde.enable"], "true");
+        // Removed: gone, not described.
+        assert!(container_from_event_log(log.as_bytes(), other).is_none());
+        assert!(container_from_event_log(log.as_bytes(), &"f".repeat(64)).is_none());
+        assert!(container_from_event_log(b"garbage\n{", id).is_none());
+    }
 
     #[test]
     fn short_ids_never_split_a_character() {
