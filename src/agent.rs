@@ -206,6 +206,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             identities.clone(),
             exporter.clone(),
         );
+        // Loading the launch program parsed the kernel's BTF again: return those pages.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         let changed = {
             let wake = wake.clone();
             move || {
