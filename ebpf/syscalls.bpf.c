@@ -4,8 +4,8 @@
  * Syscall tracepoints (this kernel has no kprobes; fentry is refused) learn connections from
  * accept/accept4 (server role) and connect (client role), copy a bounded prefix of every
  * buffer read or written on them, and report close. User space reassembles and parses the
- * streams. Only PIDs in `sys_pids` emit anything; for every other process each hook costs one
- * map lookup, and data syscalls on a file descriptor that is not a known connection cost two.
+ * streams. Only processes whose bit is set in `traced_tgids` emit anything; every other
+ * process leaves each hook at its first check (an inlined array lookup, no map work).
  *
  * OpenSSL: uprobes/uretprobes on SSL_read/SSL_write (and the _ex forms) report plaintext. The
  * read/write syscall nested inside an SSL call on the same thread names the socket (nginx,
@@ -49,13 +49,16 @@ struct sys_exit_ctx {
     __s64 ret;
 };
 
-/* Selected PIDs (tgid): the in-kernel filter. */
+/* Traced processes, one bit per tgid (word tgid / 64, bit tgid % 64; 65536 words cover
+ * PID_MAX_LIMIT): the in-kernel filter, checked first by every program. An array lookup is
+ * inlined by the verifier (no helper call, no hashing), so a process that is not traced (a
+ * bystander, or a Go process measured by uprobes) leaves after a few instructions. */
 struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 8192);
+    __uint(type, BPF_MAP_TYPE_ARRAY);
+    __uint(max_entries, 65536);
     __type(key, __u32);
-    __type(value, __u32);
-} sys_pids SEC(".maps");
+    __type(value, __u64);
+} traced_tgids SEC(".maps");
 
 struct conn_key {
     __u32 pid;
@@ -191,8 +194,15 @@ struct {
 
 static __always_inline int selected(__u32 pid)
 {
-    return bpf_map_lookup_elem(&sys_pids, &pid) != NULL;
+    __u32 word = pid >> 6;
+    __u64 *bits = bpf_map_lookup_elem(&traced_tgids, &word);
+    return bits && ((*bits >> (pid & 63)) & 1);
 }
+
+/* The first statement of every tracepoint program. */
+#define LEAVE_UNLESS_TRACED()                                                                \
+    if (!selected(bpf_get_current_pid_tgid() >> 32))                                         \
+    return 0
 
 /* The fd `ref` names, if the connection it was taken from is still open on it; -1 if not. */
 static __always_inline __s32 still_open(__u32 pid, const struct sock_ref *ref)
@@ -427,12 +437,14 @@ static __always_inline void data_exit(__s64 ret)
     SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
     int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
     {                                                                                        \
+        LEAVE_UNLESS_TRACED();                                                               \
         on_enter;                                                                            \
         return 0;                                                                            \
     }                                                                                        \
     SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
     int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
     {                                                                                        \
+        LEAVE_UNLESS_TRACED();                                                               \
         on_exit;                                                                             \
         return 0;                                                                            \
     }
@@ -514,6 +526,7 @@ SYSCALL_PROBES(accept4, accept_enter(ctx), accept_exit(ctx))
 SEC("tracepoint/syscalls/sys_enter_connect")
 int sys_enter_connect(struct sys_enter_ctx *ctx)
 {
+    LEAVE_UNLESS_TRACED();
     __u64 tid = bpf_get_current_pid_tgid();
     if (!selected(tid >> 32))
         return 0;
@@ -528,6 +541,7 @@ int sys_enter_connect(struct sys_enter_ctx *ctx)
 SEC("tracepoint/syscalls/sys_exit_connect")
 int sys_exit_connect(struct sys_exit_ctx *ctx)
 {
+    LEAVE_UNLESS_TRACED();
     __u64 tid = bpf_get_current_pid_tgid();
     __u32 pid = tid >> 32;
     struct pending p;
@@ -548,6 +562,7 @@ int sys_exit_connect(struct sys_exit_ctx *ctx)
 SEC("tracepoint/syscalls/sys_enter_close")
 int sys_enter_close(struct sys_enter_ctx *ctx)
 {
+    LEAVE_UNLESS_TRACED();
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
     if (!selected(pid))
         return 0;

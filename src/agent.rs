@@ -14,7 +14,7 @@ use crate::attach::syscalls::SyscallTracer;
 use crate::attach::{AttachError, Attacher};
 use crate::collect::reader::Reader;
 use crate::collect::syscalls::SyscallReader;
-use crate::config::Config;
+use crate::config::{Config, GoSource};
 use crate::discover::docker::{Containers, ProgramHint};
 use crate::discover::HostProcess;
 use crate::enrich::routes::RouteMatcher;
@@ -135,20 +135,28 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     // Before anything is loaded: one clear refusal instead of an EPERM per probe later.
     crate::privileges::require()?;
 
-    let mut attacher = Attacher::load()?;
+    let started = Instant::now();
+    let mut loader = crate::attach::loader();
+    let mut attacher = Attacher::load(&mut loader)?;
     attacher.set_goroutine_probes(config.otlp.traces.is_some());
-    // Loading parses the kernel's BTF (megabytes, freed at once): return those pages.
+    // Creating the loader parsed the kernel's BTF (megabytes, freed at once): return those
+    // pages.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
+    tracing::debug!("Go probes loaded in {:?}", started.elapsed());
     let mut reader = Reader::new(attacher.take_events()?, attacher.take_lost_counter()?)?;
     let mut enrolments = Enrolments {
         ring: attacher.take_enrolments()?,
         slots: attacher.armed_slots(),
     };
-    let (tracer, mut sys_reader) = load_syscall_tracer(&config, attacher.activity());
-    // Loading it parsed the kernel's BTF again: return those pages too.
-    // SAFETY: malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    // Docker events and container launches wake the discovery thread at once instead of at
+    // its next scan; so does the syscall tracer once it is loaded.
+    let (wake, woken) = std::sync::mpsc::channel::<()>();
+    // The syscall tracer takes far longer to load than the Go probes (more and bigger
+    // programs to verify): the metrics port and the Go probes do not wait for it.
+    let (tracer, mut sys_loading) =
+        load_syscall_tracer(&config, loader, attacher.activity(), wake.clone());
+    let mut sys_reader: Option<SyscallReader> = None;
     let exporter = Arc::new(Exporter::new(&config));
 
     if let Some(port) = config.prometheus_port {
@@ -179,9 +187,6 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let identities = Arc::new(RwLock::new(Identities::default()));
     let stop = Arc::new(AtomicBool::new(false));
     let plans = Arc::new(PlanCache::new());
-    // Docker events and container launches wake the discovery thread at once instead of at
-    // its next scan.
-    let (wake, woken) = std::sync::mpsc::channel::<()>();
     // Processes the kernel enrolled at an armed file's probe, named at once by the collector
     // and handed to discovery, which owns their filter entries.
     let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
@@ -201,11 +206,15 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let mut _launches = None;
     if let Some(containers) = containers {
         _launches = watch_launches(
+            config.syscall_tracing,
             shared.clone(),
             plans.clone(),
             identities.clone(),
             exporter.clone(),
         );
+        // Loading the launch program parsed the kernel's BTF again: return those pages.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         let changed = {
             let wake = wake.clone();
             move || {
@@ -237,6 +246,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         }
     }
     let discovery = {
+        let selector = selector.clone();
         let identities = identities.clone();
         let exporter = exporter.clone();
         let stop = stop.clone();
@@ -245,7 +255,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             .name("sonde-discovery".into())
             .spawn(move || {
                 discovery_loop(
-                    shared, tracer, plans, identities, exporter, stop, woken, enrolled, seen, ttl,
+                    shared, selector, tracer, plans, identities, exporter, stop, woken, enrolled,
+                    seen, ttl,
                 )
             })?
     };
@@ -260,6 +271,10 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         tokio::select! {
             _ = reader.wait() => {}
             _ = wait_syscalls(&mut sys_reader) => {}
+            loaded = wait_loaded(&mut sys_loading) => {
+                sys_loading = None;
+                sys_reader = loaded;
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -309,6 +324,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 /// Reports container launches to discovery, when this kernel lets sonde see them; without
 /// it, containers are instrumented after they start (their first requests can be missed).
 fn watch_launches(
+    syscalls_wanted: bool,
     shared: Shared,
     plans: Arc<PlanCache>,
     identities: Arc<RwLock<Identities>>,
@@ -318,7 +334,15 @@ fn watch_launches(
         tracing::warn!("{e}");
     }
     match LaunchWatch::start(move |pid, at| {
-        instrument_launch(pid, at, &shared, &plans, &identities, &exporter)
+        instrument_launch(
+            pid,
+            at,
+            syscalls_wanted,
+            &shared,
+            &plans,
+            &identities,
+            &exporter,
+        )
     }) {
         Ok(w) => {
             tracing::info!("watching container launches: containers are instrumented before their program runs");
@@ -372,9 +396,11 @@ fn read_ahead(plans: &PlanCache, hint: &ProgramHint) {
 
 /// Instruments a container's init process before it execs its program, when the rules
 /// select it without needing its ports. Anything that does not fit is left to the scans.
+#[allow(clippy::too_many_arguments)]
 fn instrument_launch(
     pid: u32,
     launched_ns: u64,
+    syscalls_wanted: bool,
     shared: &Shared,
     plans: &PlanCache,
     identities: &RwLock<Identities>,
@@ -421,6 +447,10 @@ fn instrument_launch(
         container_id: Some(container_id),
     };
     if tracker.selector().selects_before_exec(&process) != Some(true) {
+        return;
+    }
+    if tracker.selector().go_source(&process) == GoSource::Syscalls && syscalls_wanted {
+        // The scan after its exec hands it to the syscall tracer: no uprobes, ever.
         return;
     }
     let env = |key: &str| {
@@ -531,38 +561,107 @@ fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// The syscall/OpenSSL tracer for non-Go processes, unless turned off or impossible here (the
-/// Go probes then run alone).
+/// Starts measuring one process through the syscall tracer; `why`: for the log.
+fn trace_syscalls(
+    tracer: &mut SyscallTracer,
+    pid: u32,
+    why: &str,
+    process: &HostProcess,
+    identity: Identity,
+    identities: &RwLock<Identities>,
+    exporter: &Exporter,
+) {
+    match tracer.trace_process(pid) {
+        Ok(traced) => {
+            let tls = match &traced.openssl {
+                Some(f) => format!(", OpenSSL {} ({} uprobes)", f.display(), traced.uprobes),
+                None => String::new(),
+            };
+            tracing::info!(
+                "tracing pid {pid} ({}, {why}) through syscalls{tls} as service \"{}\"",
+                process.exe.display(),
+                identity.service_name
+            );
+            register(identities, exporter, pid, identity);
+        }
+        Err(e) => {
+            tracing::warn!("cannot trace pid {pid} through syscalls: {e}");
+            exporter.health().inc_attach_errors();
+        }
+    }
+}
+
+/// The syscall tracer on its way: discovery receives it, the collector its reader.
+type TracerArrival = std::sync::mpsc::Receiver<SyscallTracer>;
+type ReaderArrival = tokio::sync::oneshot::Receiver<SyscallReader>;
+
+/// Starts loading the syscall/OpenSSL tracer for non-Go processes in the background, unless
+/// turned off. If it cannot load here, both receivers see their sender dropped, and the Go
+/// probes run alone.
 fn load_syscall_tracer(
     config: &Config,
+    mut loader: aya::EbpfLoader<'static>,
     activity: crate::attach::Activity,
-) -> (Option<SyscallTracer>, Option<SyscallReader>) {
+    wake: std::sync::mpsc::Sender<()>,
+) -> (Option<TracerArrival>, Option<ReaderArrival>) {
     if !config.syscall_tracing {
         return (None, None);
     }
-    let loaded = SyscallTracer::load(activity).and_then(|mut t| {
-        let ring = t.take_events()?;
-        let lost = t.take_lost_counter()?;
-        Ok((t, ring, lost))
-    });
-    match loaded {
-        Ok((t, ring, lost)) => match SyscallReader::new(ring, lost) {
-            Ok(r) => {
-                tracing::info!(
-                    "syscall tracer loaded ({}): non-Go processes are measured",
-                    crate::kernel::syscall_source().detail
-                );
-                (Some(t), Some(r))
+    let (tracer_tx, tracer_rx) = std::sync::mpsc::channel();
+    let (reader_tx, reader_rx) = tokio::sync::oneshot::channel();
+    let runtime = tokio::runtime::Handle::current();
+    let spawned = std::thread::Builder::new()
+        .name("sonde-sysload".into())
+        .spawn(move || {
+            let started = Instant::now();
+            let loaded = SyscallTracer::load(&mut loader, activity).and_then(|mut t| {
+                let ring = t.take_events()?;
+                let lost = t.take_lost_counter()?;
+                Ok((t, ring, lost))
+            });
+            drop(loader);
+            // SAFETY: malloc_trim has no preconditions.
+            unsafe { libc::malloc_trim(0) };
+            let (tracer, ring, lost) = match loaded {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!("non-Go processes will not be measured: {e}");
+                    let _ = wake.send(());
+                    return;
+                }
+            };
+            // The reader registers with the runtime's reactor.
+            let _entered = runtime.enter();
+            match SyscallReader::new(ring, lost) {
+                Ok(r) => {
+                    tracing::info!(
+                        "syscall tracer loaded in {:?} ({}): non-Go processes are measured",
+                        started.elapsed(),
+                        crate::kernel::syscall_source().detail
+                    );
+                    // Reader first: the tracer's first records then always have a reader.
+                    if reader_tx.send(r).is_ok() {
+                        let _ = tracer_tx.send(tracer);
+                    }
+                }
+                Err(e) => tracing::warn!("non-Go processes will not be measured: {e}"),
             }
-            Err(e) => {
-                tracing::warn!("non-Go processes will not be measured: {e}");
-                (None, None)
-            }
-        },
+            let _ = wake.send(());
+        });
+    match spawned {
+        Ok(_) => (Some(tracer_rx), Some(reader_rx)),
         Err(e) => {
-            tracing::warn!("non-Go processes will not be measured: {e}");
+            tracing::warn!("non-Go processes will not be measured: cannot start a thread: {e}");
             (None, None)
         }
+    }
+}
+
+/// The syscall reader once loaded; pending forever when there is none to wait for.
+async fn wait_loaded(arrival: &mut Option<ReaderArrival>) -> Option<SyscallReader> {
+    match arrival {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
     }
 }
 
@@ -755,7 +854,8 @@ fn adopt_enrolled(
 #[allow(clippy::too_many_arguments)]
 fn discovery_loop(
     shared: Shared,
-    mut tracer: Option<SyscallTracer>,
+    selector: Selector,
+    mut arrival: Option<TracerArrival>,
     plans: Arc<PlanCache>,
     identities: Arc<RwLock<Identities>>,
     exporter: Arc<Exporter>,
@@ -768,6 +868,9 @@ fn discovery_loop(
     // Processes whose attach failed, with the attempts made so far.
     let mut retry: HashMap<u32, (HostProcess, Identity, u32)> = HashMap::new();
     let mut arm_failures = ArmFailures::new();
+    let mut tracer: Option<SyscallTracer> = None;
+    // Non-Go processes selected while the syscall tracer was still loading.
+    let mut awaiting: HashMap<u32, (HostProcess, Identity)> = HashMap::new();
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let named = lock(&shared).tracker.selector().named_files();
@@ -779,6 +882,29 @@ fn discovery_loop(
             &mut arm_failures,
         );
         adopt_enrolled(&shared, &enrolled, &identities);
+        if let Some(rx) = &arrival {
+            match rx.try_recv() {
+                Ok(t) => {
+                    tracer = Some(t);
+                    arrival = None;
+                    // Traced below, with this scan's new processes.
+                    retry.extend(awaiting.drain().map(|(pid, (p, i))| (pid, (p, i, 0))));
+                }
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                    arrival = None;
+                    for (pid, (process, _)) in awaiting.drain() {
+                        tracing::info!(
+                            "skipping {} (pid {pid}): not Go, and no syscall tracer",
+                            process.exe.display()
+                        );
+                        exporter
+                            .health()
+                            .inc_skipped(crate::inspect::InspectError::NotGo.reason());
+                    }
+                }
+            }
+        }
         let needs_ports = lock(&shared).tracker.needs_listen_ports();
         let scan = if needs_ports {
             crate::discover::scan()
@@ -792,6 +918,7 @@ fn discovery_loop(
             let mut ids = identities.write().unwrap_or_else(|p| p.into_inner());
             for pid in changes.removed {
                 retry.remove(&pid);
+                awaiting.remove(&pid);
                 if attacher.is_attached(pid) {
                     tracing::info!("pid {pid} exited: probes detached");
                 }
@@ -833,35 +960,21 @@ fn discovery_loop(
                 // SAFETY: malloc_trim has no preconditions.
                 unsafe { libc::malloc_trim(0) };
             }
-            let plan = match inspected {
-                Ok((_, Ok(plan), _)) => plan,
-                Ok((_, Err(crate::inspect::InspectError::NotGo), _)) if tracer.is_some() => {
-                    let Some(t) = &mut tracer else { continue };
-                    match t.trace_process(pid) {
-                        Ok(traced) => {
-                            let tls = match &traced.openssl {
-                                Some(f) => {
-                                    format!(
-                                        ", OpenSSL {} ({} uprobes)",
-                                        f.display(),
-                                        traced.uprobes
-                                    )
-                                }
-                                None => String::new(),
-                            };
-                            tracing::info!(
-                                "tracing pid {pid} ({}, not Go) through syscalls{tls} as service \"{}\"",
-                                process.exe.display(),
-                                identity.service_name
-                            );
-                            register(&identities, &exporter, pid, identity);
-                        }
-                        Err(e) => {
-                            tracing::warn!("cannot trace pid {pid} through syscalls: {e}");
-                            exporter.health().inc_attach_errors();
-                        }
+            let (plan, via_syscalls) = match inspected {
+                Ok((_, Ok(plan), _)) => {
+                    let source = selector.go_source(&process);
+                    let wanted = source == GoSource::Syscalls;
+                    if wanted && arrival.is_none() && tracer.is_none() {
+                        tracing::warn!(
+                            "pid {pid}: go_source is syscalls but there is no syscall tracer: measured by uprobes"
+                        );
                     }
-                    continue;
+                    (Some(plan), wanted.then_some("Go, go_source=syscalls"))
+                }
+                Ok((_, Err(crate::inspect::InspectError::NotGo), _))
+                    if arrival.is_some() || tracer.is_some() =>
+                {
+                    (None, Some("not Go"))
                 }
                 Ok((_, Err(e), inspected_now)) => {
                     // One line per binary, not per process running it.
@@ -878,6 +991,23 @@ fn discovery_loop(
                     continue;
                 }
             };
+            if let Some(why) = via_syscalls {
+                if arrival.is_some() {
+                    // Traced once the tracer is loaded: not by uprobes meanwhile, so no
+                    // request is ever measured by both.
+                    awaiting.insert(pid, (process, identity));
+                    continue;
+                }
+                if let Some(t) = &mut tracer {
+                    if lock(&shared).attacher.is_attached(pid) {
+                        // Instrumented at its launch: uprobes measure it.
+                        continue;
+                    }
+                    trace_syscalls(t, pid, why, &process, identity, &identities, &exporter);
+                    continue;
+                }
+            }
+            let Some(plan) = plan else { continue };
             let mut guard = lock(&shared);
             if !guard.tracker.is_selected(pid) {
                 // Exited, or replaced, since the scan.

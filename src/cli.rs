@@ -70,7 +70,14 @@ pub fn run() -> i32 {
     match cli.command.unwrap_or(Command::Run) {
         Command::Inspect { target } => {
             init_logging("warn");
-            inspect(&target)
+            let config = match Config::from_env_and_file(cli.config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("sonde: configuration error: {e}");
+                    return EXIT_CONFIG;
+                }
+            };
+            inspect(&target, &config)
         }
         Command::Check {
             load_all,
@@ -127,7 +134,7 @@ fn init_logging(default_level: &str) {
         .try_init();
 }
 
-fn inspect(target: &str) -> i32 {
+fn inspect(target: &str, config: &Config) -> i32 {
     let path = match target.parse::<u32>() {
         Ok(pid) => PathBuf::from(format!("/proc/{pid}/exe")),
         Err(_) => PathBuf::from(target),
@@ -135,11 +142,34 @@ fn inspect(target: &str) -> i32 {
     match crate::inspect::inspect(&path) {
         Ok(plan) => {
             print!("{}", crate::inspect::render(&plan));
+            println!("{}", source_line(config, true));
             0
         }
         Err(e) => {
             println!("{}: cannot be instrumented: {e}", path.display());
+            if matches!(e, crate::inspect::InspectError::NotGo) {
+                println!("{}", source_line(config, false));
+            }
             1
+        }
+    }
+}
+
+/// Which source measures such a binary when selected, and why.
+fn source_line(config: &Config, go: bool) -> String {
+    use crate::config::GoSource;
+    let label = crate::select::labels::GO_SOURCE;
+    match (go, config.go_source, config.syscall_tracing) {
+        (false, _, true) => "source:     syscalls (not Go; syscall_tracing is on)".into(),
+        (false, _, false) => "source:     none (not Go, and syscall_tracing is off)".into(),
+        (true, GoSource::Uprobes, _) => format!(
+            "source:     uprobes (go_source=uprobes; a container's {label} label overrides)"
+        ),
+        (true, GoSource::Syscalls, true) => format!(
+            "source:     syscalls (go_source=syscalls: plaintext HTTP/1.x only; a container's {label} label overrides)"
+        ),
+        (true, GoSource::Syscalls, false) => {
+            "source:     uprobes (go_source=syscalls, but syscall_tracing is off)".into()
         }
     }
 }
@@ -176,8 +206,9 @@ fn check(config: &Config) -> i32 {
         Some(caps) => print!("{}", crate::privileges::report(caps)),
         None => println!("capabilities: cannot read CapEff from /proc/self/status"),
     }
+    let mut loader = crate::attach::loader();
     let go_probes = match crate::kernel::can_run_go_probes(&features) {
-        Ok(()) => match crate::attach::Attacher::load() {
+        Ok(()) => match crate::attach::Attacher::load(&mut loader) {
             Ok(_) => {
                 println!("BPF programs load and pass the verifier: yes");
                 println!("Go HTTP server probes: available");
@@ -202,7 +233,10 @@ fn check(config: &Config) -> i32 {
         println!("syscall + OpenSSL tracer (non-Go processes): not tried");
         Some(false)
     } else {
-        match crate::attach::syscalls::SyscallTracer::load(crate::attach::Activity::new()) {
+        match crate::attach::syscalls::SyscallTracer::load(
+            &mut loader,
+            crate::attach::Activity::new(),
+        ) {
             Ok(_) => {
                 println!(
                     "syscall + OpenSSL tracer (non-Go processes): available, {}",

@@ -73,9 +73,38 @@ pub struct Config {
     pub container_series_ttl: std::time::Duration,
     /// Trace selected non-Go processes through syscalls and OpenSSL.
     pub syscall_tracing: bool,
+    /// What measures a selected Go process (a container's `sonde.go_source` label overrides).
+    pub go_source: GoSource,
     pub config_file: Option<PathBuf>,
     /// OTLP export, from the standard `OTEL_*` variables.
     pub otlp: crate::export::otlp::OtlpConfig,
+}
+
+/// What measures a Go process: its own uprobes (every protocol it speaks, route patterns,
+/// trace propagation) or the syscall tracer (plaintext HTTP/1.x only, several times cheaper
+/// per request under virtualisation: see BENCHMARKS.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum GoSource {
+    #[default]
+    Uprobes,
+    Syscalls,
+}
+
+impl GoSource {
+    pub fn parse(v: &str) -> Option<GoSource> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "uprobes" => Some(GoSource::Uprobes),
+            "syscalls" => Some(GoSource::Syscalls),
+            _ => None,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GoSource::Uprobes => "uprobes",
+            GoSource::Syscalls => "syscalls",
+        }
+    }
 }
 
 /// A YAML rule: containers whose name, image and labels all match the globs (`*`, `?`) are
@@ -172,6 +201,7 @@ impl Default for Config {
             container_labels: Vec::new(),
             container_series_ttl: std::time::Duration::from_secs(300),
             syscall_tracing: true,
+            go_source: GoSource::default(),
             config_file: None,
             otlp: Default::default(),
         }
@@ -215,6 +245,7 @@ const KEYS: &[&str] = &[
     "container_labels",
     "docker_rules",
     "syscall_tracing",
+    "go_source",
 ];
 
 /// Beyla's first versions read these without a prefix.
@@ -362,6 +393,9 @@ impl Config {
             }
             "syscall_tracing" => {
                 self.syscall_tracing = parse_bool(v).ok_or_else(|| bad("true or false"))?
+            }
+            "go_source" => {
+                self.go_source = GoSource::parse(v).ok_or_else(|| bad("uprobes or syscalls"))?
             }
             "metrics_naming" => {
                 self.metrics_naming = match v.to_ascii_lowercase().as_str() {
@@ -587,6 +621,20 @@ mod tests {
         let c = Config::load(Some(&f), &|_| None).unwrap();
         assert_eq!(c.docker_rules[0].image.as_deref(), Some("shop/*"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn go_source_key() {
+        assert_eq!(load(&[]).unwrap().go_source, GoSource::Uprobes);
+        let c = load(&[("SONDE_GO_SOURCE", "Syscalls")]).unwrap();
+        assert_eq!(c.go_source, GoSource::Syscalls);
+        let e = load(&[("SONDE_GO_SOURCE", "auto")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SONDE_GO_SOURCE") && e.contains("uprobes or syscalls"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -185,6 +185,16 @@ pub fn detect() -> Vec<Feature> {
     out
 }
 
+/// Whether tracefs lists the tracepoint `category/name`.
+pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+    Path::new(TRACEFS)
+        .join("events")
+        .join(category)
+        .join(name)
+        .join("id")
+        .exists()
+}
+
 /// Which source the syscall tracer (non-Go processes) uses here, and why.
 pub fn syscall_source() -> Feature {
     let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();

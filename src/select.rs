@@ -14,6 +14,7 @@ pub mod labels {
     pub const EXE: &str = "sonde.exe";
     pub const SERVICE_NAME: &str = "sonde.service.name";
     pub const SERVICE_NAMESPACE: &str = "sonde.service.namespace";
+    pub const GO_SOURCE: &str = "sonde.go_source";
     pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
     pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
     /// podman-compose sets the Docker ones too; older versions only these.
@@ -34,6 +35,7 @@ pub struct Selector {
     docker_rules: Vec<crate::config::DockerRule>,
     containers: Option<Containers>,
     report_container: bool,
+    go_source: crate::config::GoSource,
     /// (container label, Prometheus label name) pairs to copy onto metrics.
     copied_labels: Vec<(String, &'static str)>,
 }
@@ -59,6 +61,7 @@ impl Selector {
             docker_rules: config.docker_rules.clone(),
             containers: None,
             report_container: config.metrics_report_container,
+            go_source: config.go_source,
             copied_labels: config
                 .container_labels
                 .iter()
@@ -266,6 +269,26 @@ impl Selector {
         unlabelled.labels.remove(labels::EXE);
         unlabelled.labels.remove(labels::OPEN_PORTS);
         self.container_selects(&unlabelled, &probe) || self.ports.is_some() || self.exe.is_some()
+    }
+
+    /// What measures this Go process: its container's `sonde.go_source` label, else the
+    /// `go_source` setting. An invalid label is reported and ignored.
+    pub fn go_source(&self, p: &HostProcess) -> crate::config::GoSource {
+        let Some(c) = self.container_of(p) else {
+            return self.go_source;
+        };
+        match c.labels.get(labels::GO_SOURCE) {
+            None => self.go_source,
+            Some(v) => crate::config::GoSource::parse(v).unwrap_or_else(|| {
+                tracing::warn!(
+                    "container {}: invalid {} label {v:?} (uprobes or syscalls): using {}",
+                    c.name,
+                    labels::GO_SOURCE,
+                    self.go_source.name()
+                );
+                self.go_source
+            }),
+        }
     }
 
     /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.
@@ -661,6 +684,54 @@ mod tests {
         assert_eq!(files, [real.join("other")]);
         assert!(selector("other$".into()).named_files().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn go_source_label_overrides_the_setting() {
+        use crate::config::GoSource;
+        let host = proc_(1, "/srv/app", &[], 1);
+        let default = with_container(DockerSelect::Labelled, &[]);
+        assert_eq!(default.go_source(&host), GoSource::Uprobes);
+        assert_eq!(
+            default.go_source(&container_proc(1, &[], "c1")),
+            GoSource::Uprobes
+        );
+        let labelled = with_container(DockerSelect::Labelled, &[("sonde.go_source", "syscalls")]);
+        assert_eq!(
+            labelled.go_source(&container_proc(1, &[], "c1")),
+            GoSource::Syscalls
+        );
+        // Another container, or a host process, keeps the setting.
+        assert_eq!(labelled.go_source(&host), GoSource::Uprobes);
+        assert_eq!(
+            labelled.go_source(&container_proc(1, &[], "c2")),
+            GoSource::Uprobes
+        );
+        let invalid = with_container(DockerSelect::Labelled, &[("sonde.go_source", "ebpf")]);
+        assert_eq!(
+            invalid.go_source(&container_proc(1, &[], "c1")),
+            GoSource::Uprobes
+        );
+        let mut syscalls = Selector::new(&Config {
+            go_source: GoSource::Syscalls,
+            ..Config::default()
+        });
+        assert_eq!(syscalls.go_source(&host), GoSource::Syscalls);
+        let containers = Containers::default();
+        containers.write().unwrap().insert(
+            "c1".to_string(),
+            std::sync::Arc::new(ContainerInfo {
+                id: "c1".into(),
+                name: "grpc-1".into(),
+                image: "grpc:1".into(),
+                labels: [("sonde.go_source".to_string(), "uprobes".to_string())].into(),
+            }),
+        );
+        syscalls = syscalls.with_containers(containers);
+        assert_eq!(
+            syscalls.go_source(&container_proc(1, &[], "c1")),
+            GoSource::Uprobes
+        );
     }
 
     #[test]

@@ -47,6 +47,7 @@ fn bad_configuration_exits_2_naming_the_key() {
             "maybe",
         ),
         (("SONDE_LOG_LEVEL", "loud"), "SONDE_LOG_LEVEL", "loud"),
+        (("SONDE_GO_SOURCE", "kprobes"), "SONDE_GO_SOURCE", "kprobes"),
     ] {
         let (code, _, err) = sonde(&[], &[env, ("SONDE_OPEN_PORT_UNUSED", "1")]);
         assert_eq!(code, 2, "{env:?}: {err}");
@@ -132,6 +133,38 @@ fn inspect_shows_the_plan_or_why_not() {
     let (code, out, _) = sonde(&["inspect", &std::process::id().to_string()], &[]);
     assert_eq!(code, 1);
     assert!(out.contains("not a Go binary"), "{out}");
+}
+
+#[test]
+fn inspect_says_which_source_measures_the_binary() {
+    let t = go_targets()
+        .into_iter()
+        .find(|t| t.stripped && t.linkage == "dynamic")
+        .expect("a stripped dynamic target");
+    let path = t.path.to_str().unwrap();
+    let (code, out, _) = sonde(&["inspect", path], &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("source:     uprobes (go_source=uprobes"),
+        "{out}"
+    );
+    let (code, out, _) = sonde(&["inspect", path], &[("SONDE_GO_SOURCE", "syscalls")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("source:     syscalls (go_source=syscalls"),
+        "{out}"
+    );
+    let (code, _, err) = sonde(&["inspect", path], &[("SONDE_GO_SOURCE", "both")]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("SONDE_GO_SOURCE"), "{err}");
+    let (code, out, _) = sonde(&["inspect", "/bin/sh"], &[]);
+    assert_eq!(code, 1);
+    assert!(out.contains("source:     syscalls (not Go"), "{out}");
+    let (_, out, _) = sonde(
+        &["inspect", "/bin/sh"],
+        &[("SONDE_SYSCALL_TRACING", "false")],
+    );
+    assert!(out.contains("source:     none (not Go"), "{out}");
 }
 
 #[test]

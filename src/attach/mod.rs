@@ -184,11 +184,20 @@ fn ring_buffer_size_override() -> Option<u32> {
     }
 }
 
+/// One loader for every object sonde loads: creating one parses the kernel's BTF (megabytes,
+/// ~100 ms here), which sonde's programs do not need (no CO-RE relocations), so it is
+/// parsed once and dropped at once.
+pub fn loader() -> aya::EbpfLoader<'static> {
+    let mut loader = aya::EbpfLoader::new();
+    loader.btf(None);
+    loader
+}
+
 impl Attacher {
     /// Loads the programs into the kernel (verifier included); attaches nothing yet.
-    pub fn load() -> Result<Self, AttachError> {
+    /// `loader`: see [`loader`].
+    pub fn load(loader: &mut aya::EbpfLoader<'_>) -> Result<Self, AttachError> {
         crate::kernel::raise_memlock();
-        let mut loader = aya::EbpfLoader::new();
         if let Some(size) = ring_buffer_size_override() {
             loader.map_max_entries("events", size);
         }

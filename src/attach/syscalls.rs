@@ -1,5 +1,5 @@
-//! The language-agnostic tracer: syscall tracepoints (filtered in the kernel by the `sys_pids`
-//! map) and, per selected process, OpenSSL uprobes in the libssl it maps (or in its own
+//! The language-agnostic tracer: syscall tracepoints (filtered in the kernel by the
+//! `traced_tgids` bitmap) and, per selected process, OpenSSL uprobes in the libssl it maps (or in its own
 //! executable when OpenSSL is linked in statically).
 //!
 //! While any syscall tracepoint has a program, every syscall of every process on the host takes
@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::TracePointLinkId;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope};
 use aya::programs::{TracePoint, UProbe};
@@ -23,23 +23,37 @@ use super::reaper::{Activity, Reaper};
 
 static SYSCALLS_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/syscalls.bpf.o"));
 
-/// Syscalls traced at entry and exit (program names are `sys_enter_<name>`/`sys_exit_<name>`).
-const SYSCALLS: &[&str] = &[
-    "read",
-    "recvfrom",
-    "write",
-    "sendto",
-    "readv",
-    "writev",
-    "recvmsg",
-    "sendmsg",
-    "sendfile64",
-    "accept",
-    "accept4",
-    "connect",
+/// Each syscall tracepoint and the program it runs. Several syscalls share one program whose
+/// code is the same for each (every data syscall's exit, accept/accept4, write/sendto): it
+/// is loaded, and verified, once and attached to each of them; verification is most of the
+/// load time (a test checks that the shared programs are identical in the object).
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("sys_enter_read", "sys_enter_read"),
+    ("sys_exit_read", "sys_exit_read"),
+    ("sys_enter_recvfrom", "sys_enter_recvfrom"),
+    ("sys_exit_recvfrom", "sys_exit_read"),
+    ("sys_enter_write", "sys_enter_write"),
+    ("sys_exit_write", "sys_exit_read"),
+    ("sys_enter_sendto", "sys_enter_write"),
+    ("sys_exit_sendto", "sys_exit_read"),
+    ("sys_enter_readv", "sys_enter_readv"),
+    ("sys_exit_readv", "sys_exit_read"),
+    ("sys_enter_writev", "sys_enter_writev"),
+    ("sys_exit_writev", "sys_exit_read"),
+    ("sys_enter_recvmsg", "sys_enter_recvmsg"),
+    ("sys_exit_recvmsg", "sys_exit_read"),
+    ("sys_enter_sendmsg", "sys_enter_sendmsg"),
+    ("sys_exit_sendmsg", "sys_exit_read"),
+    ("sys_enter_sendfile64", "sys_enter_sendfile64"),
+    ("sys_exit_sendfile64", "sys_exit_read"),
+    ("sys_enter_accept", "sys_enter_accept"),
+    ("sys_exit_accept", "sys_exit_accept"),
+    ("sys_enter_accept4", "sys_enter_accept"),
+    ("sys_exit_accept4", "sys_exit_accept"),
+    ("sys_enter_connect", "sys_enter_connect"),
+    ("sys_exit_connect", "sys_exit_connect"),
+    ("sys_enter_close", "sys_enter_close"),
 ];
-/// Traced at entry only.
-const ENTRY_ONLY: &[&str] = &["close"];
 
 /// OpenSSL functions and their entry programs; one return program serves them all.
 const SSL_FUNCTIONS: &[(&str, &str)] = &[
@@ -87,7 +101,9 @@ pub struct SyscallTracer {
     ebpf: Ebpf,
     processes: HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// The attached tracepoints, by program name; empty while nothing is traced.
-    tracepoints: Vec<(String, TracePointLinkId)>,
+    tracepoints: Vec<(&'static str, TracePointLinkId)>,
+    /// The thread closing the links of the last detach, if still running.
+    closing: Option<std::thread::JoinHandle<()>>,
     /// OpenSSL offsets by file (device, inode, mtime): finding them reads the whole file
     /// (a Node.js binary is ~100 MB), once per file rather than once per process.
     offsets: HashMap<FileKey, SslOffsets>,
@@ -101,11 +117,12 @@ type SslOffsets = Vec<(&'static str, u64)>;
 /// Bound on `offsets`: past it the cache starts over.
 const OFFSETS_CACHE_MAX: usize = 256;
 
-fn tracepoint_programs() -> impl Iterator<Item = String> {
-    SYSCALLS
-        .iter()
-        .flat_map(|s| [format!("sys_enter_{s}"), format!("sys_exit_{s}")])
-        .chain(ENTRY_ONLY.iter().map(|s| format!("sys_enter_{s}")))
+/// The programs to load: each shared one once.
+fn tracepoint_programs() -> Vec<&'static str> {
+    let mut names: Vec<&str> = TRACEPOINTS.iter().map(|&(_, p)| p).collect();
+    names.sort_unstable();
+    names.dedup();
+    names
 }
 
 fn program<'a, T>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut T, SyscallTraceError>
@@ -173,16 +190,21 @@ impl SyscallTracer {
     /// Loads the programs (verifier included) and checks that the tracepoints attach, then
     /// detaches them until a process is traced. `activity`: the Go attacher's, so closing
     /// OpenSSL links waits for calm moments too.
-    pub fn load(activity: Activity) -> Result<Self, SyscallTraceError> {
+    ///
+    /// `loader`: the one the Go programs were loaded with, so the kernel's BTF is parsed once.
+    pub fn load(
+        loader: &mut aya::EbpfLoader<'_>,
+        activity: Activity,
+    ) -> Result<Self, SyscallTraceError> {
         if crate::kernel::ensure_tracefs()? {
             tracing::info!("mounted tracefs for the syscall tracepoints");
         }
         crate::kernel::raise_memlock();
-        let mut ebpf = Ebpf::load(SYSCALLS_BPF)?;
+        let mut ebpf = loader.load(SYSCALLS_BPF)?;
         for name in tracepoint_programs() {
-            let tp: &mut TracePoint = program(&mut ebpf, &name)?;
+            let tp: &mut TracePoint = program(&mut ebpf, name)?;
             tp.load().map_err(|source| SyscallTraceError::Program {
-                name: name.clone(),
+                name: name.to_string(),
                 source,
             })?;
         }
@@ -197,16 +219,25 @@ impl SyscallTracer {
                 source,
             })?;
         }
-        let mut tracer = SyscallTracer {
+        let tracer = SyscallTracer {
             reaper: Reaper::new(activity).map_err(SyscallTraceError::Thread)?,
             ebpf,
             processes: HashMap::new(),
             tracepoints: Vec::new(),
+            closing: None,
             offsets: HashMap::new(),
         };
-        // Fail now, not at the first non-Go process, if the tracepoints cannot attach.
-        tracer.attach_tracepoints()?;
-        tracer.detach_tracepoints();
+        // Fail now, not at the first non-Go process, if a tracepoint is missing. Not by
+        // attaching them all and detaching them: detaching takes ~1-2 s here (see
+        // `detach_tracepoints`), and a first traced process would wait for it.
+        if let Some(&(missing, _)) = TRACEPOINTS
+            .iter()
+            .find(|(tp, _)| !crate::kernel::tracepoint_exists("syscalls", tp))
+        {
+            return Err(SyscallTraceError::Missing(format!(
+                "tracepoint syscalls/{missing}"
+            )));
+        }
         Ok(tracer)
     }
 
@@ -219,11 +250,16 @@ impl SyscallTracer {
         if self.tracepoints_attached() {
             return Ok(());
         }
-        for name in tracepoint_programs() {
-            let attached = program::<TracePoint>(&mut self.ebpf, &name).and_then(|tp| {
-                tp.attach("syscalls", &name)
+        // Links still closing would run the programs a second time per syscall meanwhile:
+        // every record twice.
+        if let Some(closing) = self.closing.take() {
+            let _ = closing.join();
+        }
+        for &(tracepoint, name) in TRACEPOINTS {
+            let attached = program::<TracePoint>(&mut self.ebpf, name).and_then(|tp| {
+                tp.attach("syscalls", tracepoint)
                     .map_err(|source| SyscallTraceError::Program {
-                        name: name.clone(),
+                        name: format!("{name} on {tracepoint}"),
                         source,
                     })
             });
@@ -238,13 +274,39 @@ impl SyscallTracer {
         Ok(())
     }
 
+    /// Closing a syscall tracepoint's link waits for an RCU grace period (~75 ms each here,
+    /// ~2 s for all of them one after the other): they are closed at once, each on its own
+    /// thread, off the caller's (discovery must not stall).
     fn detach_tracepoints(&mut self) {
+        let mut links = Vec::with_capacity(self.tracepoints.len());
         for (name, id) in std::mem::take(&mut self.tracepoints) {
-            if let Ok(tp) = program::<TracePoint>(&mut self.ebpf, &name) {
-                if let Err(e) = tp.detach(id) {
-                    tracing::debug!("detaching tracepoint {name}: {e}");
+            if let Ok(tp) = program::<TracePoint>(&mut self.ebpf, name) {
+                match tp.take_link(id) {
+                    Ok(link) => links.push(link),
+                    Err(e) => tracing::debug!("detaching tracepoint {name}: {e}"),
                 }
             }
+        }
+        if links.is_empty() {
+            return;
+        }
+        if let Some(closing) = self.closing.take() {
+            let _ = closing.join();
+        }
+        let close = move || {
+            std::thread::scope(|s| {
+                for link in links {
+                    s.spawn(move || drop(link));
+                }
+            })
+        };
+        match std::thread::Builder::new()
+            .name("sonde-tpclose".into())
+            .spawn(close)
+        {
+            Ok(handle) => self.closing = Some(handle),
+            // The closure, and the links in it, were dropped: closed on this thread.
+            Err(e) => tracing::debug!("closing tracepoint links here: {e}"),
         }
     }
 
@@ -315,13 +377,7 @@ impl SyscallTracer {
             break;
         }
         let uprobes = links.len();
-        let inserted = self.pid_filter().and_then(|mut m| {
-            m.insert(pid, 1, 0)
-                .map_err(|source| SyscallTraceError::Map {
-                    name: "sys_pids",
-                    source,
-                })
-        });
+        let inserted = self.set_traced(pid, true);
         if let Err(e) = inserted {
             self.detach_links(links);
             if self.processes.is_empty() {
@@ -395,8 +451,8 @@ impl SyscallTracer {
 
     /// Stops tracing a process. Unknown PIDs are ignored.
     pub fn untrace_process(&mut self, pid: u32) {
-        if let Ok(mut m) = self.pid_filter() {
-            let _ = m.remove(&pid);
+        if let Err(e) = self.set_traced(pid, false) {
+            tracing::debug!("pid {pid}: clearing its traced bit: {e}");
         }
         if let Some(links) = self.processes.remove(&pid) {
             self.detach_links(links);
@@ -420,21 +476,70 @@ impl SyscallTracer {
         self.reaper.reap(owned);
     }
 
-    fn pid_filter(&mut self) -> Result<BpfHashMap<&mut MapData, u32, u32>, SyscallTraceError> {
+    /// Sets or clears `pid`'s bit in the in-kernel filter. Only this thread writes the map,
+    /// so reading the word and writing it back loses no other PID's bit.
+    fn set_traced(&mut self, pid: u32, traced: bool) -> Result<(), SyscallTraceError> {
         let map = self
             .ebpf
-            .map_mut("sys_pids")
-            .ok_or_else(|| SyscallTraceError::Missing("sys_pids".into()))?;
-        BpfHashMap::try_from(map).map_err(|source| SyscallTraceError::Map {
-            name: "sys_pids",
+            .map_mut("traced_tgids")
+            .ok_or_else(|| SyscallTraceError::Missing("traced_tgids".into()))?;
+        let err = |source| SyscallTraceError::Map {
+            name: "traced_tgids",
             source,
-        })
+        };
+        let mut bits: Array<&mut MapData, u64> = Array::try_from(map).map_err(err)?;
+        let (word, bit) = (pid / 64, 1u64 << (pid % 64));
+        let old = bits.get(&word, 0).map_err(err)?;
+        let new = if traced { old | bit } else { old & !bit };
+        bits.set(word, new, 0).map_err(err)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use object::{ObjectSection, RelocationTarget};
+
+    /// A program's instructions and what each relocation points at, by the program's name.
+    fn program_code(obj: &object::File, name: &str) -> (Vec<u8>, Vec<(u64, String)>) {
+        let section = obj
+            .sections()
+            .find(|s| s.name().is_ok_and(|n| n.ends_with(&format!("/{name}"))))
+            .unwrap_or_else(|| panic!("no section for {name}"));
+        let relocations = section
+            .relocations()
+            .map(|(at, r)| {
+                let target = match r.target() {
+                    RelocationTarget::Symbol(i) => obj
+                        .symbol_by_index(i)
+                        .and_then(|s| s.name().map(str::to_string))
+                        .unwrap_or_default(),
+                    other => format!("{other:?}"),
+                };
+                (at, target)
+            })
+            .collect();
+        (section.data().expect("section data").to_vec(), relocations)
+    }
+
+    #[test]
+    fn shared_tracepoint_programs_are_the_same_code_as_the_syscalls_they_replace() {
+        let obj = object::File::parse(SYSCALLS_BPF).expect("parse syscalls.bpf.o");
+        let mut shared = 0;
+        for &(tracepoint, program) in TRACEPOINTS {
+            if tracepoint == program {
+                continue;
+            }
+            shared += 1;
+            assert_eq!(
+                program_code(&obj, tracepoint),
+                program_code(&obj, program),
+                "{tracepoint} runs {program}, but its own program differs: give it its own entry"
+            );
+        }
+        assert_eq!(shared, 11);
+        assert_eq!(tracepoint_programs().len(), 14);
+    }
 
     #[test]
     fn finds_openssl_functions_in_the_system_libssl() {
