@@ -7,7 +7,7 @@ if docker info >/dev/null 2>&1; then
 fi
 command -v dockerd >/dev/null || { echo "dockerd: not installed (scripts/setup.sh installs docker.io)"; exit 1; }
 mkdir -p /var/log
-nohup dockerd --bridge=none --iptables=false >/var/log/sonde-test-dockerd.log 2>&1 &
+setsid nohup dockerd --bridge=none --iptables=false >/var/log/sonde-test-dockerd.log 2>&1 &
 for _ in $(seq 100); do
   docker info >/dev/null 2>&1 && { echo "dockerd: started (pid $!)"; exit 0; }
   sleep 0.2

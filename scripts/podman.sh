@@ -10,7 +10,7 @@ if answers; then
 fi
 command -v podman >/dev/null || { echo "podman: not installed (scripts/setup.sh installs it)"; exit 1; }
 mkdir -p /run/podman /var/log
-nohup podman system service --time=0 "unix://$SOCK" >/var/log/sonde-test-podman.log 2>&1 &
+setsid nohup podman system service --time=0 "unix://$SOCK" >/var/log/sonde-test-podman.log 2>&1 &
 for _ in $(seq 100); do
   answers && { echo "podman: API service started (pid $!)"; exit 0; }
   sleep 0.2
