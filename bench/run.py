@@ -136,8 +136,15 @@ def proc_mem_kb(pid):
     return out
 
 
+# BPF_PROG_TYPE_KPROBE: uprobe programs are of this type. The agent also holds tracepoint
+# programs (container launches: task_rename, which every exec on the host runs; the syscall
+# tracer): they do not run per request of the measured server, and another process's exec
+# during a measurement must not count as one.
+UPROBE_PROG_TYPE = "2"
+
+
 def bpf_prog_stats(pid):
-    """{prog_id: (run_cnt, run_time_ns)} of the BPF programs the process holds, from fdinfo."""
+    """{prog_id: (run_cnt, run_time_ns)} of the uprobe programs the process holds, from fdinfo."""
     stats = {}
     fd_dir = f"/proc/{pid}/fd"
     for fd in os.listdir(fd_dir):
@@ -149,6 +156,8 @@ def bpf_prog_stats(pid):
                 for line in f:
                     k, _, v = line.partition(":")
                     info[k.strip()] = v.strip()
+            if info.get("prog_type") != UPROBE_PROG_TYPE:
+                continue
             stats[int(info["prog_id"])] = (int(info.get("run_cnt", 0)),
                                            int(info.get("run_time_ns", 0)))
         except (OSError, KeyError, ValueError):
