@@ -138,7 +138,7 @@ run_kernel() {
     -nographic -no-reboot -nic none -monitor none -serial stdio \
     -kernel "$dir"/tree/boot/vmlinuz-* -initrd "$dir/initramfs.gz" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 sonde.script=$repo/tests/kernels/guest.sh sonde.bin=$sonde sonde.go_plain=$go_plain sonde.go_stripped=$go_stripped sonde.bad=$bad_obj sonde.self_test=$self_test" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 sonde.repo=$repo sonde.script=$repo/tests/kernels/guest.sh sonde.bin=$sonde sonde.go_plain=$go_plain sonde.go_stripped=$go_stripped sonde.bad=$bad_obj sonde.self_test=$self_test" \
     </dev/null >"$log" 2>&1
   rc=$?
   set -e
