@@ -57,18 +57,7 @@ fn podman_image() -> String {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let target = go_targets()
-                .into_iter()
-                .rfind(|t| t.linkage == "static" && !t.stripped)
-                .expect("a static Go target");
-            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/podman-image");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(&target.path, dir.join("httpserver")).unwrap();
-            std::fs::write(
-                dir.join("Containerfile"),
-                "FROM scratch\nCOPY httpserver /httpserver\nENTRYPOINT [\"/httpserver\"]\n",
-            )
-            .unwrap();
+            let dir = scratch_image_context("target/podman-image", "Containerfile");
             let tag = "localhost/sonde-test/httpserver:latest".to_string();
             podman(&["build", "-q", "-t", &tag, dir.to_str().unwrap()]);
             tag

@@ -66,10 +66,7 @@ pub const MAX_SECTION_SIZE: u64 = 256 << 20;
 
 /// Struct field offsets from the binary's DWARF; `None` when it has no DWARF.
 pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
-    let Some(sections) = load_sections(file)? else {
-        return Ok(None);
-    };
-    go_offsets(&walk(&sections, WANTED, RENAMED)?).map(Some)
+    fields(file)?.map(|f| go_offsets(&f)).transpose()
 }
 
 /// The net/http fields the binary's DWARF describes (any subset); `None` when it has no DWARF.

@@ -46,10 +46,6 @@ impl Field {
 
     /// This field's offset in `o`.
     pub fn value(&self, o: &GoOffsets) -> u32 {
-        self.get(o)
-    }
-
-    fn get(&self, o: &GoOffsets) -> u32 {
         let mut copy = *o;
         *(self.slot)(&mut copy)
     }
@@ -250,7 +246,7 @@ pub fn resolve(
             table_row
                 .get_or_insert_with(&mut table)
                 .as_ref()
-                .map(|(row, o)| (field.get(o), FieldSource::Table(row.clone())))
+                .map(|(row, o)| (field.value(o), FieldSource::Table(row.clone())))
         };
         let Some((v, source)) = found else {
             return Err(Missing(format!("{}.{}", field.strukt, field.name)));
@@ -292,7 +288,7 @@ mod tests {
             *(f.slot)(&mut o) = i as u32 + 1;
         }
         for (i, f) in FIELDS.iter().enumerate() {
-            assert_eq!(f.get(&o), i as u32 + 1, "{}", f.display());
+            assert_eq!(f.value(&o), i as u32 + 1, "{}", f.display());
         }
     }
 

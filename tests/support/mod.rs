@@ -406,23 +406,31 @@ pub fn test_image() -> String {
     static IMAGE: OnceLock<String> = OnceLock::new();
     IMAGE
         .get_or_init(|| {
-            let target = go_targets()
-                .into_iter()
-                .rfind(|t| t.linkage == "static" && !t.stripped)
-                .expect("a static Go target");
-            let dir = repo().join("target/test-image");
-            std::fs::create_dir_all(&dir).unwrap();
-            std::fs::copy(&target.path, dir.join("httpserver")).unwrap();
-            std::fs::write(
-                dir.join("Dockerfile"),
-                "FROM scratch\nCOPY httpserver /httpserver\nENTRYPOINT [\"/httpserver\"]\n",
-            )
-            .unwrap();
+            let dir = scratch_image_context("target/test-image", "Dockerfile");
             let tag = "sonde-test/httpserver:latest".to_string();
             docker(&["build", "-q", "-t", &tag, dir.to_str().unwrap()]);
             tag
         })
         .clone()
+}
+
+/// A build context for an image of the newest static Go test server, `FROM scratch`, under
+/// `dir` (relative to the repository) with its build file named `file`: what the Docker and
+/// Podman tests both run.
+pub fn scratch_image_context(dir: &str, file: &str) -> PathBuf {
+    let target = go_targets()
+        .into_iter()
+        .rfind(|t| t.linkage == "static" && !t.stripped)
+        .expect("a static Go target");
+    let dir = repo().join(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(&target.path, dir.join("httpserver")).unwrap();
+    std::fs::write(
+        dir.join(file),
+        "FROM scratch\nCOPY httpserver /httpserver\nENTRYPOINT [\"/httpserver\"]\n",
+    )
+    .unwrap();
+    dir
 }
 
 /// A container this test started, removed (by its id) when dropped.
