@@ -25,14 +25,17 @@ fail() {
 indent() { sed 's/^/    | /'; }
 failed=0
 
-# 1. sonde check: exit 0, and it says the syscall tracer is available.
+# The syscall source sonde must choose: kprobes wherever the kernel has them (6.1, 6.12).
+if [ -e /sys/bus/event_source/devices/kprobe ]; then MODE=kprobes; else MODE=tracepoints; fi
+
+# 1. sonde check: exit 0, and it says the syscall tracer is available, from which source.
 out=$("$SONDE" check 2>&1)
 rc=$?
 echo "$out" | indent
-if [ $rc = 0 ] && echo "$out" | grep -q '^syscall + OpenSSL tracer (non-Go processes): available'; then
-  pass "sonde-check exit 0, syscall tracer available"
+if [ $rc = 0 ] && echo "$out" | grep -q "^syscall + OpenSSL tracer (non-Go processes): available, syscall source: $MODE"; then
+  pass "sonde-check exit 0, syscall tracer available, source $MODE"
 else
-  fail "sonde-check exit $rc"
+  fail "sonde-check exit $rc (want the syscall tracer available from $MODE)"
 fi
 
 # 2. Every program of every embedded object through this kernel's verifier.
@@ -161,6 +164,12 @@ if [ $ready = 1 ]; then
   expect nginx-http 2 nginx 'http_route="/http-ok"'
   expect nginx-https 3 nginx 'http_route="/https-ok"'
   expect nginx-total 5 nginx
+  if grep -q "syscall tracer loaded in .*syscall source: $MODE" $work/sonde.log \
+    && grep -q "syscall $MODE attached" $work/sonde.log; then
+    pass "syscall-source $MODE (loaded and attached)"
+  else
+    fail "syscall-source: the log does not say $MODE loaded and attached"
+  fi
 fi
 if [ $failed = 1 ]; then
   echo "    sonde log:"
