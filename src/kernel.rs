@@ -241,7 +241,8 @@ pub fn syscall_source() -> Feature {
     let detail = match kprobes {
         Ok(()) => format!(
             "kprobes on the syscall wrappers (__x64_sys_read, …): only those syscalls pay; \
-             tracepoints available as the fallback: {tracepoints}"
+             fallback: tracepoints ({})",
+            if tracepoints { state } else { "none" }
         ),
         Err(why) => format!("tracepoints ({state}); kprobes: {why}"),
     };
