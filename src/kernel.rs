@@ -14,7 +14,7 @@ pub enum KernelError {
     },
 }
 
-const TRACEFS: &str = "/sys/kernel/tracing";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Capabilities sonde cares about, with their bit numbers from linux/capability.h.
 const CAPS: &[(&str, u32, &str)] = &[
