@@ -607,6 +607,7 @@ fn load_syscall_tracer(
     if !config.syscall_tracing {
         return (None, None);
     }
+    let source = config.syscall_source;
     let (tracer_tx, tracer_rx) = std::sync::mpsc::channel();
     let (reader_tx, reader_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
@@ -614,7 +615,7 @@ fn load_syscall_tracer(
         .name("sonde-sysload".into())
         .spawn(move || {
             let started = Instant::now();
-            let loaded = SyscallTracer::load(&mut loader, activity).and_then(|mut t| {
+            let loaded = SyscallTracer::load(&mut loader, activity, source).and_then(|mut t| {
                 let ring = t.take_events()?;
                 let lost = t.take_lost_counter()?;
                 Ok((t, ring, lost))
@@ -637,7 +638,7 @@ fn load_syscall_tracer(
                     tracing::info!(
                         "syscall tracer loaded in {:?} ({}): non-Go processes are measured",
                         started.elapsed(),
-                        crate::kernel::syscall_source().detail
+                        tracer.source()
                     );
                     // Reader first: the tracer's first records then always have a reader.
                     if reader_tx.send(r).is_ok() {
