@@ -58,10 +58,16 @@ def counted(text, name, path):
 
 
 def links(text):
+    """Uprobe links other than armed files' (an image's program armed ahead stays)."""
+    total = armed = None
     for line in text.splitlines():
         if line.startswith("sonde_uprobe_links "):
-            return float(line.split()[1])
-    return None
+            total = float(line.split()[1])
+        elif line.startswith("sonde_armed_uprobe_links "):
+            armed = float(line.split()[1])
+    if total is None:
+        return None
+    return total - (armed or 0)
 
 
 def pctl(xs, p):
@@ -139,8 +145,15 @@ def main():
               f"run → port accepts p50 {pctl(accept, 50):.0f} ms, p99 {pctl(accept, 99):.0f} ms; "
               f"port accepts → counted (sonde's share, incl. the scrape poll) "
               f"p50 {pctl(after, 50):.0f} ms, p99 {pctl(after, 99):.0f} ms")
-        before = sum("before its exec" in l for l in open(log.name))
-        print(f"{a.engine}: {before} containers instrumented before their exec (sonde's log)")
+        lines = open(log.name).read().splitlines()
+        before = sum("before its exec" in l for l in lines)
+        paths = {}
+        for l in lines:
+            if "launch_path=" in l:
+                p = l.split("launch_path=", 1)[1].split(",")[0].split(")")[0]
+                paths[p] = paths.get(p, 0) + 1
+        print(f"{a.engine}: {before} containers instrumented before their exec (sonde's log); "
+              f"launch paths: {paths}")
         return 0 if missed == 0 else 1
     finally:
         for n in names:

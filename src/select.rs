@@ -271,6 +271,26 @@ impl Selector {
         self.container_selects(&unlabelled, &probe) || self.ports.is_some() || self.exe.is_some()
     }
 
+    /// Whether a created container's program `exe` is worth arming in its image (see
+    /// `Attacher::arm_image`): the container's labels and rules select it before it runs, and
+    /// uprobes (not syscalls) would measure it.
+    pub fn arms_image(&self, c: &ContainerInfo, exe: &std::path::Path) -> bool {
+        let probe = HostProcess {
+            pid: 0,
+            exe: exe.to_path_buf(),
+            start_time: 0,
+            listen_ports: Vec::new(),
+            container_id: None,
+        };
+        let source = match c.labels.get(labels::GO_SOURCE) {
+            Some(v) => crate::config::GoSource::parse(v).unwrap_or(self.go_source),
+            None => self.go_source,
+        };
+        !c.labels.contains_key(labels::OPEN_PORTS)
+            && source == crate::config::GoSource::Uprobes
+            && self.container_selects(c, &probe)
+    }
+
     /// What measures this Go process: its container's `sonde.go_source` label, else the
     /// `go_source` setting. An invalid label is reported and ignored.
     pub fn go_source(&self, p: &HostProcess) -> crate::config::GoSource {

@@ -148,14 +148,18 @@ fn sonde_for_podman(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
 
 /// The links of exited containers are closed (attaching quiet for a second, at most 60 s:
 /// src/attach/reaper.rs), so that closing them does not hold up the next attach.
+/// Armed files' links (an image's program armed at its container's creation) stay.
 fn links_closed(prom: u16) -> bool {
-    wait_for_metric(
-        prom,
-        "sonde_uprobe_links",
-        &[],
-        0.0,
-        Duration::from_secs(75),
-    )
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(75) {
+        let text = scrape(prom);
+        let links = metric_value(&text, "sonde_uprobe_links", &[]);
+        if links.is_some() && links == metric_value(&text, "sonde_armed_uprobe_links", &[]) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn count(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
