@@ -591,11 +591,14 @@ fn instrument_launch(
     );
     let t1 = t0.elapsed();
     let (path, outcome, go_version) = match attacher.armed_slot(&launch.host_path) {
-        Some(slot) => (
-            "armed",
-            attacher.enrol(pid, slot).map(|()| "enrolled".to_string()),
-            None,
-        ),
+        Some(slot) => {
+            let enrolled = attacher.enrol(pid, slot);
+            // What link closing waits for (see reaper.rs), though nothing was attached.
+            attacher
+                .activity()
+                .attached(process.container_id.as_deref());
+            ("armed", enrolled.map(|()| "enrolled".to_string()), None)
+        }
         None => {
             let plan = match plans.get_or_inspect(&launch.host_path) {
                 Ok((_, Ok(plan), _)) => plan,
@@ -1178,7 +1181,12 @@ fn discovery_loop(
                 continue;
             }
             if let Some(slot) = armed_slot_for(&mut guard, &process, &plan) {
-                match guard.attacher.enrol(pid, slot) {
+                let enrolled = guard.attacher.enrol(pid, slot);
+                guard
+                    .attacher
+                    .activity()
+                    .attached(process.container_id.as_deref());
+                match enrolled {
                     Ok(()) => {
                         tracing::info!(
                             "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{}",
