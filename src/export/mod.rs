@@ -9,8 +9,11 @@ use std::time::Instant;
 use thiserror::Error;
 
 #[cfg(test)]
+mod bench;
+#[cfg(test)]
 mod dashboards;
 mod health;
+mod histogram;
 pub mod names;
 mod prometheus;
 pub mod store;
