@@ -5,6 +5,8 @@
 //! aggregation (that exporter would count every request a second time, and cannot expire a
 //! stopped container's series and revive them), and the output reproduces Beyla's.
 
+use std::borrow::Cow;
+use std::collections::btree_map::Entry;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
@@ -41,12 +43,15 @@ pub(super) fn render_requests(store: &Store, out: &mut String, openmetrics: bool
             .iter()
             .filter(|((d, _), _)| *d == i)
             .map(|((_, labels), h)| (labels, h));
-        let mut merged: BTreeMap<&Labels, Histogram> = BTreeMap::new();
+        // Copied only where two processes share a label set.
+        let mut merged: BTreeMap<&Labels, Cow<'_, Histogram>> = BTreeMap::new();
         for (labels, h) in live.chain(departed) {
-            merged
-                .entry(labels)
-                .or_insert_with(|| Histogram::new(i.bounds()))
-                .merge(h);
+            match merged.entry(labels) {
+                Entry::Vacant(e) => {
+                    e.insert(Cow::Borrowed(h));
+                }
+                Entry::Occupied(mut e) => e.get_mut().to_mut().merge(h),
+            }
         }
         render_family(out, name, help, i.bounds(), &merged, openmetrics);
     }
@@ -57,7 +62,7 @@ fn render_family(
     name: &str,
     help: &str,
     bounds: &[f64],
-    series: &BTreeMap<&Labels, Histogram>,
+    series: &BTreeMap<&Labels, Cow<'_, Histogram>>,
     openmetrics: bool,
 ) {
     if series.is_empty() {

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pub use super::histogram::{Exemplar, Histogram, Mark};
-use super::names::{otel_attrs, prometheus_labels, Attrs, Instrument, Labels, RequestKey};
+use super::names::{prometheus_labels, Instrument, Labels, RequestKey};
 use crate::collect::RequestKind;
 use crate::config::MetricsNaming;
 use crate::enrich::{EnrichedRequest, Identity};
@@ -32,7 +32,6 @@ const PROCESS_CHECK_EVERY: Duration = Duration::from_secs(5);
 pub struct Series {
     pub key: RequestKey,
     pub labels: Labels,
-    pub attrs: Attrs,
     /// In `Instrument::of(key.kind)` order.
     pub hists: Vec<Histogram>,
 }
@@ -41,7 +40,6 @@ impl Series {
     fn new(naming: MetricsNaming, identity: &Identity, key: RequestKey) -> Self {
         Series {
             labels: prometheus_labels(naming, identity, &key),
-            attrs: otel_attrs(&key),
             hists: Instrument::of(key.kind)
                 .iter()
                 .map(|i| Histogram::new(i.bounds()))
@@ -63,16 +61,45 @@ pub struct Process {
     /// Start of the OTLP points: first request (cumulative) or last export (delta), Unix ns.
     pub start_unix_ns: u64,
     last_update: Instant,
-    /// By the hash of the key; a collision only makes the list longer.
-    series: HashMap<u64, Vec<Series>>,
+    /// By the hash of the key; on a collision, at the next free hash (linear probing).
+    series: HashMap<u64, Series>,
 }
 
 impl Process {
     pub fn series(&self) -> impl Iterator<Item = &Series> {
-        self.series.values().flatten()
+        self.series.values()
     }
     pub fn series_mut(&mut self) -> impl Iterator<Item = &mut Series> {
-        self.series.values_mut().flatten()
+        self.series.values_mut()
+    }
+
+    /// The slot of `key`: where it is, or the free one where it goes.
+    fn slot(&self, key: &KeyRef<'_>, hash: u64) -> (u64, bool) {
+        let mut h = hash;
+        loop {
+            match self.series.get(&h) {
+                Some(s) if KeyRef::of(&s.key) == *key => return (h, true),
+                Some(_) => h = h.wrapping_add(1),
+                None => return (h, false),
+            }
+        }
+    }
+
+    /// Keeps the series `keep` says, re-placing the rest so no probe chain is broken.
+    fn retain(&mut self, keep: impl Fn(&Series) -> bool) -> usize {
+        let before = self.series.len();
+        let kept: Vec<Series> = self
+            .series
+            .drain()
+            .map(|(_, s)| s)
+            .filter(|s| keep(s))
+            .collect();
+        for s in kept {
+            let key = KeyRef::of(&s.key);
+            let (at, _) = self.slot(&key, key.hash());
+            self.series.insert(at, s);
+        }
+        before - self.series.len()
     }
 }
 
@@ -274,16 +301,13 @@ impl Store {
             // Its identity was registered after its first events: name it right, and its
             // series carry on under the new name.
             p.identity = r.identity.clone();
-            for s in p.series.values_mut().flatten() {
+            for s in p.series.values_mut() {
                 s.labels = prometheus_labels(self.naming, &p.identity, &s.key);
             }
         }
         let mut key = self.key(r);
-        let mut hash = key.hash();
-        let known = p
-            .series
-            .get(&hash)
-            .is_some_and(|v| v.iter().any(|s| KeyRef::of(&s.key) == key));
+        let hash = key.hash();
+        let (mut at, known) = p.slot(&key, hash);
         if !known && *series_count >= self.max_series {
             if !*warned_full {
                 *warned_full = true;
@@ -293,18 +317,13 @@ impl Store {
                 );
             }
             key = KeyRef::overflow(r.request.kind);
-            hash = key.hash();
+            at = p.slot(&key, key.hash()).0;
         }
-        let list = p.series.entry(hash).or_default();
-        let at = match list.iter().position(|s| KeyRef::of(&s.key) == key) {
-            Some(at) => at,
-            None => {
-                *series_count += 1;
-                list.push(Series::new(self.naming, &p.identity, key.owned()));
-                list.len() - 1
-            }
-        };
-        &mut list[at]
+        let identity = &p.identity;
+        p.series.entry(at).or_insert_with(|| {
+            *series_count += 1;
+            Series::new(self.naming, identity, key.owned())
+        })
     }
 
     /// The container stopped: its series go at `expires` unless it comes back first.
@@ -341,12 +360,9 @@ impl Store {
             } = &mut *inner;
             let gone = |c: Option<&str>| c.is_some_and(|c| expired.contains(c));
             for p in processes.values_mut() {
-                for list in p.series.values_mut() {
-                    let before = list.len();
-                    list.retain(|s| !gone(s.container()));
-                    *series_count -= before - list.len();
+                if p.series().any(|s| gone(s.container())) {
+                    *series_count -= p.retain(|s| !gone(s.container()));
                 }
-                p.series.retain(|_, l| !l.is_empty());
             }
             departed.retain(|(i, l), _| {
                 let c = l.iter().find(|(k, _)| *k == "container_name");
@@ -381,7 +397,7 @@ impl Store {
             let Some(p) = inner.processes.remove(&pid) else {
                 continue;
             };
-            for s in p.series.into_values().flatten() {
+            for s in p.series.into_values() {
                 inner.series_count -= 1;
                 for (i, h) in Instrument::of(s.key.kind).iter().zip(s.hists) {
                     match inner.departed.entry((*i, s.labels.clone())) {

@@ -15,7 +15,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use super::config::Temporality;
 use super::resource::{kv_int, kv_str, scope};
 use crate::enrich::Identity;
-use crate::export::names::{Attrs, Instrument, Value, INSTRUMENTS};
+use crate::export::names::{otel_attrs, Attrs, Instrument, Value, INSTRUMENTS};
 use crate::export::store::{self, Mark, Store};
 
 fn to_kv(a: &Attrs) -> Vec<KeyValue> {
@@ -99,19 +99,20 @@ pub fn collect(
         let p = inner.processes.get_mut(&pid).expect("key just listed");
         let mut metrics: Vec<Metric> = Vec::new();
         for i in INSTRUMENTS {
-            let mut points: Vec<(&Attrs, HistogramDataPoint)> = p
+            // Attributes are made here, once per export, not kept with every series.
+            let mut points: Vec<(Attrs, HistogramDataPoint)> = p
                 .series()
                 .filter(|s| s.key.kind == i.kind())
                 .filter_map(|s| {
                     let h = &s.hists[i.slot()];
-                    point(h, i, &s.attrs, p.start_unix_ns, now_unix_ns, delta)
-                        .map(|pt| (&s.attrs, pt))
+                    let attrs = otel_attrs(&s.key);
+                    point(h, i, &attrs, p.start_unix_ns, now_unix_ns, delta).map(|pt| (attrs, pt))
                 })
                 .collect();
             if points.is_empty() {
                 continue;
             }
-            points.sort_by(|a, b| a.0.cmp(b.0));
+            points.sort_by(|a, b| a.0.cmp(&b.0));
             metrics.push(Metric {
                 name: i.otel_name().into(),
                 description: i.description().into(),
