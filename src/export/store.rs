@@ -1,9 +1,10 @@
 //! The one aggregation of requests: histograms per series, per process. The Prometheus
 //! renderer and the OTLP encoder both read it; neither counts a request again.
 //!
-//! A series' labels (both namings' worth) are resolved once, when it is created; a request
-//! finds its series by hashing borrowed fields, so the per-request path allocates nothing
-//! once its series exists. Series are kept per process because OTLP reports one resource
+//! A series' Prometheus labels are resolved once, when it is created (its OTLP attributes,
+//! needed once per export, are made from its key then); a request finds its series by
+//! hashing borrowed fields, so the per-request path allocates nothing once its series
+//! exists. Series are kept per process because OTLP reports one resource
 //! per process; Prometheus sums the processes that share a label set when it renders.
 //!
 //! Expiry: a stopped container's series go when its TTL passes unless it starts again
@@ -31,14 +32,18 @@ const PROCESS_CHECK_EVERY: Duration = Duration::from_secs(5);
 
 pub struct Series {
     pub key: RequestKey,
+    /// Who the process was when these requests came: a process named late (or left
+    /// unnamed after its exit) starts new series; the ones it has keep their labels.
+    pub identity: Arc<Identity>,
     pub labels: Labels,
     /// In `Instrument::of(key.kind)` order.
     pub hists: Vec<Histogram>,
 }
 
 impl Series {
-    fn new(naming: MetricsNaming, identity: &Identity, key: RequestKey) -> Self {
+    fn new(naming: MetricsNaming, identity: &Arc<Identity>, key: RequestKey) -> Self {
         Series {
+            identity: identity.clone(),
             labels: prometheus_labels(naming, identity, &key),
             hists: Instrument::of(key.kind)
                 .iter()
@@ -74,11 +79,11 @@ impl Process {
     }
 
     /// The slot of `key`: where it is, or the free one where it goes.
-    fn slot(&self, key: &KeyRef<'_>, hash: u64) -> (u64, bool) {
+    fn slot(&self, key: &KeyRef<'_>, id: &Arc<Identity>, hash: u64) -> (u64, bool) {
         let mut h = hash;
         loop {
             match self.series.get(&h) {
-                Some(s) if KeyRef::of(&s.key) == *key => return (h, true),
+                Some(s) if KeyRef::of(&s.key) == *key && same(&s.identity, id) => return (h, true),
                 Some(_) => h = h.wrapping_add(1),
                 None => return (h, false),
             }
@@ -96,7 +101,7 @@ impl Process {
             .collect();
         for s in kept {
             let key = KeyRef::of(&s.key);
-            let (at, _) = self.slot(&key, key.hash());
+            let (at, _) = self.slot(&key, &s.identity, key.hash());
             self.series.insert(at, s);
         }
         before - self.series.len()
@@ -297,17 +302,14 @@ impl Store {
             series: HashMap::new(),
         });
         p.last_update = Instant::now();
-        if !Arc::ptr_eq(&p.identity, &r.identity) && *p.identity != *r.identity {
-            // Its identity was registered after its first events: name it right, and its
-            // series carry on under the new name.
+        if !same(&p.identity, &r.identity) {
+            // Its identity was registered after its first events: OTLP names the process
+            // right from now on (and sums its series that differ only by identity).
             p.identity = r.identity.clone();
-            for s in p.series.values_mut() {
-                s.labels = prometheus_labels(self.naming, &p.identity, &s.key);
-            }
         }
         let mut key = self.key(r);
         let hash = key.hash();
-        let (mut at, known) = p.slot(&key, hash);
+        let (mut at, known) = p.slot(&key, &r.identity, hash);
         if !known && *series_count >= self.max_series {
             if !*warned_full {
                 *warned_full = true;
@@ -317,9 +319,9 @@ impl Store {
                 );
             }
             key = KeyRef::overflow(r.request.kind);
-            at = p.slot(&key, key.hash()).0;
+            at = p.slot(&key, &r.identity, key.hash()).0;
         }
-        let identity = &p.identity;
+        let identity = &r.identity;
         p.series.entry(at).or_insert_with(|| {
             *series_count += 1;
             Series::new(self.naming, identity, key.owned())
@@ -415,6 +417,10 @@ impl Store {
             }
         }
     }
+}
+
+fn same(a: &Arc<Identity>, b: &Arc<Identity>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
 }
 
 /// Whether a process still runs.
@@ -577,7 +583,7 @@ mod tests {
     }
 
     #[test]
-    fn a_late_identity_relabels_the_series() {
+    fn a_late_identity_starts_new_series_and_keeps_the_old_ones() {
         let s = store(Duration::from_secs(60), 100);
         let mut r = request(RequestKind::HttpServer, 1, None);
         s.record(&r, || 0);
@@ -586,12 +592,25 @@ mod tests {
             ..Identity::default()
         });
         s.record(&r, || 0);
+        s.record(&r, || 0);
         let inner = s.lock();
-        let series: Vec<&Series> = inner.processes[&1].series().collect();
-        assert_eq!(series.len(), 1);
-        assert_eq!(series[0].hists[0].count, 2);
-        assert!(series[0]
-            .labels
-            .contains(&("service_name", "shop".to_string())));
+        let p = &inner.processes[&1];
+        assert_eq!(p.identity.service_name, "shop");
+        let mut by_name: Vec<(String, u64)> = p
+            .series()
+            .map(|s| {
+                (
+                    s.labels
+                        .iter()
+                        .find(|l| l.0 == "service_name")
+                        .unwrap()
+                        .1
+                        .clone(),
+                    s.hists[0].count,
+                )
+            })
+            .collect();
+        by_name.sort();
+        assert_eq!(by_name, [("shop".into(), 2), ("svc".into(), 1)]);
     }
 }

@@ -76,6 +76,18 @@ fn point(
     })
 }
 
+/// Adds `b` to `a`, two points of the same attributes and bounds.
+fn add(a: &mut HistogramDataPoint, b: &HistogramDataPoint) {
+    for (x, y) in a.bucket_counts.iter_mut().zip(&b.bucket_counts) {
+        *x += y;
+    }
+    a.count += b.count;
+    a.sum = Some(a.sum.unwrap_or(0.0) + b.sum.unwrap_or(0.0));
+    a.min = a.min.zip(b.min).map(|(x, y)| x.min(y));
+    a.max = a.max.zip(b.max).map(|(x, y)| x.max(y));
+    a.exemplars.extend(b.exemplars.iter().cloned());
+}
+
 /// The export request for now, one resource per process (`resource` names it); in delta
 /// mode this also starts the next interval. `None` when there is nothing to send.
 pub fn collect(
@@ -113,6 +125,14 @@ pub fn collect(
                 continue;
             }
             points.sort_by(|a, b| a.0.cmp(&b.0));
+            // Series that differ only by the process's identity (named late) are one point.
+            points.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    add(&mut kept.1, &later.1);
+                }
+                same
+            });
             metrics.push(Metric {
                 name: i.otel_name().into(),
                 description: i.description().into(),
