@@ -1,9 +1,8 @@
-//! Requests → OTLP explicit-bucket histograms, under the semantic-convention names and units,
-//! with the Prometheus exporter's bounds; cumulative or delta.
+//! The request store → OTLP explicit-bucket histograms, under the semantic-convention names
+//! and units, with the Prometheus exporter's bounds; cumulative or delta. The store counts;
+//! this only encodes (and, in delta mode, remembers what it already sent).
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use opentelemetry_proto::tonic::common::v1::KeyValue;
@@ -15,192 +14,9 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use super::config::Temporality;
 use super::resource::{kv_int, kv_str, scope};
-use crate::collect::RequestKind;
-use crate::enrich::EnrichedRequest;
-use crate::export::{DURATION_BUCKETS, SIZE_BUCKETS};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Instrument {
-    ServerDuration,
-    ServerRequestSize,
-    ServerResponseSize,
-    ClientDuration,
-    ClientRequestSize,
-    ClientResponseSize,
-    RpcServerDuration,
-    RpcClientDuration,
-}
-
-impl Instrument {
-    pub fn name(self) -> &'static str {
-        match self {
-            Instrument::ServerDuration => "http.server.request.duration",
-            Instrument::ServerRequestSize => "http.server.request.body.size",
-            Instrument::ServerResponseSize => "http.server.response.body.size",
-            Instrument::ClientDuration => "http.client.request.duration",
-            Instrument::ClientRequestSize => "http.client.request.body.size",
-            Instrument::ClientResponseSize => "http.client.response.body.size",
-            Instrument::RpcServerDuration => "rpc.server.call.duration",
-            Instrument::RpcClientDuration => "rpc.client.call.duration",
-        }
-    }
-
-    fn description(self) -> &'static str {
-        match self {
-            Instrument::ServerDuration => "Duration of HTTP server requests.",
-            Instrument::ServerRequestSize => "Size of HTTP server request bodies.",
-            Instrument::ServerResponseSize => "Size of HTTP server response bodies.",
-            Instrument::ClientDuration => "Duration of HTTP client requests.",
-            Instrument::ClientRequestSize => "Size of HTTP client request bodies.",
-            Instrument::ClientResponseSize => "Size of HTTP client response bodies.",
-            Instrument::RpcServerDuration => "Duration of RPC calls served.",
-            Instrument::RpcClientDuration => "Duration of RPC calls made.",
-        }
-    }
-
-    fn unit(self) -> &'static str {
-        match self {
-            Instrument::ServerDuration
-            | Instrument::ClientDuration
-            | Instrument::RpcServerDuration
-            | Instrument::RpcClientDuration => "s",
-            _ => "By",
-        }
-    }
-
-    fn bounds(self) -> &'static [f64] {
-        match self {
-            Instrument::ServerDuration
-            | Instrument::ClientDuration
-            | Instrument::RpcServerDuration
-            | Instrument::RpcClientDuration => DURATION_BUCKETS,
-            _ => SIZE_BUCKETS,
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-enum Value {
-    Str(String),
-    Int(i64),
-}
-
-/// Attribute set of one series, sorted by key.
-type Attrs = Vec<(&'static str, Value)>;
-
-/// A sampled request as an exemplar: trace id, span id, value, Unix ns.
-type SampledRequest = ([u8; 16], [u8; 8], f64, u64);
-
-#[derive(Debug, Clone)]
-struct Hist {
-    counts: Vec<u64>,
-    sum: f64,
-    count: u64,
-    min: f64,
-    max: f64,
-    /// Per bucket, the newest sampled request's (trace id, span id, value, Unix ns).
-    exemplars: Vec<Option<SampledRequest>>,
-}
-
-impl Hist {
-    fn new(bounds: &[f64]) -> Self {
-        Hist {
-            counts: vec![0; bounds.len() + 1],
-            sum: 0.0,
-            count: 0,
-            min: f64::INFINITY,
-            max: f64::NEG_INFINITY,
-            exemplars: Vec::new(),
-        }
-    }
-
-    fn observe(&mut self, bounds: &[f64], v: f64) {
-        // Upper bounds are inclusive, as in Prometheus' `le`.
-        let i = bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len());
-        self.counts[i] += 1;
-        self.sum += v;
-        self.count += 1;
-        self.min = self.min.min(v);
-        self.max = self.max.max(v);
-    }
-
-    fn exemplar(&mut self, bounds: &[f64], e: SampledRequest) {
-        let i = bounds
-            .iter()
-            .position(|&b| e.2 <= b)
-            .unwrap_or(bounds.len());
-        if self.exemplars.is_empty() {
-            self.exemplars = vec![None; bounds.len() + 1];
-        }
-        self.exemplars[i] = Some(e);
-    }
-}
-
-struct ProcessSeries {
-    identity: Arc<crate::enrich::Identity>,
-    resource: Arc<Resource>,
-    /// Start of the series: first request (cumulative) or last export (delta), Unix ns.
-    start_unix_ns: u64,
-    last_update: Instant,
-    series: BTreeMap<(Instrument, Attrs), Hist>,
-}
-
-pub struct MetricStore {
-    temporality: Temporality,
-    report_target: bool,
-    report_peer: bool,
-    /// Series of a process that exited go after this long without a request.
-    idle_ttl: Duration,
-    by_pid: Mutex<HashMap<u32, ProcessSeries>>,
-}
-
-fn attrs(r: &EnrichedRequest, report_target: bool, report_peer: bool) -> Attrs {
-    let q = &r.request;
-    if matches!(q.kind, RequestKind::RpcServer | RequestKind::RpcClient) {
-        // The method is `/pkg.Service/Method`; the status, gRPC's code.
-        let mut a: Attrs = vec![
-            ("rpc.method", Value::Str(q.method.clone())),
-            ("rpc.system.name", Value::Str("grpc".into())),
-            (
-                "rpc.response.status_code",
-                Value::Str(crate::export::rpc::status_name(q.status).into()),
-            ),
-        ];
-        if q.kind == RequestKind::RpcClient {
-            a.push(("server.address", Value::Str(q.server_address.clone())));
-            a.push(("server.port", Value::Int(q.server_port.into())));
-        }
-        a.sort();
-        return a;
-    }
-    let mut a: Attrs = vec![("http.request.method", Value::Str(q.method.clone()))];
-    match q.kind {
-        RequestKind::HttpServer => {
-            a.push(("http.response.status_code", Value::Int(q.status.into())));
-            a.push(("http.route", Value::Str(r.route.clone())));
-            if report_peer {
-                let peer = q.peer.map(|p| p.to_string()).unwrap_or_default();
-                a.push(("client.address", Value::Str(peer)));
-            }
-        }
-        RequestKind::HttpClient => {
-            if q.error {
-                // semconv's fallback: the kernel sees that a call failed, not why.
-                a.push(("error.type", Value::Str("_OTHER".into())));
-            } else {
-                a.push(("http.response.status_code", Value::Int(q.status.into())));
-            }
-            a.push(("server.address", Value::Str(q.server_address.clone())));
-            a.push(("server.port", Value::Int(q.server_port.into())));
-        }
-        RequestKind::RpcServer | RequestKind::RpcClient => {}
-    }
-    if report_target {
-        a.push(("url.path", Value::Str(q.path.clone())));
-    }
-    a.sort();
-    a
-}
+use crate::enrich::Identity;
+use crate::export::names::{otel_attrs, Attrs, Instrument, Value, INSTRUMENTS};
+use crate::export::store::{self, Mark, Store};
 
 fn to_kv(a: &Attrs) -> Vec<KeyValue> {
     a.iter()
@@ -211,175 +27,206 @@ fn to_kv(a: &Attrs) -> Vec<KeyValue> {
         .collect()
 }
 
-impl MetricStore {
-    pub fn new(
-        temporality: Temporality,
-        report_target: bool,
-        report_peer: bool,
-        idle_ttl: Duration,
-    ) -> Self {
-        MetricStore {
-            temporality,
-            report_target,
-            report_peer,
-            idle_ttl,
-            by_pid: Mutex::new(HashMap::new()),
-        }
+/// The point of one histogram; in delta mode only what came since the last export, `None`
+/// when nothing did.
+fn point(
+    h: &store::Histogram,
+    instrument: Instrument,
+    attrs: &Attrs,
+    start_unix_ns: u64,
+    now_unix_ns: u64,
+    delta: bool,
+) -> Option<HistogramDataPoint> {
+    let (counts, sum, count) = match (&h.mark, delta) {
+        (Some(m), true) => (
+            h.counts.iter().zip(&m.counts).map(|(a, b)| a - b).collect(),
+            h.sum - m.sum,
+            h.count - m.count,
+        ),
+        _ => (h.counts.clone(), h.sum, h.count),
+    };
+    if count == 0 {
+        return None;
     }
+    Some(HistogramDataPoint {
+        attributes: to_kv(attrs),
+        start_time_unix_nano: start_unix_ns,
+        time_unix_nano: now_unix_ns,
+        count,
+        sum: Some(sum),
+        bucket_counts: counts,
+        explicit_bounds: instrument.bounds().to_vec(),
+        min: Some(h.min),
+        max: Some(h.max),
+        exemplars: h
+            .exemplars
+            .iter()
+            .flatten()
+            // A delta point carries the exemplars of its interval only.
+            .filter(|e| !delta || h.mark.is_none() || e.unix_ns >= start_unix_ns)
+            .map(|e| Exemplar {
+                time_unix_nano: e.unix_ns,
+                value: Some(exemplar::Value::AsDouble(e.value)),
+                span_id: e.span_id.to_vec(),
+                trace_id: e.trace_id.to_vec(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    })
+}
 
-    /// One short lock and a few additions: this runs for every request. `trace`: the ids
-    /// of its sampled span, kept as the exemplar of its duration bucket.
-    pub fn record(
-        &self,
-        r: &EnrichedRequest,
-        resource: impl FnOnce() -> Arc<Resource>,
-        now_unix_ns: u64,
-        trace: Option<([u8; 16], [u8; 8])>,
-    ) {
-        let q = &r.request;
-        let a = attrs(r, self.report_target, self.report_peer);
-        let instruments: &[Instrument] = match q.kind {
-            RequestKind::HttpServer => &[
-                Instrument::ServerDuration,
-                Instrument::ServerRequestSize,
-                Instrument::ServerResponseSize,
-            ],
-            RequestKind::HttpClient => &[
-                Instrument::ClientDuration,
-                Instrument::ClientRequestSize,
-                Instrument::ClientResponseSize,
-            ],
-            // Message sizes are not measured for RPC calls.
-            RequestKind::RpcServer => &[Instrument::RpcServerDuration],
-            RequestKind::RpcClient => &[Instrument::RpcClientDuration],
-        };
-        let values = [
-            q.duration_seconds(),
-            q.request_body_bytes as f64,
-            q.response_body_bytes as f64,
-        ];
-        let mut by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());
-        let p = match by_pid.entry(q.pid) {
-            std::collections::hash_map::Entry::Occupied(e) => {
-                let p = e.into_mut();
-                if *p.identity != *r.identity {
-                    // Its identity was registered after its first events: name it right.
-                    p.identity = r.identity.clone();
-                    p.resource = resource();
-                }
-                p
-            }
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(ProcessSeries {
-                identity: r.identity.clone(),
-                resource: resource(),
-                start_unix_ns: now_unix_ns,
-                last_update: Instant::now(),
-                series: BTreeMap::new(),
-            }),
-        };
-        p.last_update = Instant::now();
-        for (&instrument, v) in instruments.iter().zip(values) {
-            let bounds = instrument.bounds();
-            let h = match p.series.entry((instrument, a.clone())) {
-                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
-                std::collections::btree_map::Entry::Vacant(e) => e.insert(Hist::new(bounds)),
-            };
-            h.observe(bounds, v);
-            if let (Some((trace_id, span_id)), true) = (trace, instrument.unit() == "s") {
-                h.exemplar(bounds, (trace_id, span_id, v, now_unix_ns));
-            }
-        }
+/// Adds `b` to `a`, two points of the same attributes and bounds.
+fn add(a: &mut HistogramDataPoint, b: &HistogramDataPoint) {
+    for (x, y) in a.bucket_counts.iter_mut().zip(&b.bucket_counts) {
+        *x += y;
     }
+    a.count += b.count;
+    a.sum = Some(a.sum.unwrap_or(0.0) + b.sum.unwrap_or(0.0));
+    a.min = a.min.zip(b.min).map(|(x, y)| x.min(y));
+    a.max = a.max.zip(b.max).map(|(x, y)| x.max(y));
+    a.exemplars.extend(b.exemplars.iter().cloned());
+}
 
-    /// The export request for now; in delta mode this also starts the next interval.
-    /// `None` when there is nothing to send.
-    pub fn collect(&self, now_unix_ns: u64) -> Option<ExportMetricsServiceRequest> {
-        let temporality = match self.temporality {
-            Temporality::Cumulative => AggregationTemporality::Cumulative,
-            Temporality::Delta => AggregationTemporality::Delta,
-        } as i32;
-        let mut by_pid = self.by_pid.lock().unwrap_or_else(|p| p.into_inner());
-        let ttl = self.idle_ttl;
-        by_pid.retain(|pid, p| {
-            p.last_update.elapsed() < ttl || std::path::Path::new(&format!("/proc/{pid}")).exists()
-        });
-        let mut out = Vec::new();
-        let mut pids: Vec<u32> = by_pid.keys().copied().collect();
-        pids.sort_unstable();
-        for pid in pids {
-            let p = by_pid.get_mut(&pid).expect("key just listed");
-            if p.series.is_empty() {
+/// The export request for now, one resource per process (`resource` names it); in delta
+/// mode this also starts the next interval. `None` when there is nothing to send.
+pub fn collect(
+    store: &Store,
+    temporality: Temporality,
+    now_unix_ns: u64,
+    alive: impl Fn(u32) -> bool,
+    mut resource: impl FnMut(u32, &Arc<Identity>) -> Arc<Resource>,
+) -> Option<ExportMetricsServiceRequest> {
+    let delta = temporality == Temporality::Delta;
+    let aggregation = match temporality {
+        Temporality::Cumulative => AggregationTemporality::Cumulative,
+        Temporality::Delta => AggregationTemporality::Delta,
+    } as i32;
+    let mut inner = store.lock();
+    store.retire_processes(&mut inner, alive);
+    let mut pids: Vec<u32> = inner.processes.keys().copied().collect();
+    pids.sort_unstable();
+    let mut out = Vec::new();
+    for pid in pids {
+        let p = inner.processes.get_mut(&pid).expect("key just listed");
+        let mut metrics: Vec<Metric> = Vec::new();
+        for i in INSTRUMENTS {
+            // Attributes are made here, once per export, not kept with every series.
+            let mut points: Vec<(Attrs, HistogramDataPoint)> = p
+                .series()
+                .filter(|s| s.key.kind == i.kind())
+                .filter_map(|s| {
+                    let h = &s.hists[i.slot()];
+                    let attrs = otel_attrs(&s.key);
+                    point(h, i, &attrs, p.start_unix_ns, now_unix_ns, delta).map(|pt| (attrs, pt))
+                })
+                .collect();
+            if points.is_empty() {
                 continue;
             }
-            let mut metrics: Vec<Metric> = Vec::new();
-            for ((instrument, a), h) in &p.series {
-                let point = HistogramDataPoint {
-                    attributes: to_kv(a),
-                    start_time_unix_nano: p.start_unix_ns,
-                    time_unix_nano: now_unix_ns,
-                    count: h.count,
-                    sum: Some(h.sum),
-                    bucket_counts: h.counts.clone(),
-                    explicit_bounds: instrument.bounds().to_vec(),
-                    min: (h.count > 0).then_some(h.min),
-                    max: (h.count > 0).then_some(h.max),
-                    exemplars: h
-                        .exemplars
-                        .iter()
-                        .flatten()
-                        .map(|(trace_id, span_id, v, at)| Exemplar {
-                            time_unix_nano: *at,
-                            value: Some(exemplar::Value::AsDouble(*v)),
-                            span_id: span_id.to_vec(),
-                            trace_id: trace_id.to_vec(),
-                            ..Default::default()
-                        })
-                        .collect(),
-                    ..Default::default()
-                };
-                match metrics.last_mut() {
-                    Some(m) if m.name == instrument.name() => {
-                        if let Some(metric::Data::Histogram(hist)) = &mut m.data {
-                            hist.data_points.push(point);
-                        }
-                    }
-                    _ => metrics.push(Metric {
-                        name: instrument.name().into(),
-                        description: instrument.description().into(),
-                        unit: instrument.unit().into(),
-                        data: Some(metric::Data::Histogram(Histogram {
-                            data_points: vec![point],
-                            aggregation_temporality: temporality,
-                        })),
-                        ..Default::default()
-                    }),
+            points.sort_by(|a, b| a.0.cmp(&b.0));
+            // Series that differ only by the process's identity (named late) are one point.
+            points.dedup_by(|later, kept| {
+                let same = later.0 == kept.0;
+                if same {
+                    add(&mut kept.1, &later.1);
                 }
-            }
-            if self.temporality == Temporality::Delta {
-                p.series.clear();
-                p.start_unix_ns = now_unix_ns;
-            }
-            out.push(ResourceMetrics {
-                resource: Some((*p.resource).clone()),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(scope()),
-                    metrics,
-                    ..Default::default()
-                }],
+                same
+            });
+            metrics.push(Metric {
+                name: i.otel_name().into(),
+                description: i.description().into(),
+                unit: i.otel_unit().into(),
+                data: Some(metric::Data::Histogram(Histogram {
+                    data_points: points.into_iter().map(|(_, pt)| pt).collect(),
+                    aggregation_temporality: aggregation,
+                })),
                 ..Default::default()
             });
         }
-        (!out.is_empty()).then_some(ExportMetricsServiceRequest {
-            resource_metrics: out,
-        })
+        if metrics.is_empty() {
+            continue;
+        }
+        if delta {
+            for s in p.series_mut() {
+                for h in &mut s.hists {
+                    h.mark = Some(Box::new(Mark {
+                        counts: h.counts.clone(),
+                        sum: h.sum,
+                        count: h.count,
+                    }));
+                    h.min = f64::INFINITY;
+                    h.max = f64::NEG_INFINITY;
+                }
+            }
+            p.start_unix_ns = now_unix_ns;
+        }
+        out.push(ResourceMetrics {
+            resource: Some((*resource(pid, &p.identity)).clone()),
+            scope_metrics: vec![ScopeMetrics {
+                scope: Some(scope()),
+                metrics,
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
     }
+    (!out.is_empty()).then_some(ExportMetricsServiceRequest {
+        resource_metrics: out,
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::collect::Request;
-    use crate::enrich::Identity;
+    use crate::collect::{Request, RequestKind};
+    use crate::config::MetricsNaming;
+    use crate::enrich::EnrichedRequest;
+    use crate::export::names::DURATION_BUCKETS;
+
+    /// The store as the agent feeds it, and this encoder on top.
+    struct MetricStore {
+        store: Store,
+        temporality: Temporality,
+    }
+
+    impl MetricStore {
+        fn new(temporality: Temporality, target: bool, peer: bool, ttl: Duration) -> Self {
+            let store = Store::new(MetricsNaming::Semconv, target, peer, ttl, 1000);
+            MetricStore { store, temporality }
+        }
+
+        fn record(
+            &self,
+            r: &EnrichedRequest,
+            _resource: impl FnOnce() -> Arc<Resource>,
+            now: u64,
+            trace: Option<([u8; 16], [u8; 8])>,
+        ) {
+            self.store.record(r, || now);
+            if let Some((t, s)) = trace {
+                self.store.exemplar(r, t, s, now);
+            }
+        }
+
+        /// Each process's resource says its service name.
+        fn collect(&self, now: u64) -> Option<ExportMetricsServiceRequest> {
+            collect(
+                &self.store,
+                self.temporality,
+                now,
+                |_| true,
+                |_, id| {
+                    Arc::new(Resource {
+                        attributes: vec![kv_str("service.name", id.service_name.clone())],
+                        ..Default::default()
+                    })
+                },
+            )
+        }
+    }
 
     fn request(kind: RequestKind, status: u16, secs: f64, error: bool) -> EnrichedRequest {
         EnrichedRequest {

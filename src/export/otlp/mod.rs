@@ -22,7 +22,6 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 pub use config::{OtlpConfig, Signal};
-use metrics::MetricStore;
 use queue::{BatchQueue, Retry};
 use traces::{IdGenerator, SpanIds, WallClock};
 use transport::{Payload, Transport};
@@ -67,7 +66,9 @@ struct SpanBuffer {
 }
 
 pub struct Otlp {
-    metrics: Option<Arc<MetricStore>>,
+    /// OTLP metrics are on: read from the exporter's store.
+    metrics: bool,
+    temporality: config::Temporality,
     spans: Option<Arc<SpanBuffer>>,
     sampler_ratio: f64,
     clock: WallClock,
@@ -94,14 +95,8 @@ impl Otlp {
             })
         };
         let otlp = Arc::new(Otlp {
-            metrics: c.metrics.as_ref().map(|_| {
-                Arc::new(MetricStore::new(
-                    c.temporality,
-                    config.metrics_report_target,
-                    config.metrics_report_peer,
-                    config.container_series_ttl,
-                ))
-            }),
+            metrics: c.metrics.is_some(),
+            temporality: c.temporality,
             spans: c.traces.as_ref().map(|_| {
                 Arc::new(SpanBuffer {
                     spans: Mutex::new(VecDeque::new()),
@@ -115,7 +110,7 @@ impl Otlp {
             resources: Mutex::new(HashMap::new()),
             exporter: exporter.clone(),
         });
-        if let (Some(s), Some(store)) = (&c.metrics, &otlp.metrics) {
+        if let Some(s) = &c.metrics {
             let t = transport(s)?;
             let cumulative = c.temporality == config::Temporality::Cumulative;
             // A cumulative snapshot holds everything older ones did: keep only the newest.
@@ -135,12 +130,7 @@ impl Otlp {
                 retry(cumulative),
                 exporter.clone(),
             ));
-            tokio::spawn(metrics_ticker(
-                store.clone(),
-                q,
-                c.metric_interval,
-                exporter.clone(),
-            ));
+            tokio::spawn(metrics_ticker(otlp.clone(), q, c.metric_interval));
         }
         if let (Some(s), Some(buf)) = (&c.traces, &otlp.spans) {
             let t = transport(s)?;
@@ -164,11 +154,10 @@ impl Otlp {
         Ok(otlp)
     }
 
-    fn resource(&self, r: &EnrichedRequest) -> Arc<Resource> {
-        let pid = r.request.pid;
+    fn resource(&self, pid: u32, identity: &Arc<crate::enrich::Identity>) -> Arc<Resource> {
         let mut cache = self.resources.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((identity, res)) = cache.get(&pid) {
-            if **identity == *r.identity {
+        if let Some((known, res)) = cache.get(&pid) {
+            if Arc::ptr_eq(known, identity) || **known == **identity {
                 return res.clone();
             }
         }
@@ -177,18 +166,17 @@ impl Otlp {
         if cache.len() >= 4096 {
             cache.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
         }
-        let container_id = r
-            .identity
+        let container_id = identity
             .container_name
             .as_ref()
             .and_then(|_| crate::discover::cgroup::container_id_of(pid));
         let res = Arc::new(resource::resource(
-            &r.identity,
+            identity,
             pid,
             &self.host,
             container_id.as_deref(),
         ));
-        cache.insert(pid, (r.identity.clone(), res.clone()));
+        cache.insert(pid, (identity.clone(), res.clone()));
         res
     }
 
@@ -209,9 +197,9 @@ impl Otlp {
                 None => self.ids.root(),
             })
             .filter(|ids| traces::sampled(&ids.trace_id, self.sampler_ratio));
-        if let Some(m) = &self.metrics {
-            let trace = ids.map(|i| (i.trace_id, i.span_id));
-            m.record(r, || self.resource(r), WallClock::now_unix_ns(), trace);
+        if self.metrics {
+            // Named while the process runs: its container id is read from its cgroup.
+            self.resource(r.request.pid, &r.identity);
         }
         if let (Some(buf), Some(ids)) = (&self.spans, ids) {
             self.exporter.exemplar(r, ids.trace_id, ids.span_id);
@@ -221,7 +209,7 @@ impl Otlp {
 
     fn push_span(&self, buf: &SpanBuffer, r: &EnrichedRequest, ids: &SpanIds) {
         let span = traces::span(r, ids, &self.clock);
-        let res = self.resource(r);
+        let res = self.resource(r.request.pid, &r.identity);
         let mut spans = buf.spans.lock().unwrap_or_else(|p| p.into_inner());
         if spans.len() >= SPAN_BUFFER {
             spans.pop_front();
@@ -234,20 +222,22 @@ impl Otlp {
     }
 }
 
-async fn metrics_ticker(
-    store: Arc<MetricStore>,
-    queue: Arc<BatchQueue>,
-    interval: Duration,
-    exporter: Arc<Exporter>,
-) {
+async fn metrics_ticker(otlp: Arc<Otlp>, queue: Arc<BatchQueue>, interval: Duration) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        if let Some(req) = store.collect(WallClock::now_unix_ns()) {
+        let req = metrics::collect(
+            otlp.exporter.store(),
+            otlp.temporality,
+            WallClock::now_unix_ns(),
+            crate::export::store::pid_alive,
+            |pid, identity| otlp.resource(pid, identity),
+        );
+        if let Some(req) = req {
             let dropped = queue.push(Payload::Metrics(req));
-            exporter
+            otlp.exporter
                 .health()
                 .add_otlp_dropped(Signal::Metrics, dropped as u64);
         }

@@ -204,7 +204,7 @@ fn rpc_span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
         kv_str("rpc.method", q.method.clone()),
         kv_str(
             "rpc.response.status_code",
-            crate::export::rpc::status_name(q.status),
+            crate::export::status_name(q.status),
         ),
     ];
     if !server {

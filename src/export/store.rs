@@ -1,0 +1,616 @@
+//! The one aggregation of requests: histograms per series, per process. The Prometheus
+//! renderer and the OTLP encoder both read it; neither counts a request again.
+//!
+//! A series' Prometheus labels are resolved once, when it is created (its OTLP attributes,
+//! needed once per export, are made from its key then); a request finds its series by
+//! hashing borrowed fields, so the per-request path allocates nothing once its series
+//! exists. Series are kept per process because OTLP reports one resource
+//! per process; Prometheus sums the processes that share a label set when it renders.
+//!
+//! Expiry: a stopped container's series go when its TTL passes unless it starts again
+//! (`retire`/`revive`); a process that exited and sent nothing for the TTL stops being
+//! reported over OTLP and its counts move to `departed`, which only Prometheus reads, so
+//! its counters never go backwards.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+pub use super::histogram::{Exemplar, Histogram, Mark};
+use super::names::{prometheus_labels, Instrument, Labels, RequestKey};
+use crate::collect::RequestKind;
+use crate::config::MetricsNaming;
+use crate::enrich::{EnrichedRequest, Identity};
+
+/// Series kept before new label sets go to one overflow series per process and kind.
+pub const DEFAULT_MAX_SERIES: usize = 20_000;
+/// How often `sweep` looks for processes that exited (it runs every scan).
+const PROCESS_CHECK_EVERY: Duration = Duration::from_secs(5);
+
+pub struct Series {
+    pub key: RequestKey,
+    /// Who the process was when these requests came: a process named late (or left
+    /// unnamed after its exit) starts new series; the ones it has keep their labels.
+    pub identity: Arc<Identity>,
+    pub labels: Labels,
+    /// In `Instrument::of(key.kind)` order.
+    pub hists: Vec<Histogram>,
+}
+
+impl Series {
+    fn new(naming: MetricsNaming, identity: &Arc<Identity>, key: RequestKey) -> Self {
+        Series {
+            identity: identity.clone(),
+            labels: prometheus_labels(naming, identity, &key),
+            hists: Instrument::of(key.kind)
+                .iter()
+                .map(|i| Histogram::new(i.bounds()))
+                .collect(),
+            key,
+        }
+    }
+
+    fn container(&self) -> Option<&str> {
+        self.labels
+            .iter()
+            .find(|(k, _)| *k == "container_name")
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+pub struct Process {
+    pub identity: Arc<Identity>,
+    /// Start of the OTLP points: first request (cumulative) or last export (delta), Unix ns.
+    pub start_unix_ns: u64,
+    last_update: Instant,
+    /// By the hash of the key; on a collision, at the next free hash (linear probing).
+    series: HashMap<u64, Series>,
+}
+
+impl Process {
+    pub fn series(&self) -> impl Iterator<Item = &Series> {
+        self.series.values()
+    }
+    pub fn series_mut(&mut self) -> impl Iterator<Item = &mut Series> {
+        self.series.values_mut()
+    }
+
+    /// The slot of `key`: where it is, or the free one where it goes.
+    fn slot(&self, key: &KeyRef<'_>, id: &Arc<Identity>, hash: u64) -> (u64, bool) {
+        let mut h = hash;
+        loop {
+            match self.series.get(&h) {
+                Some(s) if KeyRef::of(&s.key) == *key && same(&s.identity, id) => return (h, true),
+                Some(_) => h = h.wrapping_add(1),
+                None => return (h, false),
+            }
+        }
+    }
+
+    /// Keeps the series `keep` says, re-placing the rest so no probe chain is broken.
+    fn retain(&mut self, keep: impl Fn(&Series) -> bool) -> usize {
+        let before = self.series.len();
+        let kept: Vec<Series> = self
+            .series
+            .drain()
+            .map(|(_, s)| s)
+            .filter(|s| keep(s))
+            .collect();
+        for s in kept {
+            let key = KeyRef::of(&s.key);
+            let (at, _) = self.slot(&key, &s.identity, key.hash());
+            self.series.insert(at, s);
+        }
+        before - self.series.len()
+    }
+}
+
+/// The key fields of a request, borrowed: hashed and compared without allocating.
+#[derive(Clone, Copy, PartialEq)]
+struct KeyRef<'a> {
+    kind: RequestKind,
+    method: &'a str,
+    status: u16,
+    error: bool,
+    route: &'a str,
+    server_address: &'a str,
+    server_port: u16,
+    path: Option<&'a str>,
+    peer: Option<Option<IpAddr>>,
+    overflow: bool,
+}
+
+impl KeyRef<'_> {
+    fn hash(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        (self.kind as u8).hash(&mut h);
+        (self.method, self.status, self.error, self.route).hash(&mut h);
+        (self.server_address, self.server_port, self.path, self.peer).hash(&mut h);
+        self.overflow.hash(&mut h);
+        h.finish()
+    }
+
+    fn of(k: &RequestKey) -> KeyRef<'_> {
+        KeyRef {
+            kind: k.kind,
+            method: &k.method,
+            status: k.status,
+            error: k.error,
+            route: &k.route,
+            server_address: &k.server_address,
+            server_port: k.server_port,
+            path: k.path.as_deref(),
+            peer: k.peer,
+            overflow: k.overflow,
+        }
+    }
+
+    fn owned(&self) -> RequestKey {
+        RequestKey {
+            kind: self.kind,
+            method: self.method.to_string(),
+            status: self.status,
+            error: self.error,
+            route: self.route.to_string(),
+            server_address: self.server_address.to_string(),
+            server_port: self.server_port,
+            path: self.path.map(str::to_string),
+            peer: self.peer,
+            overflow: self.overflow,
+        }
+    }
+
+    fn overflow(kind: RequestKind) -> KeyRef<'static> {
+        KeyRef {
+            kind,
+            method: "",
+            status: 0,
+            error: false,
+            route: "",
+            server_address: "",
+            server_port: 0,
+            path: None,
+            peer: None,
+            overflow: true,
+        }
+    }
+}
+
+pub struct Inner {
+    pub processes: HashMap<u32, Process>,
+    /// Counts of processes no longer reported over OTLP, by kind and labels.
+    pub departed: BTreeMap<(Instrument, Labels), Histogram>,
+    series_count: usize,
+    /// Containers that stopped, with when their series expire.
+    retiring: HashMap<String, Instant>,
+    last_process_check: Option<Instant>,
+    warned_full: bool,
+}
+
+pub struct Store {
+    naming: MetricsNaming,
+    report_target: bool,
+    report_peer: bool,
+    /// A process that exited goes after this long without a request.
+    idle_ttl: Duration,
+    max_series: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Store {
+    pub fn new(
+        naming: MetricsNaming,
+        report_target: bool,
+        report_peer: bool,
+        idle_ttl: Duration,
+        max_series: usize,
+    ) -> Self {
+        Store {
+            naming,
+            report_target,
+            report_peer,
+            idle_ttl,
+            max_series,
+            inner: Mutex::new(Inner {
+                processes: HashMap::new(),
+                departed: BTreeMap::new(),
+                series_count: 0,
+                retiring: HashMap::new(),
+                last_process_check: None,
+                warned_full: false,
+            }),
+        }
+    }
+
+    pub fn naming(&self) -> MetricsNaming {
+        self.naming
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn key<'a>(&self, r: &'a EnrichedRequest) -> KeyRef<'a> {
+        let q = &r.request;
+        let http = !q.kind.is_rpc();
+        let client = matches!(q.kind, RequestKind::HttpClient | RequestKind::RpcClient);
+        let server = q.kind == RequestKind::HttpServer;
+        KeyRef {
+            kind: q.kind,
+            method: &q.method,
+            status: q.status,
+            // Only HTTP client calls carry an error (the kernel saw the call fail).
+            error: q.error && http,
+            route: if server { &r.route } else { "" },
+            server_address: if client { &q.server_address } else { "" },
+            server_port: if client { q.server_port } else { 0 },
+            path: (http && self.report_target).then_some(q.path.as_str()),
+            peer: (server && self.report_peer).then_some(q.peer),
+            overflow: false,
+        }
+    }
+
+    /// One short lock and a few additions: this runs for every request. `now_unix_ns` is
+    /// asked only when the process is new.
+    pub fn record(&self, r: &EnrichedRequest, now_unix_ns: impl FnOnce() -> u64) {
+        let q = &r.request;
+        let values = [
+            q.duration_seconds(),
+            q.request_body_bytes as f64,
+            q.response_body_bytes as f64,
+        ];
+        let mut inner = self.lock();
+        let s = self.series_for(&mut inner, r, now_unix_ns);
+        for ((i, h), v) in Instrument::of(q.kind).iter().zip(&mut s.hists).zip(values) {
+            h.observe(i.bounds(), v);
+        }
+    }
+
+    /// The trace of a request `record` just counted, as the exemplar of its duration bucket.
+    pub fn exemplar(&self, r: &EnrichedRequest, trace_id: [u8; 16], span_id: [u8; 8], at: u64) {
+        let e = Exemplar {
+            trace_id,
+            span_id,
+            value: r.request.duration_seconds(),
+            unix_ns: at,
+        };
+        let mut inner = self.lock();
+        let s = self.series_for(&mut inner, r, || at);
+        let bounds = Instrument::of(r.request.kind)[0].bounds();
+        s.hists[0].exemplar(bounds, e);
+    }
+
+    fn series_for<'a>(
+        &self,
+        inner: &'a mut Inner,
+        r: &EnrichedRequest,
+        now_unix_ns: impl FnOnce() -> u64,
+    ) -> &'a mut Series {
+        let Inner {
+            processes,
+            series_count,
+            warned_full,
+            ..
+        } = inner;
+        let p = processes.entry(r.request.pid).or_insert_with(|| Process {
+            identity: r.identity.clone(),
+            start_unix_ns: now_unix_ns(),
+            last_update: Instant::now(),
+            series: HashMap::new(),
+        });
+        p.last_update = Instant::now();
+        if !same(&p.identity, &r.identity) {
+            // Its identity was registered after its first events: OTLP names the process
+            // right from now on (and sums its series that differ only by identity).
+            p.identity = r.identity.clone();
+        }
+        let mut key = self.key(r);
+        let hash = key.hash();
+        let (mut at, known) = p.slot(&key, &r.identity, hash);
+        if !known && *series_count >= self.max_series {
+            if !*warned_full {
+                *warned_full = true;
+                tracing::warn!(
+                    max = self.max_series,
+                    "too many metric series: new label sets are counted in one overflow series"
+                );
+            }
+            key = KeyRef::overflow(r.request.kind);
+            at = p.slot(&key, &r.identity, key.hash()).0;
+        }
+        let identity = &r.identity;
+        p.series.entry(at).or_insert_with(|| {
+            *series_count += 1;
+            Series::new(self.naming, identity, key.owned())
+        })
+    }
+
+    /// The container stopped: its series go at `expires` unless it comes back first.
+    pub fn retire_container(&self, name: &str, expires: Instant) {
+        self.lock().retiring.insert(name.to_string(), expires);
+    }
+
+    pub fn revive_container(&self, name: &str) {
+        self.lock().retiring.remove(name);
+    }
+
+    /// Drops the series of containers whose time is up, and now and then retires the
+    /// processes that exited (`alive` says which PIDs still run).
+    pub fn sweep(&self, now: Instant, alive: impl Fn(u32) -> bool) {
+        let mut inner = self.lock();
+        let expired: HashSet<String> = {
+            let gone: Vec<String> = inner
+                .retiring
+                .iter()
+                .filter(|(_, at)| **at <= now)
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &gone {
+                inner.retiring.remove(n);
+            }
+            gone.into_iter().collect()
+        };
+        if !expired.is_empty() {
+            let Inner {
+                processes,
+                departed,
+                series_count,
+                ..
+            } = &mut *inner;
+            let gone = |c: Option<&str>| c.is_some_and(|c| expired.contains(c));
+            for p in processes.values_mut() {
+                if p.series().any(|s| gone(s.container())) {
+                    *series_count -= p.retain(|s| !gone(s.container()));
+                }
+            }
+            departed.retain(|(i, l), _| {
+                let c = l.iter().find(|(k, _)| *k == "container_name");
+                let keep = !gone(c.map(|(_, v)| v.as_str()));
+                // A departed series is one entry per instrument; count it once.
+                if !keep && i.slot() == 0 {
+                    *series_count -= 1;
+                }
+                keep
+            });
+            tracing::info!("expired the series of stopped containers {expired:?}");
+        }
+        if inner
+            .last_process_check
+            .is_none_or(|t| now.saturating_duration_since(t) >= PROCESS_CHECK_EVERY)
+        {
+            inner.last_process_check = Some(now);
+            self.retire_processes(&mut inner, alive);
+        }
+    }
+
+    /// Processes that exited and were idle for the TTL: their counts move to `departed`.
+    pub fn retire_processes(&self, inner: &mut Inner, alive: impl Fn(u32) -> bool) {
+        let ttl = self.idle_ttl;
+        let gone: Vec<u32> = inner
+            .processes
+            .iter()
+            .filter(|(pid, p)| p.last_update.elapsed() >= ttl && !alive(**pid))
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            let Some(p) = inner.processes.remove(&pid) else {
+                continue;
+            };
+            for s in p.series.into_values() {
+                inner.series_count -= 1;
+                for (i, h) in Instrument::of(s.key.kind).iter().zip(s.hists) {
+                    match inner.departed.entry((*i, s.labels.clone())) {
+                        std::collections::btree_map::Entry::Occupied(mut e) => {
+                            e.get_mut().merge(&h)
+                        }
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            if i.slot() == 0 {
+                                inner.series_count += 1;
+                            }
+                            e.insert(h);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn same(a: &Arc<Identity>, b: &Arc<Identity>) -> bool {
+    Arc::ptr_eq(a, b) || **a == **b
+}
+
+/// Whether a process still runs.
+pub fn pid_alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::collect::Request;
+
+    pub(crate) fn request(kind: RequestKind, pid: u32, container: Option<&str>) -> EnrichedRequest {
+        EnrichedRequest {
+            request: Request {
+                kind,
+                pid,
+                start_ns: 0,
+                end_ns: 30_000_000,
+                method: "GET".into(),
+                path: "/a".into(),
+                path_truncated: false,
+                status: 200,
+                request_body_bytes: 40,
+                response_body_bytes: 5000,
+                peer: None,
+                http2: false,
+                server_address: String::new(),
+                server_port: 0,
+                error: false,
+                trace: None,
+            },
+            identity: Arc::new(Identity {
+                service_name: "svc".into(),
+                service_namespace: "ns".into(),
+                container_name: container.map(str::to_string),
+                extra: vec![],
+            }),
+            route: "/**".into(),
+        }
+    }
+
+    fn store(ttl: Duration, max: usize) -> Store {
+        Store::new(MetricsNaming::Semconv, false, false, ttl, max)
+    }
+
+    fn counts(s: &Store) -> u64 {
+        let inner = s.lock();
+        let live: u64 = inner
+            .processes
+            .values()
+            .flat_map(|p| p.series())
+            .map(|s| s.hists[0].count)
+            .sum();
+        live + inner
+            .departed
+            .iter()
+            .filter(|((i, _), _)| i.slot() == 0)
+            .map(|(_, h)| h.count)
+            .sum::<u64>()
+    }
+
+    #[test]
+    fn one_series_per_label_set_and_process() {
+        let s = store(Duration::from_secs(60), 100);
+        for _ in 0..3 {
+            s.record(&request(RequestKind::HttpServer, 1, None), || 5);
+        }
+        s.record(&request(RequestKind::HttpServer, 2, None), || 6);
+        s.record(&request(RequestKind::RpcServer, 2, None), || 6);
+        let inner = s.lock();
+        assert_eq!(inner.series_count, 3);
+        let p = &inner.processes[&1];
+        assert_eq!(p.start_unix_ns, 5);
+        let series: Vec<&Series> = p.series().collect();
+        assert_eq!(series.len(), 1);
+        assert_eq!(series[0].hists.len(), 3);
+        assert_eq!(series[0].hists[0].count, 3);
+        assert_eq!(
+            series[0].hists[2].counts[9], 3,
+            "5000 bytes in (4096, 8192]"
+        );
+        let rpc = inner.processes[&2]
+            .series()
+            .find(|s| s.key.kind.is_rpc())
+            .unwrap();
+        assert_eq!(rpc.hists.len(), 1, "no sizes for RPC calls");
+    }
+
+    #[test]
+    fn stopped_containers_expire_after_their_ttl_unless_revived() {
+        let s = store(Duration::from_secs(60), 100);
+        s.record(&request(RequestKind::HttpServer, 1, Some("web-1")), || 0);
+        s.record(&request(RequestKind::HttpServer, 2, Some("web-2")), || 0);
+        s.record(&request(RequestKind::HttpServer, 3, Some("web-3")), || 0);
+        let now = Instant::now();
+        s.retire_container("web-1", now + Duration::from_secs(60));
+        s.retire_container("web-2", now);
+        s.retire_container("web-3", now + Duration::from_secs(60));
+        s.sweep(now, |_| true);
+        assert_eq!(counts(&s), 2, "web-2 expired, web-1 and web-3 wait");
+        s.revive_container("web-1");
+        s.sweep(now + Duration::from_secs(120), |_| true);
+        let inner = s.lock();
+        let left: Vec<&str> = inner
+            .processes
+            .values()
+            .flat_map(|p| p.series())
+            .filter_map(|s| s.container())
+            .collect();
+        assert_eq!(left, ["web-1"]);
+        assert_eq!(inner.series_count, 1);
+    }
+
+    #[test]
+    fn exited_processes_keep_their_counts_for_prometheus_only() {
+        let s = store(Duration::ZERO, 100);
+        s.record(&request(RequestKind::HttpServer, 1, Some("web")), || 0);
+        s.record(&request(RequestKind::HttpServer, 2, Some("web")), || 0);
+        let now = Instant::now();
+        s.sweep(now, |pid| pid == 2);
+        {
+            let inner = s.lock();
+            assert!(!inner.processes.contains_key(&1), "exited: not in OTLP");
+            assert_eq!(inner.departed.len(), 3, "its three histograms");
+            assert_eq!(inner.series_count, 2);
+        }
+        assert_eq!(counts(&s), 2, "counters never go backwards");
+        // The departed counts still expire with their container.
+        s.retire_container("web", now);
+        s.sweep(now + PROCESS_CHECK_EVERY, |_| false);
+        assert_eq!(counts(&s), 0);
+        assert_eq!(s.lock().series_count, 0);
+    }
+
+    #[test]
+    fn the_cap_sends_new_label_sets_to_one_overflow_series() {
+        let s = store(Duration::from_secs(60), 2);
+        for m in ["GET", "PUT", "POST", "DELETE"] {
+            let mut r = request(RequestKind::HttpServer, 1, None);
+            r.request.method = m.into();
+            s.record(&r, || 0);
+            s.record(&r, || 0);
+        }
+        let inner = s.lock();
+        let mut by_method: Vec<(String, u64)> = inner.processes[&1]
+            .series()
+            .map(|s| (s.labels[0].1.clone(), s.hists[0].count))
+            .collect();
+        by_method.sort();
+        assert_eq!(
+            by_method,
+            [("GET".into(), 2), ("PUT".into(), 2), ("true".into(), 4)]
+        );
+        let overflow = inner.processes[&1]
+            .series()
+            .find(|s| s.key.overflow)
+            .unwrap();
+        assert_eq!(overflow.labels, [("otel_metric_overflow", "true".into())]);
+    }
+
+    #[test]
+    fn a_late_identity_starts_new_series_and_keeps_the_old_ones() {
+        let s = store(Duration::from_secs(60), 100);
+        let mut r = request(RequestKind::HttpServer, 1, None);
+        s.record(&r, || 0);
+        r.identity = Arc::new(Identity {
+            service_name: "shop".into(),
+            ..Identity::default()
+        });
+        s.record(&r, || 0);
+        s.record(&r, || 0);
+        let inner = s.lock();
+        let p = &inner.processes[&1];
+        assert_eq!(p.identity.service_name, "shop");
+        let mut by_name: Vec<(String, u64)> = p
+            .series()
+            .map(|s| {
+                (
+                    s.labels
+                        .iter()
+                        .find(|l| l.0 == "service_name")
+                        .unwrap()
+                        .1
+                        .clone(),
+                    s.hists[0].count,
+                )
+            })
+            .collect();
+        by_name.sort();
+        assert_eq!(by_name, [("shop".into(), 2), ("svc".into(), 1)]);
+    }
+}
