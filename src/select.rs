@@ -600,7 +600,8 @@ mod tests {
     #[test]
     fn rules_select_without_labels_and_labels_win() {
         let rules: Vec<crate::config::DockerRule> =
-            serde_yaml::from_str(r#"[{name: "shop-*"}, {image: "web:*", enable: false}]"#).unwrap();
+            serde_saphyr::from_str(r#"[{name: "shop-*"}, {image: "web:*", enable: false}]"#)
+                .unwrap();
         let mut s = with_container(DockerSelect::Labelled, &[]);
         s.docker_rules = rules.clone();
         assert!(
