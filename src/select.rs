@@ -38,6 +38,72 @@ pub struct Selector {
     go_source: crate::config::GoSource,
     /// (container label, Prometheus label name) pairs to copy onto metrics.
     copied_labels: Vec<(String, &'static str)>,
+    /// Each registered container's narrowing labels, parsed (and reported when invalid) once.
+    label_rules: std::sync::Arc<std::sync::Mutex<RuleCache>>,
+}
+
+/// Parsed narrowing labels by container id, with the registration they were parsed from: a
+/// container registered again (an engine event replacing what a launch learned) is parsed
+/// again, anything else never.
+type RuleCache = HashMap<String, (std::sync::Arc<ContainerInfo>, std::sync::Arc<LabelRules>)>;
+
+/// What a narrowing label allows.
+#[derive(Debug, Clone)]
+pub enum Narrow<T> {
+    /// No such label: every process of the container.
+    Any,
+    /// Only the processes this value matches.
+    Only(T),
+    /// The label cannot be parsed: none of the container's processes (reported once).
+    Invalid,
+}
+
+/// A container's `sonde.open_ports` and `sonde.exe` labels as rules.
+#[derive(Debug, Clone)]
+pub struct LabelRules {
+    pub open_ports: Narrow<PortSet>,
+    pub exe: Narrow<regex::Regex>,
+}
+
+impl LabelRules {
+    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`).
+    pub fn parse(c: &ContainerInfo) -> LabelRules {
+        fn narrow<T>(
+            c: &ContainerInfo,
+            label: &str,
+            parse: impl Fn(&str) -> Option<T>,
+        ) -> Narrow<T> {
+            let Some(v) = c.labels.get(label) else {
+                return Narrow::Any;
+            };
+            match parse(v) {
+                Some(t) => Narrow::Only(t),
+                None => {
+                    tracing::warn!("container {}: invalid {label} label {v:?}", c.name);
+                    Narrow::Invalid
+                }
+            }
+        }
+        LabelRules {
+            open_ports: narrow(c, labels::OPEN_PORTS, PortSet::parse),
+            exe: narrow(c, labels::EXE, |v| regex::Regex::new(v).ok()),
+        }
+    }
+
+    /// Whether the labels let this process of the container be measured.
+    fn allow(&self, p: &HostProcess) -> bool {
+        let ports = match &self.open_ports {
+            Narrow::Any => true,
+            Narrow::Only(ports) => p.listen_ports.iter().any(|&port| ports.contains(port)),
+            Narrow::Invalid => false,
+        };
+        ports
+            && match &self.exe {
+                Narrow::Any => true,
+                Narrow::Only(re) => re.is_match(&p.exe.to_string_lossy()),
+                Narrow::Invalid => false,
+            }
+    }
 }
 
 /// `com.example.team` → `container_label_com_example_team`. Leaked once per configured
@@ -67,7 +133,24 @@ impl Selector {
                 .iter()
                 .map(|l| (l.clone(), metric_label_name(l)))
                 .collect(),
+            label_rules: Default::default(),
         }
+    }
+
+    /// The container's narrowing labels as rules, parsed when this registration of it is
+    /// first seen. Entries of containers no longer registered are dropped then too.
+    pub fn label_rules(&self, c: &std::sync::Arc<ContainerInfo>) -> std::sync::Arc<LabelRules> {
+        let mut cache = self.label_rules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((info, rules)) = cache.get(&c.id) {
+            if std::sync::Arc::ptr_eq(info, c) {
+                return rules.clone();
+            }
+        }
+        // Only this cache still holds them: the registry dropped (or replaced) them.
+        cache.retain(|_, (info, _)| std::sync::Arc::strong_count(info) > 1);
+        let rules = std::sync::Arc::new(LabelRules::parse(c));
+        cache.insert(c.id.clone(), (c.clone(), rules.clone()));
+        rules
     }
 
     /// Select containers by their labels, from this registry of running containers.
@@ -118,7 +201,11 @@ impl Selector {
     /// A container's own `sonde.enable` label decides; else the first YAML rule that matches
     /// it; else `docker_select`. Its `sonde.open_ports` / `sonde.exe` labels narrow which of its
     /// processes are measured.
-    fn container_selects(&self, c: &ContainerInfo, p: &HostProcess) -> bool {
+    fn container_selects(&self, c: &std::sync::Arc<ContainerInfo>, p: &HostProcess) -> bool {
+        self.container_enabled(c) && self.label_rules(c).allow(p)
+    }
+
+    fn container_enabled(&self, c: &ContainerInfo) -> bool {
         let enable = c
             .labels
             .get(labels::ENABLE)
@@ -129,43 +216,11 @@ impl Selector {
                 .find(|r| r.matches(&c.name, &c.image, &c.labels))
                 .map(|r| r.enable)
         };
-        let enabled = match enable.as_deref() {
+        match enable.as_deref() {
             Some("true") => true,
             Some("false") => false,
             _ => rule().unwrap_or(self.docker_select == DockerSelect::All),
-        };
-        if !enabled {
-            return false;
         }
-        if let Some(ports) = c.labels.get(labels::OPEN_PORTS) {
-            match PortSet::parse(ports) {
-                Some(ports) if p.listen_ports.iter().any(|&port| ports.contains(port)) => {}
-                Some(_) => return false,
-                None => {
-                    tracing::warn!(
-                        "container {}: invalid {} label {ports:?}",
-                        c.name,
-                        labels::OPEN_PORTS
-                    );
-                    return false;
-                }
-            }
-        }
-        if let Some(exe) = c.labels.get(labels::EXE) {
-            match regex::Regex::new(exe) {
-                Ok(re) if re.is_match(&p.exe.to_string_lossy()) => {}
-                Ok(_) => return false,
-                Err(_) => {
-                    tracing::warn!(
-                        "container {}: invalid {} label {exe:?}",
-                        c.name,
-                        labels::EXE
-                    );
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     pub fn matches(&self, p: &HostProcess) -> bool {
@@ -257,18 +312,11 @@ impl Selector {
     /// Whether a container could be selected at all, ignoring which of its processes: worth
     /// reading its program ahead.
     pub fn may_select_container(&self, c: &ContainerInfo) -> bool {
-        let probe = HostProcess {
-            pid: 0,
-            exe: std::path::PathBuf::new(),
-            start_time: 0,
-            listen_ports: Vec::new(),
-            container_id: None,
-        };
         let mut unlabelled = c.clone();
         // Its sonde.exe / sonde.open_ports labels narrow to processes, not to the container.
         unlabelled.labels.remove(labels::EXE);
         unlabelled.labels.remove(labels::OPEN_PORTS);
-        self.container_selects(&unlabelled, &probe) || self.ports.is_some() || self.exe.is_some()
+        self.container_enabled(&unlabelled) || self.ports.is_some() || self.exe.is_some()
     }
 
     /// What measures this Go process: its container's `sonde.go_source` label, else the
@@ -552,6 +600,48 @@ mod tests {
             ..Config::default()
         };
         Selector::new(&config).with_containers(containers)
+    }
+
+    #[test]
+    fn narrowing_labels_are_parsed_once_per_registration() {
+        let s = with_container(
+            DockerSelect::Labelled,
+            &[
+                ("sonde.enable", "true"),
+                ("sonde.open_ports", "8080"),
+                ("sonde.exe", "(unclosed"),
+            ],
+        );
+        let registered = |s: &Selector| s.container_of(&container_proc(1, &[], "c1")).unwrap();
+        let c = registered(&s);
+        let first = s.label_rules(&c);
+        assert!(matches!(first.open_ports, Narrow::Only(_)));
+        assert!(matches!(first.exe, Narrow::Invalid));
+        for _ in 0..10 {
+            // What every 250 ms scan does: no new parse (and no new warning).
+            assert!(!s.matches(&container_proc(1, &[8080], "c1")));
+            assert!(std::sync::Arc::ptr_eq(
+                &first,
+                &s.label_rules(&registered(&s))
+            ));
+        }
+        // Registered again (the engine's event replacing a launch's guess): parsed again, and
+        // the old registration's entry is gone.
+        let mut fixed = (*c).clone();
+        fixed.labels.insert("sonde.exe".into(), "^/app$".into());
+        let containers = s.containers.clone().unwrap();
+        containers
+            .write()
+            .unwrap()
+            .insert("c1".into(), std::sync::Arc::new(fixed));
+        drop(c);
+        assert!(s.matches(&container_proc(1, &[8080], "c1")));
+        assert!(!s.matches(&container_proc(1, &[9090], "c1")));
+        assert!(!std::sync::Arc::ptr_eq(
+            &first,
+            &s.label_rules(&registered(&s))
+        ));
+        assert_eq!(s.label_rules.lock().unwrap().len(), 1);
     }
 
     #[test]
