@@ -58,7 +58,7 @@ pub enum AgentError {
 impl AgentError {
     fn exit_code(&self) -> i32 {
         match self {
-            AgentError::NoSelector | AgentError::Routes(_) => crate::cli::EXIT_CONFIG,
+            AgentError::NoSelector | AgentError::Routes(_) => crate::config::EXIT_CONFIG,
             _ => 1,
         }
     }

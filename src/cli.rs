@@ -6,8 +6,7 @@ use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
 
-/// Exit code for bad configuration or usage, before anything is attached.
-pub const EXIT_CONFIG: i32 = 2;
+pub use crate::config::EXIT_CONFIG;
 
 #[derive(Debug, Parser)]
 #[command(

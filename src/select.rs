@@ -5,7 +5,18 @@ use std::collections::HashMap;
 use crate::config::{Config, DockerSelect, PortSet};
 use crate::discover::docker::{ContainerInfo, Containers};
 use crate::discover::{otel_env, HostProcess};
-use crate::enrich::Identity;
+
+/// Who served a request, as users name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Identity {
+    pub service_name: String,
+    pub service_namespace: String,
+    /// Set for container targets only.
+    pub container_name: Option<String>,
+    /// More labels asked for in the configuration (`container_id`, `container_image`,
+    /// `container_label_<name>`), already sanitised as Prometheus label names.
+    pub extra: Vec<(&'static str, String)>,
+}
 
 /// Container labels users put on their services.
 pub mod labels {

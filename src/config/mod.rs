@@ -4,6 +4,9 @@
 
 pub mod otlp;
 
+/// Exit code for bad configuration or usage, before anything is attached.
+pub const EXIT_CONFIG: i32 = 2;
+
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
