@@ -361,7 +361,7 @@ impl Reconnect {
     const FIRST: Duration = Duration::from_millis(100);
     /// A restarted daemon is seen again within this (a failed connect to a Unix socket costs
     /// nothing worth backing off further for).
-    const MAX: Duration = Duration::from_millis(800);
+    const MAX: Duration = Duration::from_millis(500);
 
     /// The connection listed the engine's containers.
     fn connected(&mut self) {
@@ -536,7 +536,7 @@ mod tests {
         let mut r = Reconnect::default();
         // The engine is not there yet: waits grow to the cap, no replay (nothing was seen).
         let waits: Vec<u128> = (0..6).map(|_| r.lost(1000).as_millis()).collect();
-        assert_eq!(waits, [100, 200, 400, 800, 800, 800]);
+        assert_eq!(waits, [100, 200, 400, 500, 500, 500]);
         assert_eq!(r.since, None);
         r.connected();
         assert!(r.up && r.attempts == 0);
