@@ -43,8 +43,7 @@ cat >"$out" <<RUST
 //! with every toolchain available against Debian's golang-google-grpc-dev; do not edit by
 //! hand. Both versions are matched by major.minor, and a pair not listed is never guessed.
 
-use super::grpc::GrpcOffsets;
-use super::GoVersion;
+use super::{GoVersion, GrpcOffsets};
 
 /// (grpc-go version, Go version, offsets).
 const ROWS: &[(&str, &str, GrpcOffsets)] = &[

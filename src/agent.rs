@@ -58,7 +58,7 @@ pub enum AgentError {
 impl AgentError {
     fn exit_code(&self) -> i32 {
         match self {
-            AgentError::NoSelector | AgentError::Routes(_) => crate::cli::EXIT_CONFIG,
+            AgentError::NoSelector | AgentError::Routes(_) => crate::config::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -130,7 +130,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     }
     let routes = RouteMatcher::new(&config.routes_patterns, &config.routes_unmatched)
         .map_err(|e| AgentError::Routes(e.to_string()))?;
-    let features = crate::kernel::detect();
+    let features = crate::kernel::detect(&crate::attach::syscalls::kprobe_functions());
     crate::kernel::can_run_go_probes(&features).map_err(AgentError::Unsupported)?;
     // Before anything is loaded: one clear refusal instead of an EPERM per probe later.
     crate::privileges::require()?;

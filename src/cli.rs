@@ -2,24 +2,17 @@
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 use crate::config::Config;
 
-/// Exit code for bad configuration or usage, before anything is attached.
-pub const EXIT_CONFIG: i32 = 2;
+pub use crate::config::EXIT_CONFIG;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "sonde",
     version,
-    about = "RED metrics for every Go service on this host, from eBPF uprobes: no code change, no restart",
-    long_about = "Runs the agent when no command is given. Every setting is a YAML key in --config \
-                  and an environment variable SONDE_<KEY> (BEYLA_<KEY> is accepted too), e.g.\n\n  \
-                  SONDE_PROMETHEUS_PORT=9400 SONDE_OPEN_PORT=8080 sonde\n\n\
-                  Keys: prometheus_port, prometheus_path, open_port, executable_name, service_name, \
-                  service_namespace, metrics_report_target, metrics_report_peer, metrics_naming \
-                  (semconv|beyla-v1|beyla-v0), routes_patterns, routes_unmatched, log_level, print_traces."
+    about = "RED metrics for every Go service on this host, from eBPF uprobes: no code change, no restart"
 )]
 struct Cli {
     /// YAML configuration file (also SONDE_CONFIG); the environment overrides it.
@@ -58,8 +51,25 @@ enum Command {
     },
 }
 
+/// `--help`'s text after the usage: how settings are given, then every key (from the same
+/// table the loader uses, so none can be missing).
+fn long_about() -> String {
+    format!(
+        "Runs the agent when no command is given. Every setting is a YAML key in --config and \
+         an environment variable SONDE_<KEY> (BEYLA_<KEY> is accepted too), e.g.\n\n  \
+         SONDE_PROMETHEUS_PORT=9400 SONDE_OPEN_PORT=8080 sonde\n\n\
+         Keys:\n{}\n\
+         OTLP export is configured by the standard OTEL_EXPORTER_OTLP_* variables (README).",
+        crate::config::keys_help()
+    )
+}
+
 pub fn run() -> i32 {
-    let cli = match Cli::try_parse() {
+    let parsed = Cli::command()
+        .long_about(long_about())
+        .try_get_matches()
+        .and_then(|m| Cli::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(c) => c,
         Err(e) => {
             let code = if e.use_stderr() { EXIT_CONFIG } else { 0 };
@@ -200,7 +210,7 @@ fn check(config: &Config) -> i32 {
         Ok(false) => {}
         Err(e) => println!("warning: {e}"),
     }
-    let features = crate::kernel::detect();
+    let features = crate::kernel::detect(&crate::attach::syscalls::kprobe_functions());
     print!("{}", crate::kernel::render(&features));
     match crate::privileges::effective() {
         Some(caps) => print!("{}", crate::privileges::report(caps)),

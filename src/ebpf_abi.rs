@@ -1,8 +1,32 @@
 //! Rust mirror of ebpf/sonde_events.h: the records that cross between kernel and user space.
-//! `layout_matches_c_header` fails if this file and the header drift apart.
+//! `layout_matches_c_header` fails if this file and the header drift apart. A leaf: it
+//! imports nothing of sonde, so both sides of the contract can read it.
 
-use crate::inspect::grpc::GrpcOffsets;
-use crate::inspect::GoOffsets;
+/// A record the kernel writes and user space reads by copying its bytes.
+///
+/// # Safety
+/// `#[repr(C)]`, made only of integers and arrays of them: every bit pattern, zeros included,
+/// is a valid value.
+pub unsafe trait Record: Copy {
+    /// The shortest record accepted; the bytes after it, when missing, read as zeros.
+    const MIN_LEN: usize = std::mem::size_of::<Self>();
+}
+
+/// The one place a kernel record becomes a Rust value: `None` when `bytes` is shorter than
+/// `T::MIN_LEN`; bytes past `T`'s size are ignored.
+pub fn read_pod<T: Record>(bytes: &[u8]) -> Option<T> {
+    if bytes.len() < T::MIN_LEN {
+        return None;
+    }
+    let mut value = std::mem::MaybeUninit::<T>::zeroed();
+    let n = bytes.len().min(std::mem::size_of::<T>());
+    // SAFETY: at most size_of::<T>() bytes are copied into the zeroed value, byte-wise (no
+    // alignment needed); `Record` promises that any bytes, zeros included, make a valid T.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), value.as_mut_ptr().cast::<u8>(), n);
+        Some(value.assume_init())
+    }
+}
 
 pub const METHOD_MAX: usize = 16;
 pub const PATH_MAX: usize = 128;
@@ -51,30 +75,6 @@ pub struct GoOffsetsAbi {
 // SAFETY: plain old data, every bit pattern is valid, no padding.
 unsafe impl aya::Pod for GoOffsetsAbi {}
 
-impl From<&GoOffsets> for GoOffsetsAbi {
-    fn from(o: &GoOffsets) -> Self {
-        GoOffsetsAbi {
-            request_method: o.request_method,
-            request_url: o.request_url,
-            request_content_length: o.request_content_length,
-            request_remote_addr: o.request_remote_addr,
-            url_path: o.url_path,
-            response_req: o.response_req,
-            response_status: o.response_status,
-            response_written: o.response_written,
-            h2rw_rws: o.h2rw_rws,
-            rws_status: o.rws_status,
-            rws_wrote_bytes: o.rws_wrote_bytes,
-            url_scheme: o.url_scheme,
-            url_host: o.url_host,
-            client_status_code: o.client_status_code,
-            client_content_length: o.client_content_length,
-            request_header: o.request_header,
-            map_layout: MAP_BUCKETS,
-        }
-    }
-}
-
 /// `struct http_request_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -99,15 +99,13 @@ pub struct HttpRequestEvent {
     pub parent_span_id: [u8; 8],
 }
 
+// SAFETY: repr(C), integers and byte arrays only.
+unsafe impl Record for HttpRequestEvent {}
+
 impl HttpRequestEvent {
     /// Reads an event from ring-buffer bytes; `None` when the record is too short.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length was checked, the type is plain old data, and the read is
-        // unaligned-safe.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        read_pod(bytes)
     }
 }
 
@@ -120,13 +118,12 @@ pub struct LaunchEvent {
     pub ktime_ns: u64,
 }
 
+// SAFETY: repr(C), integers and byte arrays only.
+unsafe impl Record for LaunchEvent {}
+
 impl LaunchEvent {
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        read_pod(bytes)
     }
 }
 
@@ -139,17 +136,18 @@ pub struct EnrolEvent {
     pub ktime_ns: u64,
 }
 
+// SAFETY: repr(C), integers and byte arrays only.
+unsafe impl Record for EnrolEvent {}
+
 impl EnrolEvent {
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        read_pod(bytes)
     }
 }
 
 pub const EXEC_PATH_MAX: usize = 256;
+/// A uprobe cookie with this bit names an armed file's slot.
+pub const ARMED_FILE: u64 = 1 << 32;
 
 /// `struct exec_event`: a program execution and the path given to exec.
 #[repr(C)]
@@ -160,13 +158,12 @@ pub struct ExecEvent {
     pub filename: [u8; EXEC_PATH_MAX],
 }
 
+// SAFETY: repr(C), integers and byte arrays only.
+unsafe impl Record for ExecEvent {}
+
 impl ExecEvent {
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: as for HttpRequestEvent: length checked, plain old data, unaligned read.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        read_pod(bytes)
     }
 
     /// The path given to exec (truncated at EXEC_PATH_MAX - 1 bytes).
@@ -195,22 +192,6 @@ pub struct GrpcOffsetsAbi {
 // SAFETY: plain old data, every bit pattern is valid, no padding.
 unsafe impl aya::Pod for GrpcOffsetsAbi {}
 
-impl From<&GrpcOffsets> for GrpcOffsetsAbi {
-    fn from(o: &GrpcOffsets) -> Self {
-        GrpcOffsetsAbi {
-            stream_method: o.stream_method,
-            stream_status: o.stream_status,
-            status_proto: o.status_proto,
-            proto_code: o.proto_code,
-            error_status: o.error_status,
-            error_indirect: u32::from(o.error_indirect),
-            cc_target: o.cc_target,
-            cs_attempt: o.cs_attempt,
-            attempt_stream: o.attempt_stream,
-        }
-    }
-}
-
 /// `struct rpc_request_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
@@ -229,15 +210,13 @@ pub struct RpcRequestEvent {
     pub remote: [u8; RPC_REMOTE_MAX],
 }
 
+// SAFETY: repr(C), integers and byte arrays only.
+unsafe impl Record for RpcRequestEvent {}
+
 impl RpcRequestEvent {
     /// Reads an event from ring-buffer bytes; `None` when the record is too short.
     pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
-        if bytes.len() < std::mem::size_of::<Self>() {
-            return None;
-        }
-        // SAFETY: the length was checked, the type is plain old data, and the read is
-        // unaligned-safe.
-        Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<Self>()) })
+        read_pod(bytes)
     }
 }
 
@@ -277,14 +256,73 @@ pub struct SysEvent {
 /// The fixed part of a `SysEvent`, before `data`.
 pub const SYS_EVENT_HEADER: usize = std::mem::offset_of!(SysEvent, data);
 
+// SAFETY: repr(C), integers and byte arrays only. A record carries only the bytes of `data`
+// that were copied.
+unsafe impl Record for SysEvent {
+    const MIN_LEN: usize = SYS_EVENT_HEADER;
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::mem::{offset_of, size_of};
     use std::process::Command;
 
+    /// Every `#define`, enum constant and struct (with its fields, in order) of the header.
+    struct Header {
+        constants: Vec<String>,
+        structs: Vec<(String, Vec<String>)>,
+    }
+
+    fn parse_header(text: &str) -> Header {
+        // Comments out first (they hold words like `struct rpc_request_event`).
+        let mut code = String::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("/*") {
+            code.push_str(&rest[..i]);
+            rest = rest[i..].find("*/").map_or("", |e| &rest[i + e + 2..]);
+        }
+        code.push_str(rest);
+        let code: String = code
+            .lines()
+            .map(|l| l.split("//").next().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let mut constants = Vec::new();
+        let mut structs = Vec::new();
+        let mut lines = code.lines();
+        while let Some(line) = lines.next() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["#define", name, _, ..] => constants.push(name.to_string()),
+                ["enum", _, "{"] => {
+                    for l in lines.by_ref().take_while(|l| !l.contains('}')) {
+                        if let Some((name, _)) = l.split_once('=') {
+                            constants.push(name.trim().to_string());
+                        }
+                    }
+                }
+                ["struct", name, "{"] => {
+                    let fields = lines
+                        .by_ref()
+                        .take_while(|l| !l.contains('}'))
+                        .filter_map(|l| {
+                            let decl = l.trim().strip_suffix(';')?;
+                            let last = decl.split_whitespace().last()?;
+                            Some(last.split('[').next().unwrap_or_default().to_string())
+                        })
+                        .collect();
+                    structs.push((name.to_string(), fields));
+                }
+                _ => {}
+            }
+        }
+        Header { constants, structs }
+    }
+
     /// Compiles a C program against the header with the host compiler and compares every
-    /// size and field offset with this file.
+    /// size, field offset and constant with this file; the header itself is parsed so that
+    /// anything added to it without a mirror here fails too.
     #[test]
     fn layout_matches_c_header() {
         let dir = std::env::temp_dir().join(format!("sonde-abi-{}", std::process::id()));
@@ -294,15 +332,17 @@ mod tests {
         let mut c = format!(
             "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n#include \"{header}\"\nint main(void) {{\n"
         );
-        let mut expected = Vec::new();
+        let mut expected: Vec<u64> = Vec::new();
+        let mut mirrored_structs: Vec<(String, Vec<String>)> = Vec::new();
         macro_rules! check {
             ($cty:literal, $rty:ty, [$($f:ident),*]) => {
                 c.push_str(&format!("printf(\"%zu\\n\", sizeof(struct {}));\n", $cty));
-                expected.push(size_of::<$rty>());
+                expected.push(size_of::<$rty>() as u64);
                 $(
                     c.push_str(&format!("printf(\"%zu\\n\", offsetof(struct {}, {}));\n", $cty, stringify!($f)));
-                    expected.push(offset_of!($rty, $f));
+                    expected.push(offset_of!($rty, $f) as u64);
                 )*
+                mirrored_structs.push(($cty.to_string(), vec![$(stringify!($f).to_string()),*]));
             };
         }
         check!(
@@ -381,10 +421,32 @@ mod tests {
         check!(
             "sys_event",
             SysEvent,
-            [kind, role, direction, flags, pid, fd, family, port, ts_ns, len, copied, addr, data]
+            [
+                kind, role, direction, flags, pid, fd, family, port, ts_ns, len, copied, _pad,
+                addr, data
+            ]
         );
-        for (name, value) in [
-            ("SONDE_SYS_DATA_MAX", SYS_DATA_MAX),
+        let constants: &[(&str, u64)] = &[
+            ("SONDE_METHOD_MAX", METHOD_MAX as u64),
+            ("SONDE_PATH_MAX", PATH_MAX as u64),
+            ("SONDE_REMOTE_MAX", REMOTE_MAX as u64),
+            ("SONDE_EVENT_HTTP_SERVER", EVENT_HTTP_SERVER.into()),
+            ("SONDE_EVENT_HTTP_CLIENT", EVENT_HTTP_CLIENT.into()),
+            ("SONDE_EVENT_RPC_SERVER", EVENT_RPC_SERVER.into()),
+            ("SONDE_EVENT_RPC_CLIENT", EVENT_RPC_CLIENT.into()),
+            ("SONDE_FLAG_PATH_TRUNCATED", FLAG_PATH_TRUNCATED.into()),
+            ("SONDE_FLAG_HTTP2", FLAG_HTTP2.into()),
+            ("SONDE_FLAG_ERROR", FLAG_ERROR.into()),
+            ("SONDE_FLAG_HTTPS", FLAG_HTTPS.into()),
+            ("SONDE_FLAG_REMOTE_PARENT", FLAG_REMOTE_PARENT.into()),
+            ("SONDE_MAP_BUCKETS", MAP_BUCKETS.into()),
+            ("SONDE_MAP_SWISS", MAP_SWISS.into()),
+            ("SONDE_NO_TRACES", NO_TRACES.into()),
+            ("SONDE_EXEC_PATH_MAX", EXEC_PATH_MAX as u64),
+            ("SONDE_ARMED_FILE", ARMED_FILE),
+            ("SONDE_RPC_METHOD_MAX", RPC_METHOD_MAX as u64),
+            ("SONDE_RPC_REMOTE_MAX", RPC_REMOTE_MAX as u64),
+            ("SONDE_SYS_DATA_MAX", SYS_DATA_MAX as u64),
             ("SONDE_SYS_OPEN", SYS_OPEN.into()),
             ("SONDE_SYS_DATA", SYS_DATA.into()),
             ("SONDE_SYS_CLOSE", SYS_CLOSE.into()),
@@ -396,10 +458,37 @@ mod tests {
             ("SONDE_SYS_DIR_OUT", SYS_DIR_OUT.into()),
             ("SONDE_SYS_FLAG_TLS", SYS_FLAG_TLS.into()),
             ("SONDE_SYS_FLAG_UNBOUND", SYS_FLAG_UNBOUND.into()),
-        ] {
-            c.push_str(&format!("printf(\"%zu\\n\", (size_t){name});\n"));
-            expected.push(value);
+        ];
+        for (name, value) in constants {
+            c.push_str(&format!(
+                "printf(\"%llu\\n\", (unsigned long long)({name}));\n"
+            ));
+            expected.push(*value);
         }
+
+        // Nothing in the header without its mirror (the include guard aside).
+        let parsed = parse_header(&std::fs::read_to_string(header).unwrap());
+        let mut in_header: Vec<&str> = parsed
+            .constants
+            .iter()
+            .map(String::as_str)
+            .filter(|n| *n != "SONDE_EVENTS_H")
+            .collect();
+        let mut mirrored: Vec<&str> = constants.iter().map(|(n, _)| *n).collect();
+        in_header.sort_unstable();
+        mirrored.sort_unstable();
+        assert_eq!(
+            in_header, mirrored,
+            "constants of ebpf/sonde_events.h vs ebpf_abi.rs"
+        );
+        let mut structs = parsed.structs.clone();
+        structs.sort();
+        mirrored_structs.sort();
+        assert_eq!(
+            structs, mirrored_structs,
+            "structs (and their fields, in order)"
+        );
+
         c.push_str("return 0; }\n");
         std::fs::write(&src, c).unwrap();
         let exe = dir.join("abi");
@@ -411,7 +500,7 @@ mod tests {
             .expect("run cc");
         assert!(st.success(), "cc failed on the ABI check program");
         let out = Command::new(&exe).output().unwrap();
-        let got: Vec<usize> = String::from_utf8_lossy(&out.stdout)
+        let got: Vec<u64> = String::from_utf8_lossy(&out.stdout)
             .lines()
             .map(|l| l.parse().unwrap())
             .collect();
@@ -420,5 +509,28 @@ mod tests {
             "src/ebpf_abi.rs and ebpf/sonde_events.h disagree"
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn read_pod_takes_short_records_only_down_to_their_minimum() {
+        let e = LaunchEvent {
+            pid: 7,
+            _pad: 0,
+            ktime_ns: 99,
+        };
+        // SAFETY: reading the bytes of a plain-old-data value for the test.
+        let bytes: &[u8] = unsafe {
+            std::slice::from_raw_parts((&e as *const LaunchEvent).cast(), size_of::<LaunchEvent>())
+        };
+        let mut unaligned = vec![0u8];
+        unaligned.extend_from_slice(bytes);
+        assert_eq!(read_pod::<LaunchEvent>(&unaligned[1..]), Some(e));
+        assert_eq!(read_pod::<LaunchEvent>(&bytes[..15]), None);
+        let mut sys = vec![0u8; SYS_EVENT_HEADER + 3];
+        sys[0] = SYS_DATA;
+        sys[SYS_EVENT_HEADER..].copy_from_slice(b"GET");
+        let got: SysEvent = read_pod(&sys).unwrap();
+        assert_eq!((got.kind, &got.data[..4]), (SYS_DATA, &b"GET\0"[..]));
+        assert!(read_pod::<SysEvent>(&sys[..SYS_EVENT_HEADER - 1]).is_none());
     }
 }

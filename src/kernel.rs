@@ -116,7 +116,9 @@ fn read_trimmed(path: &str) -> Option<String> {
 }
 
 /// Everything `sonde check` reports, in order.
-pub fn detect() -> Vec<Feature> {
+/// `kprobe_functions`: the kernel functions the syscall tracer would probe (the attach layer
+/// knows them; this module only asks the kernel).
+pub fn detect(kprobe_functions: &[&str]) -> Vec<Feature> {
     let mut out = Vec::new();
     let version = kernel_version();
     let release = read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default();
@@ -161,7 +163,7 @@ pub fn detect() -> Vec<Feature> {
             "not mounted (sonde mounts it when it needs tracepoints)".into()
         },
     });
-    out.push(syscall_source());
+    out.push(syscall_source(kprobe_functions));
     let paranoid = read_trimmed("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
     out.push(Feature {
         name: "perf_event_paranoid",
@@ -227,8 +229,8 @@ pub fn kprobes_usable(functions: &[&str]) -> Result<(), String> {
 
 /// What this kernel offers the syscall tracer (non-Go processes), and which source
 /// `syscall_source: auto` picks; the tracer's own line in `sonde check` says what it chose.
-pub fn syscall_source() -> Feature {
-    let kprobes = kprobes_usable(&crate::attach::syscalls::kprobe_functions());
+pub fn syscall_source(kprobe_functions: &[&str]) -> Feature {
+    let kprobes = kprobes_usable(kprobe_functions);
     let events = Path::new(TRACEFS).join("events/syscalls");
     let (tracepoints, state) = if !tracefs_mounted() {
         (true, "tracefs is mounted at start")

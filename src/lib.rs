@@ -18,3 +18,6 @@ pub mod inspect;
 pub mod kernel;
 pub mod privileges;
 pub mod select;
+
+#[cfg(test)]
+mod layers;

@@ -5,7 +5,18 @@ use std::collections::HashMap;
 use crate::config::{Config, DockerSelect, PortSet};
 use crate::discover::docker::{ContainerInfo, Containers};
 use crate::discover::{otel_env, HostProcess};
-use crate::enrich::Identity;
+
+/// Who served a request, as users name it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
+pub struct Identity {
+    pub service_name: String,
+    pub service_namespace: String,
+    /// Set for container targets only.
+    pub container_name: Option<String>,
+    /// More labels asked for in the configuration (`container_id`, `container_image`,
+    /// `container_label_<name>`), already sanitised as Prometheus label names.
+    pub extra: Vec<(&'static str, String)>,
+}
 
 /// Container labels users put on their services.
 pub mod labels {
@@ -40,6 +51,72 @@ pub struct Selector {
     copied_labels: Vec<(String, &'static str)>,
     /// `PATH` directories' matching files, for a name-only `executable_name`.
     on_path: DirListings,
+    /// Each registered container's narrowing labels, parsed (and reported when invalid) once.
+    label_rules: std::sync::Arc<std::sync::Mutex<RuleCache>>,
+}
+
+/// Parsed narrowing labels by container id, with the registration they were parsed from: a
+/// container registered again (an engine event replacing what a launch learned) is parsed
+/// again, anything else never.
+type RuleCache = HashMap<String, (std::sync::Arc<ContainerInfo>, std::sync::Arc<LabelRules>)>;
+
+/// What a narrowing label allows.
+#[derive(Debug, Clone)]
+pub enum Narrow<T> {
+    /// No such label: every process of the container.
+    Any,
+    /// Only the processes this value matches.
+    Only(T),
+    /// The label cannot be parsed: none of the container's processes (reported once).
+    Invalid,
+}
+
+/// A container's `sonde.open_ports` and `sonde.exe` labels as rules.
+#[derive(Debug, Clone)]
+pub struct LabelRules {
+    pub open_ports: Narrow<PortSet>,
+    pub exe: Narrow<regex::Regex>,
+}
+
+impl LabelRules {
+    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`).
+    pub fn parse(c: &ContainerInfo) -> LabelRules {
+        fn narrow<T>(
+            c: &ContainerInfo,
+            label: &str,
+            parse: impl Fn(&str) -> Option<T>,
+        ) -> Narrow<T> {
+            let Some(v) = c.labels.get(label) else {
+                return Narrow::Any;
+            };
+            match parse(v) {
+                Some(t) => Narrow::Only(t),
+                None => {
+                    tracing::warn!("container {}: invalid {label} label {v:?}", c.name);
+                    Narrow::Invalid
+                }
+            }
+        }
+        LabelRules {
+            open_ports: narrow(c, labels::OPEN_PORTS, PortSet::parse),
+            exe: narrow(c, labels::EXE, |v| regex::Regex::new(v).ok()),
+        }
+    }
+
+    /// Whether the labels let this process of the container be measured.
+    fn allow(&self, p: &HostProcess) -> bool {
+        let ports = match &self.open_ports {
+            Narrow::Any => true,
+            Narrow::Only(ports) => p.listen_ports.iter().any(|&port| ports.contains(port)),
+            Narrow::Invalid => false,
+        };
+        ports
+            && match &self.exe {
+                Narrow::Any => true,
+                Narrow::Only(re) => re.is_match(&p.exe.to_string_lossy()),
+                Narrow::Invalid => false,
+            }
+    }
 }
 
 /// Each directory's matching files, with the directory's mtime then: listed again only when
@@ -78,7 +155,24 @@ impl Selector {
                 .map(|l| (l.clone(), metric_label_name(l)))
                 .collect(),
             on_path: DirListings::default(),
+            label_rules: Default::default(),
         }
+    }
+
+    /// The container's narrowing labels as rules, parsed when this registration of it is
+    /// first seen. Entries of containers no longer registered are dropped then too.
+    pub fn label_rules(&self, c: &std::sync::Arc<ContainerInfo>) -> std::sync::Arc<LabelRules> {
+        let mut cache = self.label_rules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((info, rules)) = cache.get(&c.id) {
+            if std::sync::Arc::ptr_eq(info, c) {
+                return rules.clone();
+            }
+        }
+        // Only this cache still holds them: the registry dropped (or replaced) them.
+        cache.retain(|_, (info, _)| std::sync::Arc::strong_count(info) > 1);
+        let rules = std::sync::Arc::new(LabelRules::parse(c));
+        cache.insert(c.id.clone(), (c.clone(), rules.clone()));
+        rules
     }
 
     /// Select containers by their labels, from this registry of running containers.
@@ -129,7 +223,11 @@ impl Selector {
     /// A container's own `sonde.enable` label decides; else the first YAML rule that matches
     /// it; else `docker_select`. Its `sonde.open_ports` / `sonde.exe` labels narrow which of its
     /// processes are measured.
-    fn container_selects(&self, c: &ContainerInfo, p: &HostProcess) -> bool {
+    fn container_selects(&self, c: &std::sync::Arc<ContainerInfo>, p: &HostProcess) -> bool {
+        self.container_enabled(c) && self.label_rules(c).allow(p)
+    }
+
+    fn container_enabled(&self, c: &ContainerInfo) -> bool {
         let enable = c
             .labels
             .get(labels::ENABLE)
@@ -140,43 +238,11 @@ impl Selector {
                 .find(|r| r.matches(&c.name, &c.image, &c.labels))
                 .map(|r| r.enable)
         };
-        let enabled = match enable.as_deref() {
+        match enable.as_deref() {
             Some("true") => true,
             Some("false") => false,
             _ => rule().unwrap_or(self.docker_select == DockerSelect::All),
-        };
-        if !enabled {
-            return false;
         }
-        if let Some(ports) = c.labels.get(labels::OPEN_PORTS) {
-            match PortSet::parse(ports) {
-                Some(ports) if p.listen_ports.iter().any(|&port| ports.contains(port)) => {}
-                Some(_) => return false,
-                None => {
-                    tracing::warn!(
-                        "container {}: invalid {} label {ports:?}",
-                        c.name,
-                        labels::OPEN_PORTS
-                    );
-                    return false;
-                }
-            }
-        }
-        if let Some(exe) = c.labels.get(labels::EXE) {
-            match regex::Regex::new(exe) {
-                Ok(re) if re.is_match(&p.exe.to_string_lossy()) => {}
-                Ok(_) => return false,
-                Err(_) => {
-                    tracing::warn!(
-                        "container {}: invalid {} label {exe:?}",
-                        c.name,
-                        labels::EXE
-                    );
-                    return false;
-                }
-            }
-        }
-        true
     }
 
     pub fn matches(&self, p: &HostProcess) -> bool {
@@ -304,24 +370,17 @@ impl Selector {
     /// Whether a container could be selected at all, ignoring which of its processes: worth
     /// reading its program ahead.
     pub fn may_select_container(&self, c: &ContainerInfo) -> bool {
-        let probe = HostProcess {
-            pid: 0,
-            exe: std::path::PathBuf::new(),
-            start_time: 0,
-            listen_ports: Vec::new(),
-            container_id: None,
-        };
         let mut unlabelled = c.clone();
         // Its sonde.exe / sonde.open_ports labels narrow to processes, not to the container.
         unlabelled.labels.remove(labels::EXE);
         unlabelled.labels.remove(labels::OPEN_PORTS);
-        self.container_selects(&unlabelled, &probe) || self.ports.is_some() || self.exe.is_some()
+        self.container_enabled(&unlabelled) || self.ports.is_some() || self.exe.is_some()
     }
 
     /// Whether a created container's program `exe` is worth arming in its image (see
     /// `Attacher::arm_image`): the container's labels and rules select it before it runs, and
     /// uprobes (not syscalls) would measure it.
-    pub fn arms_image(&self, c: &ContainerInfo, exe: &std::path::Path) -> bool {
+    pub fn arms_image(&self, c: &std::sync::Arc<ContainerInfo>, exe: &std::path::Path) -> bool {
         let probe = HostProcess {
             pid: 0,
             exe: exe.to_path_buf(),
@@ -610,8 +669,7 @@ impl Tracker {
     }
 }
 
-/// runc's init before its exec of the container's program.
-pub const RUNC_INIT_COMM: &str = "runc:[2:INIT]";
+pub use crate::discover::runtime::RUNC_INIT_COMM;
 
 pub fn still_in_runtime(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
@@ -662,6 +720,48 @@ mod tests {
     }
 
     #[test]
+    fn narrowing_labels_are_parsed_once_per_registration() {
+        let s = with_container(
+            DockerSelect::Labelled,
+            &[
+                ("sonde.enable", "true"),
+                ("sonde.open_ports", "8080"),
+                ("sonde.exe", "(unclosed"),
+            ],
+        );
+        let registered = |s: &Selector| s.container_of(&container_proc(1, &[], "c1")).unwrap();
+        let c = registered(&s);
+        let first = s.label_rules(&c);
+        assert!(matches!(first.open_ports, Narrow::Only(_)));
+        assert!(matches!(first.exe, Narrow::Invalid));
+        for _ in 0..10 {
+            // What every 250 ms scan does: no new parse (and no new warning).
+            assert!(!s.matches(&container_proc(1, &[8080], "c1")));
+            assert!(std::sync::Arc::ptr_eq(
+                &first,
+                &s.label_rules(&registered(&s))
+            ));
+        }
+        // Registered again (the engine's event replacing a launch's guess): parsed again, and
+        // the old registration's entry is gone.
+        let mut fixed = (*c).clone();
+        fixed.labels.insert("sonde.exe".into(), "^/app$".into());
+        let containers = s.containers.clone().unwrap();
+        containers
+            .write()
+            .unwrap()
+            .insert("c1".into(), std::sync::Arc::new(fixed));
+        drop(c);
+        assert!(s.matches(&container_proc(1, &[8080], "c1")));
+        assert!(!s.matches(&container_proc(1, &[9090], "c1")));
+        assert!(!std::sync::Arc::ptr_eq(
+            &first,
+            &s.label_rules(&registered(&s))
+        ));
+        assert_eq!(s.label_rules.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn container_labels_select_and_narrow() {
         let on = with_container(DockerSelect::Labelled, &[("sonde.enable", "true")]);
         assert!(on.matches(&container_proc(1, &[], "c1")));
@@ -707,7 +807,8 @@ mod tests {
     #[test]
     fn rules_select_without_labels_and_labels_win() {
         let rules: Vec<crate::config::DockerRule> =
-            serde_yaml::from_str(r#"[{name: "shop-*"}, {image: "web:*", enable: false}]"#).unwrap();
+            serde_saphyr::from_str(r#"[{name: "shop-*"}, {image: "web:*", enable: false}]"#)
+                .unwrap();
         let mut s = with_container(DockerSelect::Labelled, &[]);
         s.docker_rules = rules.clone();
         assert!(

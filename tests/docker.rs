@@ -772,3 +772,144 @@ fn processes_added_by_docker_exec_are_measured_under_their_container() {
         scrape(prom)
     );
 }
+
+/// A Docker daemon of this test's own (its own data and exec roots, pid file, socket, no
+/// bridge), so restarting it disturbs nobody; stopped with SIGTERM (SIGKILL would orphan
+/// its containerd).
+struct PrivateDockerd {
+    dir: std::path::PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl PrivateDockerd {
+    fn new() -> PrivateDockerd {
+        let dir = std::env::temp_dir().join(format!("sonde-dockerd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("daemon.json"), "{}").unwrap();
+        PrivateDockerd { dir, child: None }
+    }
+
+    fn socket(&self) -> std::path::PathBuf {
+        self.dir.join("docker.sock")
+    }
+
+    /// Starts the daemon and returns when its API answers.
+    fn start(&mut self) -> Instant {
+        let d = |p: &str| self.dir.join(p).to_string_lossy().into_owned();
+        let log = std::fs::File::create(self.dir.join("dockerd.log")).unwrap();
+        let child = std::process::Command::new("dockerd")
+            .args([
+                &format!("--data-root={}", d("data")),
+                &format!("--exec-root={}", d("exec")),
+                &format!("--pidfile={}", d("docker.pid")),
+                &format!("--config-file={}", d("daemon.json")),
+                &format!("--host=unix://{}", d("docker.sock")),
+                "--bridge=none",
+                "--iptables=false",
+                "--ip-masq=false",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dockerd");
+        self.child = Some(child);
+        let t = Instant::now();
+        loop {
+            if self.answers() {
+                return Instant::now();
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(60),
+                "private dockerd did not answer:\n{}",
+                std::fs::read_to_string(self.dir.join("dockerd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write};
+        let Ok(mut s) = std::os::unix::net::UnixStream::connect(self.socket()) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+        let mut answer = String::new();
+        s.write_all(b"GET /_ping HTTP/1.0\r\n\r\n").is_ok()
+            && s.read_to_string(&mut answer).is_ok()
+            && answer.starts_with("HTTP/1.0 200")
+    }
+
+    fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child by its PID.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let t = Instant::now();
+        while t.elapsed() < Duration::from_secs(30) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for PrivateDockerd {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The daemon restarts three times: each time sonde lists its containers again within 1 s of
+/// the daemon answering (the reconnect back-off starts over after every good connection).
+#[test]
+fn back_within_a_second_of_each_daemon_restart() {
+    if !require_root_or_skip("back_within_a_second_of_each_daemon_restart") {
+        return;
+    }
+    if std::process::Command::new("dockerd")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        skip_missing("back_within_a_second_of_each_daemon_restart", "dockerd");
+        return;
+    }
+    let mut daemon = PrivateDockerd::new();
+    daemon.start();
+    let host = format!("unix://{}", daemon.socket().display());
+    let sonde = spawn_sonde(&[("SONDE_DOCKER", "true"), ("DOCKER_HOST", &host)]);
+    let listed = format!("Docker at {host}: ");
+    let listings = |sonde: &SondeGuard| sonde.log().matches(&listed).count();
+    assert!(
+        sonde.wait_for_log(&listed, Duration::from_secs(30)),
+        "sonde did not list the private daemon's containers:\n{}",
+        sonde.log()
+    );
+    for restart in 1..=3 {
+        let before = listings(&sonde);
+        daemon.stop();
+        // Down for a while, so the reconnect attempts back off as far as they go.
+        std::thread::sleep(Duration::from_millis(1500));
+        let up = daemon.start();
+        while listings(&sonde) == before {
+            assert!(
+                up.elapsed() < Duration::from_secs(10),
+                "restart {restart}: sonde did not come back:\n{}",
+                sonde.log()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let back = up.elapsed();
+        eprintln!("restart {restart}: sonde back {back:?} after the daemon");
+        assert!(
+            back < Duration::from_secs(1),
+            "restart {restart}: sonde back only {back:?} after the daemon:\n{}",
+            sonde.log()
+        );
+    }
+}

@@ -21,6 +21,7 @@ use aya::programs::UProbe;
 use aya::Ebpf;
 use thiserror::Error;
 
+mod abi;
 #[cfg(test)]
 mod harmless_tests;
 pub mod launch;
@@ -107,8 +108,7 @@ pub enum AttachError {
     NoSlot(u32),
 }
 
-/// A uprobe cookie with this bit names an armed file's slot (`SONDE_ARMED_FILE`).
-const ARMED_FILE: u64 = 1 << 32;
+use crate::ebpf_abi::ARMED_FILE;
 /// The size of the `file_offsets` map.
 const MAX_ARMED_FILES: usize = 256;
 

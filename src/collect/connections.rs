@@ -95,14 +95,7 @@ fn ssl_of(addr: &[u8; 16]) -> u64 {
 
 /// Decodes one ring-buffer record (the data may be shorter than the fixed struct).
 pub fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
-    if bytes.len() < SYS_EVENT_HEADER {
-        return Err(SysDecodeError::Short(bytes.len()));
-    }
-    let mut full = [0u8; std::mem::size_of::<SysEvent>()];
-    let n = bytes.len().min(full.len());
-    full[..n].copy_from_slice(&bytes[..n]);
-    // SAFETY: `full` is exactly the size of the plain-old-data struct; unaligned read.
-    let e: SysEvent = unsafe { std::ptr::read_unaligned(full.as_ptr().cast()) };
+    let e: SysEvent = ebpf_abi::read_pod(bytes).ok_or(SysDecodeError::Short(bytes.len()))?;
     match e.kind {
         ebpf_abi::SYS_OPEN => Ok(SysRecord::Open {
             pid: e.pid,

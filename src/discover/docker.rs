@@ -302,20 +302,92 @@ pub async fn watch(
     created: impl Fn(ProgramHint) + Send + Sync + 'static,
 ) {
     let created = Arc::new(created);
-    let mut backoff = Duration::from_millis(200);
+    let mut reconnect = Reconnect::default();
     let mut own = HashSet::new();
     loop {
-        match run(&containers, &socket, &mut own, &changed, &created).await {
-            Ok(()) => tracing::warn!("Docker event stream ended; reconnecting"),
-            Err(e) => tracing::warn!("{e}; retrying in {backoff:?}"),
+        let result = run(
+            &containers,
+            &socket,
+            &mut own,
+            &changed,
+            &created,
+            &mut reconnect,
+        )
+        .await;
+        let wait = reconnect.lost(unix_now());
+        match result {
+            Ok(()) => tracing::warn!("{socket}: event stream ended; reconnecting"),
+            // The first failure of a connection that worked is worth a warning; the retries
+            // while the engine is down are not.
+            Err(e) if reconnect.attempts == 1 => {
+                tracing::warn!("{e}; retrying every {wait:?} at most")
+            }
+            Err(e) => tracing::debug!("{e}; retrying in {wait:?}"),
         }
-        tokio::time::sleep(backoff).await;
-        backoff = (backoff * 2).min(Duration::from_secs(10));
+        tokio::time::sleep(wait).await;
         if containers.read().is_ok_and(|c| !c.is_empty()) {
             // Keep what we know until the daemon answers again: the processes still run.
             tracing::debug!("keeping known containers while Docker is unreachable");
         }
     }
+}
+
+/// When to try an engine again, and from when to ask for its events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reconnect {
+    /// The next wait; doubles while the engine stays unreachable, starts over once it answered.
+    backoff: Duration,
+    /// Failed attempts since the engine last answered.
+    attempts: u32,
+    /// The current connection listed the containers (it worked).
+    up: bool,
+    /// When the last working connection ended (Unix seconds): events from then on are asked
+    /// for again, so a container created and removed while sonde was away is not missed.
+    since: Option<i64>,
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect {
+            backoff: Reconnect::FIRST,
+            attempts: 0,
+            up: false,
+            since: None,
+        }
+    }
+}
+
+impl Reconnect {
+    const FIRST: Duration = Duration::from_millis(100);
+    /// A restarted daemon is seen again within this (a failed connect to a Unix socket costs
+    /// nothing worth backing off further for).
+    const MAX: Duration = Duration::from_millis(500);
+
+    /// The connection listed the engine's containers.
+    fn connected(&mut self) {
+        *self = Reconnect {
+            up: true,
+            ..Reconnect::default()
+        };
+    }
+
+    /// The connection (or the attempt) ended at `now`: how long to wait before the next one.
+    fn lost(&mut self, now: i64) -> Duration {
+        if self.up {
+            self.since = Some(now);
+            self.up = false;
+        }
+        self.attempts += 1;
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(Reconnect::MAX);
+        wait
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 async fn run<C>(
@@ -324,6 +396,7 @@ async fn run<C>(
     own: &mut HashSet<String>,
     changed: &impl Fn(),
     created: &Arc<C>,
+    reconnect: &mut Reconnect,
 ) -> Result<(), DockerError>
 where
     C: Fn(ProgramHint) + Send + Sync + 'static,
@@ -344,8 +417,11 @@ where
     .into();
     // Subscribe first, then list: a container starting in between shows up in both, never in
     // neither.
+    // After a lost connection, the events since it ended are replayed (handling them again is
+    // harmless): the listing below gives the state, the replay what happened in between.
     let mut events = docker.events(Some(EventsOptions {
         filters: Some(filters),
+        since: reconnect.since.map(|t| t.to_string()),
         ..Default::default()
     }));
     let listed = docker
@@ -378,7 +454,7 @@ where
         }
     }
     tracing::info!(
-        "{engine}: {} running containers",
+        "{engine} at {socket}: {} running containers",
         running_count(&listed_running)
     );
     resync(
@@ -386,6 +462,7 @@ where
         own,
         fresh,
     );
+    reconnect.connected();
     changed();
 
     while let Some(event) = events.next().await {
@@ -453,6 +530,26 @@ fn short(id: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn back_off_starts_over_after_a_connection_that_worked_and_replays_the_gap() {
+        let mut r = Reconnect::default();
+        // The engine is not there yet: waits grow to the cap, no replay (nothing was seen).
+        let waits: Vec<u128> = (0..6).map(|_| r.lost(1000).as_millis()).collect();
+        assert_eq!(waits, [100, 200, 400, 500, 500, 500]);
+        assert_eq!(r.since, None);
+        r.connected();
+        assert!(r.up && r.attempts == 0);
+        // It restarts: the first retry is quick again, and events from the loss on are asked for.
+        assert_eq!(r.lost(2000).as_millis(), 100);
+        assert_eq!(r.lost(2001).as_millis(), 200);
+        assert_eq!(r.since, Some(2000));
+        for i in 0..3 {
+            r.connected();
+            assert_eq!(r.lost(3000 + i).as_millis(), 100, "restart {i}");
+            assert_eq!(r.since, Some(3000 + i));
+        }
+    }
 
     #[test]
     fn sockets_of_both_engines() {

@@ -16,6 +16,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
+/// runc's init before its exec of the container's program.
+pub const RUNC_INIT_COMM: &str = "runc:[2:INIT]";
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error("cannot watch {path}: {source}")]
@@ -109,7 +112,7 @@ pub fn init_pid_on_host(container_id: &str) -> Option<u32> {
 /// (the path its `/proc/<pid>/exe` will show): runc's renamed init, or any init whose
 /// executable is not the program yet (crun's is crun's own file, or `/memfd:crun`).
 pub fn before_exec(comm: &str, exe: Option<&Path>, program: &Path) -> bool {
-    if comm == crate::select::RUNC_INIT_COMM {
+    if comm == RUNC_INIT_COMM {
         return true;
     }
     match exe {

@@ -6,17 +6,8 @@ use std::sync::Arc;
 
 use crate::collect::Request;
 
-/// Who served a request, as users name it.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct Identity {
-    pub service_name: String,
-    pub service_namespace: String,
-    /// Set for container targets only.
-    pub container_name: Option<String>,
-    /// More labels asked for in the configuration (`container_id`, `container_image`,
-    /// `container_label_<name>`), already sanitised as Prometheus label names.
-    pub extra: Vec<(&'static str, String)>,
-}
+// Selection decides who a process is; enrichment only attaches it to requests.
+pub use crate::select::Identity;
 
 /// A request ready for export.
 #[derive(Debug, Clone)]

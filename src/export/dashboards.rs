@@ -322,12 +322,12 @@ fn check_dashboard(json: &str, exported: &Exported) -> Vec<String> {
 }
 
 fn check_rules(yaml: &str, exported: &Exported) -> Vec<String> {
-    let r: serde_yaml::Value = serde_yaml::from_str(yaml).expect("rules YAML");
-    let rules: Vec<&serde_yaml::Value> = r["groups"]
-        .as_sequence()
+    let r: serde_json::Value = serde_saphyr::from_str(yaml).expect("rules YAML");
+    let rules: Vec<&serde_json::Value> = r["groups"]
+        .as_array()
         .unwrap()
         .iter()
-        .flat_map(|g| g["rules"].as_sequence().unwrap())
+        .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
     let recorded: BTreeSet<String> = rules
         .iter()

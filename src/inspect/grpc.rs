@@ -4,8 +4,8 @@
 //! probes and loses only the RPC metrics.
 
 use super::{
-    dwarf, grpc_offsets_table, FunctionProbe, GoBinary, GoVersion, InspectError, OffsetsSource,
-    ProbeRole,
+    dwarf, grpc_offsets_table, FunctionProbe, GoBinary, GoVersion, GrpcOffsets, InspectError,
+    OffsetsSource, ProbeRole,
 };
 
 /// One server call: entry (the stream) and every RET (the end).
@@ -44,21 +44,6 @@ const WANTED: &[(&str, &[&str])] = &[
     (CLIENT_STREAM, &["attempt"]),
     (ATTEMPT, &["s"]),
 ];
-
-/// Struct field offsets (bytes) of one grpc-go build; see `struct grpc_offsets`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct GrpcOffsets {
-    pub stream_method: u32,
-    pub stream_status: u32,
-    pub status_proto: u32,
-    pub proto_code: u32,
-    pub error_status: u32,
-    /// `status.Error` holds a `*status.Status` (read one more pointer) rather than the proto.
-    pub error_indirect: bool,
-    pub cc_target: u32,
-    pub cs_attempt: u32,
-    pub attempt_stream: u32,
-}
 
 /// What the probe plan knows about a binary's gRPC.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -118,6 +118,22 @@ pub struct FunctionProbe {
     pub ret_offsets: Vec<u64>,
 }
 
+/// Struct field offsets (bytes) of one grpc-go build; see `struct grpc_offsets`. Here, not in
+/// `grpc`, so the generated table and `grpc` both read it without importing each other.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GrpcOffsets {
+    pub stream_method: u32,
+    pub stream_status: u32,
+    pub status_proto: u32,
+    pub proto_code: u32,
+    pub error_status: u32,
+    /// `status.Error` holds a `*status.Status` (read one more pointer) rather than the proto.
+    pub error_indirect: bool,
+    pub cc_target: u32,
+    pub cs_attempt: u32,
+    pub attempt_stream: u32,
+}
+
 /// Struct field offsets (bytes) the kernel programs read; see ebpf/sonde_events.h.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct GoOffsets {

@@ -81,10 +81,10 @@ pub fn dashboard_queries(json: &str) -> Vec<Shipped> {
 
 /// Every recording rule's expression of a rules YAML text.
 pub fn recording_rules(yaml: &str) -> Vec<Shipped> {
-    let r: serde_yaml::Value = serde_yaml::from_str(yaml).expect("rules YAML");
+    let r: serde_json::Value = serde_saphyr::from_str(yaml).expect("rules YAML");
     let mut out = Vec::new();
-    for g in r["groups"].as_sequence().unwrap() {
-        for rule in g["rules"].as_sequence().unwrap() {
+    for g in r["groups"].as_array().unwrap() {
+        for rule in g["rules"].as_array().unwrap() {
             if let Some(name) = rule["record"].as_str() {
                 out.push(Shipped {
                     origin: format!("rule {name}"),

@@ -6,7 +6,6 @@
 //! own tasks with bounded queues, so a slow or dead endpoint costs data, never memory or
 //! collection time.
 
-pub mod config;
 pub mod metrics;
 pub mod queue;
 pub mod resource;
@@ -21,6 +20,9 @@ use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
+// The settings live with the rest of the configuration (which must not import export/);
+// `config` keeps naming them here for the submodules.
+pub use crate::config::otlp as config;
 pub use config::{OtlpConfig, Signal};
 use queue::{BatchQueue, Retry};
 use traces::{IdGenerator, SpanIds, WallClock};

@@ -1,7 +1,17 @@
 //! Configuration: defaults < YAML file (`--config` / `SONDE_CONFIG`) < environment.
 //!
+//! Every stage reads it; it reads no stage but discovery's list of engine sockets.
+
+pub mod otlp;
+mod values;
 
 use std::path::{Path, PathBuf};
+
+use values::{comma_list, parse_bool};
+pub use values::{DockerRules, LogFilter, Pattern, Port, RoutePatterns, Ttl, UrlPath};
+
+/// Exit code for bad configuration or usage, before anything is attached.
+pub const EXIT_CONFIG: i32 = 2;
 
 /// Which metric names and label names the Prometheus exporter uses (DESIGN.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -17,24 +27,6 @@ pub enum MetricsNaming {
 pub struct PortSet {
     /// Inclusive ranges.
     pub ranges: Vec<(u16, u16)>,
-}
-
-const LOG_LEVELS: [&str; 5] = ["error", "warn", "info", "debug", "trace"];
-
-/// A level, or `RUST_LOG`-style directives: `level` or `module::path=level`, comma-separated.
-/// Stricter than `EnvFilter`, which reads a typo such as `inf` as a module name.
-fn is_log_filter(s: &str) -> bool {
-    !s.is_empty()
-        && s.split(',').all(|d| match d.split_once('=') {
-            None => LOG_LEVELS.contains(&d),
-            Some((module, level)) => {
-                LOG_LEVELS.contains(&level)
-                    && !module.is_empty()
-                    && module.split("::").all(|p| {
-                        !p.is_empty() && p.chars().all(|c| c.is_alphanumeric() || c == '_')
-                    })
-            }
-        })
 }
 
 impl PortSet {
@@ -79,7 +71,7 @@ pub struct Config {
     pub syscall_source: SyscallSource,
     pub config_file: Option<PathBuf>,
     /// OTLP export, from the standard `OTEL_*` variables.
-    pub otlp: crate::export::otlp::OtlpConfig,
+    pub otlp: otlp::OtlpConfig,
 }
 
 /// What measures a Go process: its own uprobes (every protocol it speaks, route patterns,
@@ -248,34 +240,131 @@ pub enum ConfigError {
     File { file: String, reason: String },
 }
 
-/// Every key, with its YAML name. Environment names are `SONDE_<UPPER>` / `BEYLA_<UPPER>`.
-const KEYS: &[&str] = &[
-    "prometheus_port",
-    "prometheus_path",
-    "open_port",
-    "executable_name",
-    "service_name",
-    "service_namespace",
-    "metrics_report_target",
-    "metrics_report_peer",
-    "metrics_naming",
-    "routes_patterns",
-    "routes_unmatched",
-    "log_level",
-    "print_traces",
-    "docker",
-    "docker_select",
-    "container_series_ttl",
-    "metrics_report_container",
-    "container_labels",
-    "docker_rules",
-    "syscall_tracing",
-    "go_source",
-    "syscall_source",
-];
+/// One configuration key: its YAML name (environment: `SONDE_<UPPER>`, `BEYLA_<UPPER>`), its
+/// default and meaning as `--help` shows them, and how a value is applied.
+pub struct Key {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+    /// Parses the value text and stores it; the error is what was expected.
+    set: fn(&mut Config, &str) -> Result<(), &'static str>,
+}
+
+/// The one table of keys: it defines the file's serde struct (`FileConfig`, unknown keys
+/// rejected), the environment names, the setters and `--help`; a test checks the README's
+/// key tables against it.
+macro_rules! keys {
+    ($($name:ident, $default:literal, $meaning:literal, $set:expr;)*) => {
+        /// The YAML file: every key optional; a key this struct does not have is an error.
+        /// Values stay YAML values here and go through the same `FromStr` parsing as the
+        /// environment's text, so both give the same messages.
+        #[derive(Debug, Default, serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        pub struct FileConfig {
+            $(
+                #[serde(default, deserialize_with = "present")]
+                $name: Option<serde_json::Value>,
+            )*
+        }
+
+        impl FileConfig {
+            /// The keys the file sets, in table order.
+            fn entries(self) -> Vec<(&'static str, serde_json::Value)> {
+                let mut out = Vec::new();
+                $(
+                    if let Some(v) = self.$name {
+                        out.push((stringify!($name), v));
+                    }
+                )*
+                out
+            }
+        }
+
+        pub const KEYS: &[Key] = &[
+            $(Key { name: stringify!($name), default: $default, meaning: $meaning, set: $set },)*
+        ];
+    };
+}
+
+/// A key written with no value (`service_name:`) is set to the empty text, not ignored.
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<serde_json::Value>, D::Error> {
+    serde::Deserialize::deserialize(d).map(Some)
+}
+
+const BOOL: &str = "true or false";
+
+fn flag(v: &str) -> Result<bool, &'static str> {
+    parse_bool(v).ok_or(BOOL)
+}
+
+keys! {
+    prometheus_port, "off", "serve metrics on this port",
+        |c, v| { c.prometheus_port = Some(v.parse::<Port>()?.0); Ok(()) };
+    prometheus_path, "/metrics", "path of the scrape endpoint",
+        |c, v| { c.prometheus_path = v.parse::<UrlPath>()?.0; Ok(()) };
+    open_port, "-", "select processes listening on these ports: 8080, 8000-8999,443",
+        |c, v| { c.open_port = Some(v.parse()?); Ok(()) };
+    executable_name, "-", "select processes whose executable path matches this regex",
+        |c, v| { c.executable_name = Some(v.parse::<Pattern>()?.0); Ok(()) };
+    service_name, "executable name", "override the service name of host processes",
+        |c, v| { c.service_name = Some(v.to_string()); Ok(()) };
+    service_namespace, "\"\"", "override the service namespace of host processes",
+        |c, v| { c.service_namespace = Some(v.to_string()); Ok(()) };
+    metrics_report_target, "false", "add url_path (never the query string)",
+        |c, v| { c.metrics_report_target = flag(v)?; Ok(()) };
+    metrics_report_peer, "false", "add client_address",
+        |c, v| { c.metrics_report_peer = flag(v)?; Ok(()) };
+    metrics_naming, "semconv", "semconv, beyla-v1 or beyla-v0",
+        |c, v| { c.metrics_naming = v.parse()?; Ok(()) };
+    routes_patterns, "-", "/users/{id} style patterns that set http_route (comma list)",
+        |c, v| { c.routes_patterns = v.parse::<RoutePatterns>()?.0; Ok(()) };
+    routes_unmatched, "/**", "route of paths no pattern matches",
+        |c, v| {
+            if v.is_empty() {
+                return Err("a route such as /**");
+            }
+            c.routes_unmatched = v.to_string();
+            Ok(())
+        };
+    log_level, "info", "error, warn, info, debug, trace, then optional module=level directives",
+        |c, v| { c.log_level = v.parse::<LogFilter>()?.0; Ok(()) };
+    print_traces, "false", "print one line per request on standard output",
+        |c, v| { c.print_traces = flag(v)?; Ok(()) };
+    syscall_tracing, "true", "measure selected non-Go processes through syscalls and OpenSSL",
+        |c, v| { c.syscall_tracing = flag(v)?; Ok(()) };
+    go_source, "uprobes", "what measures a selected Go process: uprobes or syscalls",
+        |c, v| { c.go_source = v.parse()?; Ok(()) };
+    syscall_source, "auto", "what the syscall tracer runs from: auto, kprobes or tracepoints",
+        |c, v| { c.syscall_source = v.parse()?; Ok(()) };
+    docker, "when the socket exists", "false turns container discovery off",
+        |c, v| { c.docker = Some(flag(v)?); Ok(()) };
+    docker_select, "labelled", "labelled, or all: every container except sonde.enable=false",
+        |c, v| { c.docker_select = v.parse()?; Ok(()) };
+    container_series_ttl, "5m", "how long the series of a stopped container stay (300s, 5m, 1h)",
+        |c, v| { c.container_series_ttl = v.parse::<Ttl>()?.0; Ok(()) };
+    docker_rules, "-", "select containers by name, image and label globs: [{name: \"shop-*\"}]",
+        |c, v| { c.docker_rules = v.parse::<DockerRules>()?.0; Ok(()) };
+    metrics_report_container, "false", "add container_id and container_image",
+        |c, v| { c.metrics_report_container = flag(v)?; Ok(()) };
+    container_labels, "-", "container labels copied onto metrics (comma list)",
+        |c, v| { c.container_labels = comma_list(v); Ok(()) };
+}
 
 /// Beyla's first versions read these without a prefix.
 const BARE_ALIASES: &[&str] = &["open_port", "executable_name", "print_traces"];
+
+/// The keys as `--help` lists them.
+pub fn keys_help() -> String {
+    let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for k in KEYS {
+        out.push_str(&format!(
+            "  {:width$}  {} (default: {})\n",
+            k.name, k.meaning, k.default
+        ));
+    }
+    out
+}
 
 impl Config {
     /// Reads `SONDE_CONFIG` / the given file and the process environment.
@@ -303,57 +392,52 @@ impl Config {
             c.apply_yaml(&text, &shown)?;
         }
         for key in KEYS {
-            let upper = key.to_uppercase();
+            let upper = key.name.to_uppercase();
             let mut names = vec![format!("SONDE_{upper}"), format!("BEYLA_{upper}")];
-            if BARE_ALIASES.contains(key) {
+            if BARE_ALIASES.contains(&key.name) {
                 names.push(upper.clone());
             }
             if let Some((name, value)) = names.iter().find_map(|n| env(n).map(|v| (n, v))) {
                 c.set(key, name, &value)?;
             }
         }
-        c.otlp =
-            crate::export::otlp::OtlpConfig::from_env(env).map_err(|e| ConfigError::Invalid {
-                key: e.key,
-                value: e.value,
-                expected: e.expected,
-            })?;
+        c.otlp = otlp::OtlpConfig::from_env(env).map_err(|e| ConfigError::Invalid {
+            key: e.key,
+            value: e.value,
+            expected: e.expected,
+        })?;
         Ok(c)
     }
 
     /// Applies a YAML configuration document (the text of `--config`); `shown` names it in
     /// errors. Public so the fuzz target can feed it arbitrary text.
     pub fn apply_yaml(&mut self, text: &str, shown: &str) -> Result<(), ConfigError> {
-        let shown = shown.to_string();
-        let c = self;
-        let doc: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| ConfigError::File {
-            file: shown.clone(),
-            reason: e.to_string(),
-        })?;
-        let map = match doc {
-            serde_yaml::Value::Mapping(m) => m,
-            serde_yaml::Value::Null => Default::default(),
-            _ => {
-                return Err(ConfigError::File {
-                    file: shown,
-                    reason: "expected a mapping of keys to values".into(),
-                })
-            }
-        };
-        for (k, v) in map {
-            let key = k.as_str().unwrap_or_default().to_string();
-            if !KEYS.contains(&key.as_str()) {
-                return Err(ConfigError::UnknownKey { key, file: shown });
-            }
-            let value = match v {
-                // Rules are structured: handed on as YAML text, parsed like the env form.
-                other if key == "docker_rules" => serde_yaml::to_string(&other).unwrap_or_default(),
-                serde_yaml::Value::Sequence(items) => {
-                    items.iter().map(yaml_scalar).collect::<Vec<_>>().join(",")
+        let file: Option<FileConfig> =
+            serde_saphyr::from_str(text).map_err(|e| match unknown_field(&e) {
+                Some(key) => ConfigError::UnknownKey {
+                    key,
+                    file: shown.to_string(),
+                },
+                None => ConfigError::File {
+                    file: shown.to_string(),
+                    reason: e.to_string(),
+                },
+            })?;
+        for (name, value) in file.unwrap_or_default().entries() {
+            let key = KEYS
+                .iter()
+                .find(|k| k.name == name)
+                .expect("FileConfig comes from KEYS");
+            let text = match value {
+                // Rules are structured: handed on as JSON text (YAML's flow form), parsed
+                // like the environment's.
+                v if name == "docker_rules" => v.to_string(),
+                serde_json::Value::Array(items) => {
+                    items.iter().map(scalar_text).collect::<Vec<_>>().join(",")
                 }
-                other => yaml_scalar(&other),
+                v => scalar_text(&v),
             };
-            c.set(&key, &format!("{key} (in {shown})"), &value)?;
+            self.set(key, &format!("{name} (in {shown})"), &text)?;
         }
         Ok(())
     }
@@ -373,187 +457,32 @@ impl Config {
         })
     }
 
-    fn set(&mut self, key: &str, shown: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = |expected: &'static str| ConfigError::Invalid {
+    fn set(&mut self, key: &Key, shown: &str, value: &str) -> Result<(), ConfigError> {
+        (key.set)(self, value.trim()).map_err(|expected| ConfigError::Invalid {
             key: shown.to_string(),
             value: value.to_string(),
             expected,
-        };
-        let v = value.trim();
-        match key {
-            "prometheus_port" => {
-                let port: u16 = v
-                    .parse()
-                    .map_err(|_| bad("a port number from 1 to 65535"))?;
-                if port == 0 {
-                    return Err(bad("a port number from 1 to 65535"));
-                }
-                self.prometheus_port = Some(port);
-            }
-            "prometheus_path" => {
-                if !v.starts_with('/') {
-                    return Err(bad("a path starting with '/'"));
-                }
-                self.prometheus_path = v.to_string();
-            }
-            "open_port" => {
-                self.open_port = Some(
-                    PortSet::parse(v)
-                        .ok_or_else(|| bad("a port, a range like 8000-8999, or a comma list"))?,
-                )
-            }
-            "executable_name" => {
-                self.executable_name =
-                    Some(regex::Regex::new(v).map_err(|_| bad("a regular expression"))?)
-            }
-            "service_name" => self.service_name = Some(v.to_string()),
-            "service_namespace" => self.service_namespace = Some(v.to_string()),
-            "metrics_report_target" => {
-                self.metrics_report_target = parse_bool(v).ok_or_else(|| bad("true or false"))?
-            }
-            "metrics_report_peer" => {
-                self.metrics_report_peer = parse_bool(v).ok_or_else(|| bad("true or false"))?
-            }
-            "print_traces" => {
-                self.print_traces = parse_bool(v).ok_or_else(|| bad("true or false"))?
-            }
-            "syscall_tracing" => {
-                self.syscall_tracing = parse_bool(v).ok_or_else(|| bad("true or false"))?
-            }
-            "go_source" => {
-                self.go_source = GoSource::parse(v).ok_or_else(|| bad("uprobes or syscalls"))?
-            }
-            "syscall_source" => {
-                self.syscall_source =
-                    SyscallSource::parse(v).ok_or_else(|| bad("auto, kprobes or tracepoints"))?
-            }
-            "metrics_naming" => {
-                self.metrics_naming = match v.to_ascii_lowercase().as_str() {
-                    "semconv" => MetricsNaming::Semconv,
-                    "beyla-v1" | "beyla_v1" => MetricsNaming::BeylaV1,
-                    "beyla-v0" | "beyla_v0" => MetricsNaming::BeylaV0,
-                    _ => return Err(bad("semconv, beyla-v1 or beyla-v0")),
-                }
-            }
-            "routes_patterns" => {
-                let patterns: Vec<String> = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect();
-                if patterns.iter().any(|p| !p.starts_with('/')) {
-                    return Err(bad("a comma list of paths like /users/{id}"));
-                }
-                self.routes_patterns = patterns;
-            }
-            "routes_unmatched" => {
-                if v.is_empty() {
-                    return Err(bad("a route such as /**"));
-                }
-                self.routes_unmatched = v.to_string();
-            }
-            "docker" => self.docker = Some(parse_bool(v).ok_or_else(|| bad("true or false"))?),
-            "docker_select" => {
-                self.docker_select = match v.to_ascii_lowercase().as_str() {
-                    "labelled" | "labeled" => DockerSelect::Labelled,
-                    "all" => DockerSelect::All,
-                    _ => return Err(bad("labelled or all")),
-                }
-            }
-            "metrics_report_container" => {
-                self.metrics_report_container = parse_bool(v).ok_or_else(|| bad("true or false"))?
-            }
-            "container_labels" => {
-                self.container_labels = v
-                    .split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string)
-                    .collect()
-            }
-            "docker_rules" => {
-                self.docker_rules = serde_yaml::from_str::<Vec<DockerRule>>(v)
-                    .map_err(|_| bad("a list of rules like [{name: \"shop-*\", enable: true}]"))?;
-                if self.docker_rules.iter().any(DockerRule::is_empty) {
-                    return Err(bad("rules that name at least one of name, image, labels"));
-                }
-            }
-            "container_series_ttl" => {
-                self.container_series_ttl =
-                    parse_duration(v).ok_or_else(|| bad("a duration such as 300s, 5m or 1h"))?
-            }
-            "log_level" => {
-                let l = v.to_ascii_lowercase();
-                if !is_log_filter(&l) {
-                    return Err(bad(
-                        "error, warn, info, debug or trace, optionally followed by \
-                         ,<module>=<level> directives (info,sonde::collect=debug)",
-                    ));
-                }
-                self.log_level = l;
-            }
-            _ => unreachable!("keys come from KEYS"),
+        })
+    }
+}
+
+/// The key a `deny_unknown_fields` error names, through the parser's wrappers.
+fn unknown_field(mut e: &serde_saphyr::Error) -> Option<String> {
+    loop {
+        match e {
+            serde_saphyr::Error::WithSnippet { error, .. }
+            | serde_saphyr::Error::AliasError { error, .. } => e = error,
+            serde_saphyr::Error::SerdeUnknownField { field, .. } => return Some(field.clone()),
+            _ => return None,
         }
-        Ok(())
     }
 }
 
-impl PortSet {
-    /// `8080`, `8000-8999,443`; `None` for anything else.
-    pub fn parse(s: &str) -> Option<PortSet> {
-        let mut ranges = Vec::new();
-        for part in s.split(',').map(str::trim) {
-            let (lo, hi) = match part.split_once('-') {
-                Some((a, b)) => (a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?),
-                None => {
-                    let p = part.parse::<u16>().ok()?;
-                    (p, p)
-                }
-            };
-            if lo == 0 || hi < lo {
-                return None;
-            }
-            ranges.push((lo, hi));
-        }
-        (!ranges.is_empty()).then_some(PortSet { ranges })
-    }
-}
-
-/// `300`, `300s`, `5m`, `1h` (seconds when no unit).
-fn parse_duration(v: &str) -> Option<std::time::Duration> {
-    let (number, unit) = match v.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => v.split_at(i),
-        None => (v, "s"),
-    };
-    let n: u64 = number.parse().ok()?;
-    let secs = match unit {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        _ => return None,
-    };
-    Some(std::time::Duration::from_secs(secs))
-}
-
-fn parse_bool(v: &str) -> Option<bool> {
-    match v.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Some(true),
-        "false" | "0" | "no" | "off" => Some(false),
-        _ => None,
-    }
-}
-
-fn yaml_scalar(v: &serde_yaml::Value) -> String {
+fn scalar_text(v: &serde_json::Value) -> String {
     match v {
-        serde_yaml::Value::String(s) => s.clone(),
-        serde_yaml::Value::Bool(b) => b.to_string(),
-        serde_yaml::Value::Number(n) => n.to_string(),
-        serde_yaml::Value::Null => String::new(),
-        other => serde_yaml::to_string(other)
-            .unwrap_or_default()
-            .trim()
-            .to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => String::new(),
+        other => other.to_string(),
     }
 }
 
@@ -748,5 +677,91 @@ mod tests {
         let e = Config::load(Some(&f), &|_| None).unwrap_err().to_string();
         assert!(e.contains("open_port (in "), "{e}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn readme_key_tables_list_exactly_the_keys() {
+        let readme = include_str!("../../README.md");
+        let mut documented = std::collections::BTreeSet::new();
+        let mut in_table = false;
+        for line in readme.lines() {
+            if line.starts_with("| key | default | meaning |") {
+                in_table = true;
+                continue;
+            }
+            if !line.starts_with('|') {
+                in_table = false;
+            }
+            if in_table && !line.starts_with("|---") {
+                let first = line.split('|').nth(1).unwrap_or_default();
+                for name in first.split(',') {
+                    documented.insert(name.trim().trim_matches('`').to_string());
+                }
+            }
+        }
+        let keys: std::collections::BTreeSet<String> =
+            KEYS.iter().map(|k| k.name.to_string()).collect();
+        assert_eq!(
+            documented, keys,
+            "README's key tables and config::KEYS differ"
+        );
+        let help = keys_help();
+        for k in KEYS {
+            assert!(help.contains(k.name), "--help lacks {}", k.name);
+        }
+    }
+
+    #[test]
+    fn every_key_is_read_from_the_file_and_unknown_ones_are_named() {
+        let mut c = Config::default();
+        c.apply_yaml(
+            "prometheus_port: 9400\nservice_name:\ncontainer_labels: [a, b]\ndocker: no\n",
+            "f.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.prometheus_port, Some(9400));
+        assert_eq!(c.service_name.as_deref(), Some(""));
+        assert_eq!(c.container_labels, vec!["a", "b"]);
+        assert_eq!(c.docker, Some(false));
+        for k in KEYS {
+            // A key the file struct did not know would be an unknown key, not a bad value.
+            let e = Config::default().apply_yaml(&format!("{}: [[[]]]\n", k.name), "f.yaml");
+            assert!(
+                !matches!(e, Err(ConfigError::UnknownKey { .. })),
+                "{}: {e:?}",
+                k.name
+            );
+        }
+        let e = Config::default()
+            .apply_yaml("open_port: 80\nopen_prot: 8080\n", "f.yaml")
+            .unwrap_err();
+        assert_eq!(
+            e,
+            ConfigError::UnknownKey {
+                key: "open_prot".into(),
+                file: "f.yaml".into()
+            }
+        );
+        assert!(Config::default().apply_yaml("", "f.yaml").is_ok());
+        assert!(matches!(
+            Config::default().apply_yaml("- a\n", "f.yaml"),
+            Err(ConfigError::File { .. })
+        ));
+    }
+
+    #[test]
+    fn newtypes_parse_and_refuse() {
+        assert_eq!("8080".parse::<Port>(), Ok(Port(8080)));
+        assert!("0".parse::<Port>().is_err() && "65536".parse::<Port>().is_err());
+        assert_eq!("5m".parse::<Ttl>().unwrap().0.as_secs(), 300);
+        assert_eq!("90".parse::<Ttl>().unwrap().0.as_secs(), 90);
+        assert!("5 days".parse::<Ttl>().is_err());
+        assert!("^/srv/.*$"
+            .parse::<Pattern>()
+            .unwrap()
+            .0
+            .is_match("/srv/api"));
+        assert!("(".parse::<Pattern>().is_err());
+        assert!("users".parse::<RoutePatterns>().is_err());
     }
 }
