@@ -139,7 +139,7 @@ fn sonde_for_podman(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
     let refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let sonde = spawn_sonde(&refs);
     assert!(
-        sonde.wait_for_log("Podman: ", Duration::from_secs(30)),
+        sonde.wait_for_log("Podman at ", Duration::from_secs(30)),
         "sonde did not list Podman's containers:\n{}",
         sonde.log()
     );
