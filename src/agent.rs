@@ -471,6 +471,13 @@ fn instrument_launch(
         // Not a Go program, or gone: the scan after its exec says why, once.
         _ => return,
     };
+    if syscalls_wanted
+        && tracker.selector().source_for(&process, &plan, true).0 == GoSource::Syscalls
+    {
+        // go_source=auto found only plaintext HTTP/1.x: the scan after its exec hands it
+        // to the syscall tracer.
+        return;
+    }
     let t2 = t0.elapsed();
     let attached = attacher.attach_process_to(pid, &plan, &launch.host_path);
     attacher
@@ -893,15 +900,9 @@ fn discovery_loop(
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     arrival = None;
-                    for (pid, (process, _)) in awaiting.drain() {
-                        tracing::info!(
-                            "skipping {} (pid {pid}): not Go, and no syscall tracer",
-                            process.exe.display()
-                        );
-                        exporter
-                            .health()
-                            .inc_skipped(crate::inspect::InspectError::NotGo.reason());
-                    }
+                    // Decided again without a tracer: a Go process gets its uprobes, any
+                    // other is skipped, saying why.
+                    retry.extend(awaiting.drain().map(|(pid, (p, i))| (pid, (p, i, 0))));
                 }
             }
         }
@@ -960,21 +961,27 @@ fn discovery_loop(
                 // SAFETY: malloc_trim has no preconditions.
                 unsafe { libc::malloc_trim(0) };
             }
+            // Why uprobes measure it, when `go_source` had a choice to make: for the log.
+            let mut uprobes_why = None;
             let (plan, via_syscalls) = match inspected {
                 Ok((_, Ok(plan), _)) => {
-                    let source = selector.go_source(&process);
+                    let tracer_exists = arrival.is_some() || tracer.is_some();
+                    let (source, why) = selector.source_for(&process, &plan, tracer_exists);
                     let wanted = source == GoSource::Syscalls;
-                    if wanted && arrival.is_none() && tracer.is_none() {
+                    if wanted && !tracer_exists {
                         tracing::warn!(
                             "pid {pid}: go_source is syscalls but there is no syscall tracer: measured by uprobes"
                         );
                     }
-                    (Some(plan), wanted.then_some("Go, go_source=syscalls"))
+                    // The default says nothing new: logged only when a choice was made.
+                    let chosen = selector.go_source(&process) != GoSource::Uprobes;
+                    uprobes_why = (!wanted && chosen).then(|| format!(" ({why})"));
+                    (Some(plan), wanted.then(|| format!("Go, {why}")))
                 }
                 Ok((_, Err(crate::inspect::InspectError::NotGo), _))
                     if arrival.is_some() || tracer.is_some() =>
                 {
-                    (None, Some("not Go"))
+                    (None, Some("not Go".to_string()))
                 }
                 Ok((_, Err(e), inspected_now)) => {
                     // One line per binary, not per process running it.
@@ -1003,7 +1010,7 @@ fn discovery_loop(
                         // Instrumented at its launch: uprobes measure it.
                         continue;
                     }
-                    trace_syscalls(t, pid, why, &process, identity, &identities, &exporter);
+                    trace_syscalls(t, pid, &why, &process, identity, &identities, &exporter);
                     continue;
                 }
             }
@@ -1021,10 +1028,11 @@ fn discovery_loop(
                 match guard.attacher.enrol(pid, slot) {
                     Ok(()) => {
                         tracing::info!(
-                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole",
+                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{}",
                             process.exe.display(),
                             plan.go_version,
-                            identity.service_name
+                            identity.service_name,
+                            uprobes_why.as_deref().unwrap_or_default()
                         );
                         register(&identities, &exporter, pid, identity);
                     }
@@ -1048,10 +1056,11 @@ fn discovery_loop(
                         .map(|g| format!(", with grpc-go {}", g.version))
                         .unwrap_or_default();
                     tracing::info!(
-                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}",
+                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}{}",
                         process.exe.display(),
                         plan.go_version,
-                        identity.service_name
+                        identity.service_name,
+                        uprobes_why.as_deref().unwrap_or_default()
                     );
                     register(&identities, &exporter, pid, identity);
                 }

@@ -80,14 +80,16 @@ pub struct Config {
     pub otlp: crate::export::otlp::OtlpConfig,
 }
 
-/// What measures a Go process: its own uprobes (every protocol it speaks, route patterns,
-/// trace propagation) or the syscall tracer (plaintext HTTP/1.x only, several times cheaper
-/// per request under virtualisation: see BENCHMARKS.md).
+/// What measures a Go process: its own uprobes (every protocol it speaks, trace
+/// propagation) or the syscall tracer (plaintext HTTP/1.x only, several times cheaper per
+/// request under virtualisation: see BENCHMARKS.md), or `Auto`: per process, the syscall
+/// tracer when inspection finds nothing only uprobes see (`select::Selector::source_for`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GoSource {
     #[default]
     Uprobes,
     Syscalls,
+    Auto,
 }
 
 impl GoSource {
@@ -95,6 +97,7 @@ impl GoSource {
         match v.trim().to_ascii_lowercase().as_str() {
             "uprobes" => Some(GoSource::Uprobes),
             "syscalls" => Some(GoSource::Syscalls),
+            "auto" => Some(GoSource::Auto),
             _ => None,
         }
     }
@@ -103,6 +106,7 @@ impl GoSource {
         match self {
             GoSource::Uprobes => "uprobes",
             GoSource::Syscalls => "syscalls",
+            GoSource::Auto => "auto",
         }
     }
 }
@@ -395,7 +399,8 @@ impl Config {
                 self.syscall_tracing = parse_bool(v).ok_or_else(|| bad("true or false"))?
             }
             "go_source" => {
-                self.go_source = GoSource::parse(v).ok_or_else(|| bad("uprobes or syscalls"))?
+                self.go_source =
+                    GoSource::parse(v).ok_or_else(|| bad("auto, uprobes or syscalls"))?
             }
             "metrics_naming" => {
                 self.metrics_naming = match v.to_ascii_lowercase().as_str() {
@@ -628,11 +633,15 @@ mod tests {
         assert_eq!(load(&[]).unwrap().go_source, GoSource::Uprobes);
         let c = load(&[("SONDE_GO_SOURCE", "Syscalls")]).unwrap();
         assert_eq!(c.go_source, GoSource::Syscalls);
-        let e = load(&[("SONDE_GO_SOURCE", "auto")])
+        assert_eq!(
+            load(&[("SONDE_GO_SOURCE", "auto")]).unwrap().go_source,
+            GoSource::Auto
+        );
+        let e = load(&[("SONDE_GO_SOURCE", "ebpf")])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("SONDE_GO_SOURCE") && e.contains("uprobes or syscalls"),
+            e.contains("SONDE_GO_SOURCE") && e.contains("auto, uprobes or syscalls"),
             "{e}"
         );
     }

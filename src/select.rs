@@ -36,8 +36,49 @@ pub struct Selector {
     containers: Option<Containers>,
     report_container: bool,
     go_source: crate::config::GoSource,
+    /// Traces are exported: a handler's client calls need uprobes to be its children.
+    traces: bool,
     /// (container label, Prometheus label name) pairs to copy onto metrics.
     copied_labels: Vec<(String, &'static str)>,
+}
+
+/// Resolves a `go_source` setting for one binary to `Uprobes` or `Syscalls`, with the reason
+/// the log and `sonde inspect` give. `auto` takes the syscall tracer only for what it sees in
+/// full: plaintext HTTP/1.x. Anything the binary could serve that the tracer cannot follow
+/// (TLS, gRPC, h2c), or client calls whose trace context only uprobes carry, keeps uprobes:
+/// a wrong guess towards uprobes costs CPU, one towards syscalls loses requests.
+pub fn choose_source(
+    setting: crate::config::GoSource,
+    plan: &crate::inspect::ProbePlan,
+    traces: bool,
+    tracer: bool,
+) -> (crate::config::GoSource, String) {
+    use crate::config::GoSource;
+    let client_calls = plan
+        .probes
+        .iter()
+        .any(|p| p.role == crate::inspect::ProbeRole::HttpClientRoundTrip);
+    let sp = &plan.speaks;
+    let (source, why) = match setting {
+        GoSource::Uprobes => (GoSource::Uprobes, ""),
+        GoSource::Syscalls => (GoSource::Syscalls, ""),
+        GoSource::Auto if !tracer => (GoSource::Uprobes, ": no syscall tracer"),
+        GoSource::Auto if sp.grpc => (GoSource::Uprobes, ": grpc-go linked in (HTTP/2)"),
+        GoSource::Auto if sp.tls_server => (
+            GoSource::Uprobes,
+            ": can serve TLS (crypto/tls server handshake linked in)",
+        ),
+        GoSource::Auto if sp.h2c => (GoSource::Uprobes, ": h2c linked in (HTTP/2)"),
+        GoSource::Auto if traces && client_calls => (
+            GoSource::Uprobes,
+            ": makes HTTP client calls and traces are exported (propagation)",
+        ),
+        GoSource::Auto => (
+            GoSource::Syscalls,
+            ": plaintext HTTP/1.x only (no TLS server, gRPC or h2c code)",
+        ),
+    };
+    (source, format!("go_source={}{why}", setting.name()))
 }
 
 /// `com.example.team` → `container_label_com_example_team`. Leaked once per configured
@@ -62,6 +103,7 @@ impl Selector {
             containers: None,
             report_container: config.metrics_report_container,
             go_source: config.go_source,
+            traces: config.otlp.traces.is_some(),
             copied_labels: config
                 .container_labels
                 .iter()
@@ -281,7 +323,7 @@ impl Selector {
             None => self.go_source,
             Some(v) => crate::config::GoSource::parse(v).unwrap_or_else(|| {
                 tracing::warn!(
-                    "container {}: invalid {} label {v:?} (uprobes or syscalls): using {}",
+                    "container {}: invalid {} label {v:?} (auto, uprobes or syscalls): using {}",
                     c.name,
                     labels::GO_SOURCE,
                     self.go_source.name()
@@ -289,6 +331,18 @@ impl Selector {
                 self.go_source
             }),
         }
+    }
+
+    /// The source that measures this Go process and why: its `go_source` setting resolved
+    /// against what its plan says it speaks. `tracer`: the syscall tracer exists (or is
+    /// loading).
+    pub fn source_for(
+        &self,
+        p: &HostProcess,
+        plan: &crate::inspect::ProbePlan,
+        tracer: bool,
+    ) -> (crate::config::GoSource, String) {
+        choose_source(self.go_source(p), plan, self.traces, tracer)
     }
 
     /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.
@@ -684,6 +738,104 @@ mod tests {
         assert_eq!(files, [real.join("other")]);
         assert!(selector("other$".into()).named_files().is_empty());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn plan_speaking(speaks: crate::inspect::Speaks, client: bool) -> crate::inspect::ProbePlan {
+        use crate::inspect::{FunctionProbe, ProbeRole};
+        let probe = |role| FunctionProbe {
+            role,
+            symbol: String::new(),
+            entry_vaddr: 0,
+            entry_offset: 0,
+            ret_offsets: Vec::new(),
+        };
+        let mut probes = vec![probe(ProbeRole::HttpServerHandler)];
+        if client {
+            probes.push(probe(ProbeRole::HttpClientRoundTrip));
+        }
+        crate::inspect::ProbePlan {
+            path: PathBuf::from("/srv/api"),
+            go_version: crate::inspect::GoVersion::new(1, 22, 0),
+            symbols: crate::inspect::SymbolSource::Symtab,
+            offsets_source: crate::inspect::OffsetsSource::Dwarf,
+            offsets: Default::default(),
+            offset_sources: Vec::new(),
+            modules_known: true,
+            probes,
+            grpc: None,
+            speaks,
+        }
+    }
+
+    #[test]
+    fn auto_takes_syscalls_only_for_plaintext_http1() {
+        use crate::config::GoSource;
+        use crate::inspect::Speaks;
+        let plain = plan_speaking(Speaks::default(), true);
+        let (s, why) = choose_source(GoSource::Auto, &plain, false, true);
+        assert_eq!(s, GoSource::Syscalls);
+        assert!(
+            why.starts_with("go_source=auto: plaintext HTTP/1.x only"),
+            "{why}"
+        );
+        // Without the tracer, or with traces to propagate into its client calls: uprobes.
+        assert_eq!(
+            choose_source(GoSource::Auto, &plain, false, false).0,
+            GoSource::Uprobes
+        );
+        let (s, why) = choose_source(GoSource::Auto, &plain, true, true);
+        assert_eq!(s, GoSource::Uprobes);
+        assert!(why.contains("client calls"), "{why}");
+        // A server making no client call has nothing to propagate.
+        let server_only = plan_speaking(Speaks::default(), false);
+        assert_eq!(
+            choose_source(GoSource::Auto, &server_only, true, true).0,
+            GoSource::Syscalls
+        );
+        for (speaks, reason) in [
+            (
+                Speaks {
+                    tls_server: true,
+                    ..Speaks::default()
+                },
+                "TLS",
+            ),
+            (
+                Speaks {
+                    grpc: true,
+                    ..Speaks::default()
+                },
+                "grpc-go",
+            ),
+            (
+                Speaks {
+                    h2c: true,
+                    ..Speaks::default()
+                },
+                "h2c",
+            ),
+        ] {
+            let (s, why) =
+                choose_source(GoSource::Auto, &plan_speaking(speaks, false), false, true);
+            assert_eq!(s, GoSource::Uprobes, "{why}");
+            assert!(why.contains(reason), "{why}");
+        }
+        // An explicit setting is obeyed whatever the binary speaks.
+        let tls = plan_speaking(
+            Speaks {
+                tls_server: true,
+                ..Speaks::default()
+            },
+            false,
+        );
+        assert_eq!(
+            choose_source(GoSource::Syscalls, &tls, false, true),
+            (GoSource::Syscalls, "go_source=syscalls".to_string())
+        );
+        assert_eq!(
+            choose_source(GoSource::Uprobes, &plain, false, true),
+            (GoSource::Uprobes, "go_source=uprobes".to_string())
+        );
     }
 
     #[test]
