@@ -790,6 +790,7 @@ fn arm_files(
     exporter: &Exporter,
     files: impl Iterator<Item = std::path::PathBuf>,
     failed: &mut ArmFailures,
+    tracer_exists: bool,
 ) {
     for file in files {
         let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
@@ -819,6 +820,16 @@ fn arm_files(
             }
             Err(_) => continue,
         };
+        let (source, why) = lock(shared)
+            .tracker
+            .selector()
+            .host_source_for(&plan, tracer_exists);
+        if source == GoSource::Syscalls {
+            // Its processes are the syscall tracer's: binary-wide uprobes would trap (and
+            // count) every request of theirs as well.
+            fail(format!("measured through syscalls ({why})"), None);
+            continue;
+        }
         let armed = lock(shared).attacher.arm_file(&file, &file, &plan);
         match armed {
             Ok((_, true)) => {
@@ -887,6 +898,7 @@ fn discovery_loop(
             &exporter,
             named.into_iter().chain(seen.try_iter()),
             &mut arm_failures,
+            arrival.is_some() || tracer.is_some(),
         );
         adopt_enrolled(&shared, &enrolled, &identities);
         if let Some(rx) = &arrival {

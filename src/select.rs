@@ -345,6 +345,15 @@ impl Selector {
         choose_source(self.go_source(p), plan, self.traces, tracer)
     }
 
+    /// As [`Selector::source_for`], for a host file (no container label applies).
+    pub fn host_source_for(
+        &self,
+        plan: &crate::inspect::ProbePlan,
+        tracer: bool,
+    ) -> (crate::config::GoSource, String) {
+        choose_source(self.go_source, plan, self.traces, tracer)
+    }
+
     /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.
     /// Container: `sonde.service.name` label > OTEL_SERVICE_NAME > compose service > container
     /// name; namespace: label > compose project.

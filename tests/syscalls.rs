@@ -574,8 +574,12 @@ fn go_source_auto_takes_syscalls_for_plaintext_http1_and_uprobes_for_tls() {
     let plain_server = spawn_go_server(&plain[0], port, false);
     let tls_server = spawn_go_server(&tls.path, tls_port, true);
     let plain_name = plain[0].file_name().unwrap().to_string_lossy().into_owned();
+    // The plaintext server by its file (which sonde would otherwise arm as a whole, with
+    // uprobes for every process running it), the TLS one by its port.
+    let plain_rule = format!("^{}$", plain[0].display().to_string().replace('.', "\\."));
     let sonde = spawn_sonde(&[
-        ("SONDE_OPEN_PORT", &format!("{port},{tls_port}")),
+        ("SONDE_EXECUTABLE_NAME", &plain_rule),
+        ("SONDE_OPEN_PORT", &tls_port.to_string()),
         ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
         ("SONDE_ROUTES_PATTERNS", "/status/{code},/echo,/implicit"),
         ("SONDE_DOCKER", "false"),
@@ -646,6 +650,13 @@ fn go_source_auto_takes_syscalls_for_plaintext_http1_and_uprobes_for_tls() {
     let log = sonde.log();
     assert!(
         !log.contains(&format!("instrumented pid {} ", plain_server.pid())),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "not arming {}: measured through syscalls (go_source=auto: plaintext",
+            plain[0].display()
+        )),
         "{log}"
     );
     assert!(
