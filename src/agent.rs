@@ -192,7 +192,20 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
     // Files of `executable_name` seen running, to arm for their later runs.
     let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
-    let _execs = watch_execs(&config, seen_tx);
+    // Loading the exec watcher parses the kernel's BTF again (tens of milliseconds, more under
+    // load): off the way to the first scan. Its handle lives in the thread's result, kept
+    // until the agent stops; files named by path are armed by the scans meanwhile.
+    let _execs = {
+        let re = config.executable_name.clone();
+        std::thread::Builder::new()
+            .name("sonde-execs".into())
+            .spawn(move || {
+                let watch = watch_execs(re, seen_tx);
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+                watch
+            })?
+    };
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
     if let Some(containers) = &containers {
@@ -748,10 +761,10 @@ const ARM_RETRY: Duration = Duration::from_secs(10);
 /// Watches executions when `executable_name` is set, sending each selected host file seen
 /// running (once) to discovery, which arms it.
 fn watch_execs(
-    config: &Config,
+    executable_name: Option<regex::Regex>,
     seen: std::sync::mpsc::Sender<std::path::PathBuf>,
 ) -> Option<crate::attach::launch::ExecWatch> {
-    let re = config.executable_name.clone()?;
+    let re = executable_name?;
     let mut sent = std::collections::HashSet::new();
     let started = crate::attach::launch::ExecWatch::start(move |_pid, path| {
         // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
