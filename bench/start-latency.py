@@ -58,10 +58,25 @@ def counted(text, name, path):
 
 
 def links(text):
+    """Uprobe links other than armed files' (an image's program armed ahead stays)."""
+    total = armed = None
     for line in text.splitlines():
         if line.startswith("sonde_uprobe_links "):
-            return float(line.split()[1])
-    return None
+            total = float(line.split()[1])
+        elif line.startswith("sonde_armed_uprobe_links "):
+            armed = float(line.split()[1])
+    if total is None:
+        return None
+    return total - (armed or 0)
+
+
+def dur_ms(text):
+    """A Rust Duration's Debug form (`1.5ms`, `230.1µs`, `1.2s`) in milliseconds."""
+    text = text.strip()
+    for unit, f in (("ms", 1.0), ("µs", 1e-3), ("ns", 1e-6), ("s", 1e3)):
+        if text.endswith(unit):
+            return float(text[: -len(unit)]) * f
+    raise ValueError(text)
 
 
 def pctl(xs, p):
@@ -79,6 +94,8 @@ def main():
     ap.add_argument("--settle", action="store_true",
                     help="before each trial, wait until sonde closed the previous container's "
                          "uprobe links (sonde_uprobe_links 0): closing holds attaches up")
+    ap.add_argument("--log-level", default="info",
+                    help="sonde's log level; with debug, the launch breakdown is printed")
     a = ap.parse_args()
     run = [a.engine, "run", "-d", "--network", "host", "--label", "sonde.enable=true"]
     if a.engine == "podman":
@@ -86,7 +103,7 @@ def main():
         run += ["--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"]
     prom = free_port()
     env = dict(os.environ, SONDE_PROMETHEUS_PORT=str(prom), SONDE_METRICS_REPORT_TARGET="true",
-               SONDE_LOG_LEVEL="info", SONDE_DOCKER="true")
+               SONDE_LOG_LEVEL=a.log_level, SONDE_DOCKER="true")
     log = open(f"/tmp/sonde-start-latency-{a.engine}.log", "w")
     sonde = subprocess.Popen([a.sonde], env=env, stderr=log, stdout=subprocess.DEVNULL)
     names = []
@@ -139,8 +156,36 @@ def main():
               f"run → port accepts p50 {pctl(accept, 50):.0f} ms, p99 {pctl(accept, 99):.0f} ms; "
               f"port accepts → counted (sonde's share, incl. the scrape poll) "
               f"p50 {pctl(after, 50):.0f} ms, p99 {pctl(after, 99):.0f} ms")
-        before = sum("before its exec" in l for l in open(log.name))
-        print(f"{a.engine}: {before} containers instrumented before their exec (sonde's log)")
+        lines = open(log.name).read().splitlines()
+        before = sum("before its exec" in l and f'"sonde-start-{a.engine}-' in l for l in lines)
+        paths = {}
+        for l in lines:
+            if "launch_path=" in l and f'"sonde-start-{a.engine}-' in l:
+                p = l.split("launch_path=", 1)[1].split(",")[0].split(")")[0]
+                paths[p] = paths.get(p, 0) + 1
+        print(f"{a.engine}: {before} containers instrumented before their exec (sonde's log); "
+              f"launch paths: {paths}")
+        # Debug lines: "launch of pid N (Trigger): received R ms after, bundle+selection D, armed E"
+        ours = {l.split("instrumented pid ", 1)[1].split(" ", 1)[0] for l in lines
+                if "instrumented pid " in l and f'"sonde-start-{a.engine}-' in l}
+        recv, sel, act = [], [], []
+        for l in lines:
+            pid = l.split("launch of pid ", 1)[1].split(" ", 1)[0] if "launch of pid " in l else None
+            if pid in ours and "received" in l:
+                try:
+                    r = float(l.split("received ", 1)[1].split(" ms")[0])
+                    rest = l.split("bundle+selection ", 1)[1]
+                    d, e = rest.split(", ", 1)
+                    recv.append(r)
+                    sel.append(dur_ms(d))
+                    act.append(dur_ms(e.split(" ", 1)[1]))
+                except (IndexError, ValueError):
+                    continue
+        if recv:
+            print(f"{a.engine}: launch breakdown over {len(recv)} launches (p50 / p99 ms): "
+                  f"runtime's report → sonde {pctl(recv, 50):.1f} / {pctl(recv, 99):.1f}; "
+                  f"container + bundle + selection {pctl(sel, 50):.1f} / {pctl(sel, 99):.1f}; "
+                  f"enrol or attach {pctl(act, 50):.1f} / {pctl(act, 99):.1f}")
         return 0 if missed == 0 else 1
     finally:
         for n in names:

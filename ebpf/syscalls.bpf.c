@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0 OR Apache-2.0
 /* Any language: HTTP/1.x seen through syscalls, HTTPS through OpenSSL.
  *
- * Syscall tracepoints (this kernel has no kprobes; fentry is refused) learn connections from
- * accept/accept4 (server role) and connect (client role), copy a bounded prefix of every
+ * Syscalls (tracepoints, or kprobes on the syscall wrappers where the kernel has them: see
+ * SYSCALL_ENTER below) learn connections from accept/accept4 (server role) and connect (client role), copy a bounded prefix of every
  * buffer read or written on them, and report close. User space reassembles and parses the
  * streams. Only processes whose bit is set in `traced_tgids` emit anything; every other
  * process leaves each hook at its first check (an inlined array lookup, no map work).
@@ -431,83 +431,130 @@ static __always_inline void data_exit(__s64 ret)
         emit_data(pid, p.fd, c, p.direction, 0, 0, left, 0);
 }
 
-/* A syscall's two tracepoint programs, sys_enter_<name> and sys_exit_<name>, each one
- * statement on its context `ctx`. */
-#define SYSCALL_PROBES(name, on_enter, on_exit)                                              \
+/* Each syscall has two sources with one body. Tracepoints (sys_enter_<name>/sys_exit_<name>)
+ * exist everywhere, but while one has a program every task on the host takes the slow syscall
+ * path, for every syscall. Where kprobes exist, the same bodies run from a kprobe and a
+ * kretprobe on the syscall's x86-64 wrapper (__x64_sys_<name>): only the traced syscalls pay,
+ * and a getppid or futex of an unrelated process runs as if sonde were not there. The wrapper,
+ * not sock_recvmsg/tcp_sendmsg and friends, because the tracer's state is keyed by fd, which
+ * only the syscall knows (below it a socket is a struct sock; recovering its fd would mean
+ * walking the task's fd table), and because it keeps one implementation for both sources.
+ * The wrapper's only argument is the user's saved registers: the syscall's arguments are read
+ * from them (di, si, dx, r10 = args 0-3). Both sets of programs are in this object; user space
+ * loads and attaches the set it chose (src/attach/syscalls.rs). */
+#define SYSCALL_ENTER(name, on_enter)                                                        \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                              \
     int sys_enter_##name(struct sys_enter_ctx *ctx)                                          \
     {                                                                                        \
         LEAVE_UNLESS_TRACED();                                                               \
+        const __u64 *args = ctx->args;                                                       \
         on_enter;                                                                            \
         return 0;                                                                            \
     }                                                                                        \
+    SEC("kprobe")                                                                            \
+    int kprobe_##name(struct pt_regs *ctx)                                                   \
+    {                                                                                        \
+        LEAVE_UNLESS_TRACED();                                                               \
+        __u64 args[4];                                                                       \
+        if (syscall_args(ctx, args) != 0)                                                    \
+            return 0;                                                                        \
+        on_enter;                                                                            \
+        return 0;                                                                            \
+    }
+
+#define SYSCALL_EXIT(name, on_exit)                                                          \
     SEC("tracepoint/syscalls/sys_exit_" #name)                                               \
     int sys_exit_##name(struct sys_exit_ctx *ctx)                                            \
     {                                                                                        \
         LEAVE_UNLESS_TRACED();                                                               \
+        __s64 ret = ctx->ret;                                                                \
+        on_exit;                                                                             \
+        return 0;                                                                            \
+    }                                                                                        \
+    SEC("kretprobe")                                                                         \
+    int kretprobe_##name(struct pt_regs *ctx)                                                \
+    {                                                                                        \
+        LEAVE_UNLESS_TRACED();                                                               \
+        __s64 ret = (__s64)ctx->rax;                                                         \
         on_exit;                                                                             \
         return 0;                                                                            \
     }
+
+/* A syscall's programs, each one statement on `args` (entry) or `ret` (exit). */
+#define SYSCALL_PROBES(name, on_enter, on_exit)                                              \
+    SYSCALL_ENTER(name, on_enter)                                                            \
+    SYSCALL_EXIT(name, on_exit)
+
+/* The first four arguments of the syscall whose wrapper `ctx` entered. One read: in struct
+ * pt_regs r10 comes first and di last, eight words apart. */
+static __always_inline int syscall_args(struct pt_regs *ctx, __u64 *args)
+{
+    const struct pt_regs *regs = (const struct pt_regs *)ctx->rdi;
+    __u64 w[8]; /* r10 r9 r8 ax cx dx si di */
+    if (bpf_probe_read_kernel(w, sizeof(w), &regs->r10) != 0)
+        return -1;
+    args[0] = w[7];
+    args[1] = w[6];
+    args[2] = w[5];
+    args[3] = w[0];
+    return 0;
+}
 
 /* MSG_PEEK reads leave the bytes in the socket: they are read again. */
 #define MSG_PEEK 2
 
 /* read/recvfrom/write/sendto(fd, buf, ...): one buffer. */
-static __always_inline void buf_enter(struct sys_enter_ctx *ctx, __u8 direction, __u64 flags)
+static __always_inline void buf_enter(__u64 fd, __u64 buf, __u8 direction, __u64 flags)
 {
     if (flags & MSG_PEEK)
         return;
-    data_enter((__s32)ctx->args[0], OP_BUF, direction, ctx->args[1], 0);
-}
-
-/* readv/writev(fd, iov, iovcnt). */
-static __always_inline void iov_enter(struct sys_enter_ctx *ctx, __u8 direction)
-{
-    data_enter((__s32)ctx->args[0], OP_IOV, direction, ctx->args[1], ctx->args[2]);
+    data_enter((__s32)fd, OP_BUF, direction, buf, 0);
 }
 
 /* recvmsg/sendmsg(fd, msg, flags); struct msghdr: msg_iov at 16, msg_iovlen at 24. */
-static __always_inline void msg_enter(struct sys_enter_ctx *ctx, __u8 direction)
+static __always_inline void msg_enter(__u64 fd, __u64 msg, __u64 flags, __u8 direction)
 {
     __u64 hdr[4] = {};
-    if ((ctx->args[2] & MSG_PEEK) ||
-        bpf_probe_read_user(hdr, sizeof(hdr), (void *)ctx->args[1]) != 0)
+    if ((flags & MSG_PEEK) || bpf_probe_read_user(hdr, sizeof(hdr), (void *)msg) != 0)
         return;
-    data_enter((__s32)ctx->args[0], OP_IOV, direction, hdr[2], hdr[3]);
+    data_enter((__s32)fd, OP_IOV, direction, hdr[2], hdr[3]);
 }
 
-SYSCALL_PROBES(read, buf_enter(ctx, SONDE_SYS_DIR_IN, 0), data_exit(ctx->ret))
-SYSCALL_PROBES(recvfrom, buf_enter(ctx, SONDE_SYS_DIR_IN, ctx->args[3]), data_exit(ctx->ret))
-SYSCALL_PROBES(write, buf_enter(ctx, SONDE_SYS_DIR_OUT, 0), data_exit(ctx->ret))
-SYSCALL_PROBES(sendto, buf_enter(ctx, SONDE_SYS_DIR_OUT, 0), data_exit(ctx->ret))
-SYSCALL_PROBES(readv, iov_enter(ctx, SONDE_SYS_DIR_IN), data_exit(ctx->ret))
-SYSCALL_PROBES(writev, iov_enter(ctx, SONDE_SYS_DIR_OUT), data_exit(ctx->ret))
-SYSCALL_PROBES(recvmsg, msg_enter(ctx, SONDE_SYS_DIR_IN), data_exit(ctx->ret))
-SYSCALL_PROBES(sendmsg, msg_enter(ctx, SONDE_SYS_DIR_OUT), data_exit(ctx->ret))
+SYSCALL_PROBES(read, buf_enter(args[0], args[1], SONDE_SYS_DIR_IN, 0), data_exit(ret))
+SYSCALL_PROBES(recvfrom, buf_enter(args[0], args[1], SONDE_SYS_DIR_IN, args[3]), data_exit(ret))
+SYSCALL_PROBES(write, buf_enter(args[0], args[1], SONDE_SYS_DIR_OUT, 0), data_exit(ret))
+SYSCALL_PROBES(sendto, buf_enter(args[0], args[1], SONDE_SYS_DIR_OUT, 0), data_exit(ret))
+/* readv/writev(fd, iov, iovcnt). */
+SYSCALL_PROBES(readv, data_enter((__s32)args[0], OP_IOV, SONDE_SYS_DIR_IN, args[1], args[2]),
+               data_exit(ret))
+SYSCALL_PROBES(writev, data_enter((__s32)args[0], OP_IOV, SONDE_SYS_DIR_OUT, args[1], args[2]),
+               data_exit(ret))
+SYSCALL_PROBES(recvmsg, msg_enter(args[0], args[1], args[2], SONDE_SYS_DIR_IN), data_exit(ret))
+SYSCALL_PROBES(sendmsg, msg_enter(args[0], args[1], args[2], SONDE_SYS_DIR_OUT), data_exit(ret))
 
 /* sendfile(out_fd, in_fd, offset, count): a file's bytes sent as a body; counted only. */
-SYSCALL_PROBES(sendfile64, data_enter((__s32)ctx->args[0], OP_COUNT, SONDE_SYS_DIR_OUT, 0, 0),
-               data_exit(ctx->ret))
+SYSCALL_PROBES(sendfile64, data_enter((__s32)args[0], OP_COUNT, SONDE_SYS_DIR_OUT, 0, 0),
+               data_exit(ret))
 
-static __always_inline void accept_enter(struct sys_enter_ctx *ctx)
+static __always_inline void accept_enter(__u64 fd, __u64 addr)
 {
     __u64 tid = bpf_get_current_pid_tgid();
     if (!selected(tid >> 32))
         return;
-    struct pending p = {.ptr = ctx->args[1], .fd = (__s32)ctx->args[0], .op = OP_ACCEPT};
+    struct pending p = {.ptr = addr, .fd = (__s32)fd, .op = OP_ACCEPT};
     bpf_map_update_elem(&sys_pending, &tid, &p, BPF_ANY);
 }
 
-static __always_inline void accept_exit(struct sys_exit_ctx *ctx)
+static __always_inline void accept_exit(__s64 ret)
 {
     __u64 tid = bpf_get_current_pid_tgid();
     __u32 pid = tid >> 32;
     struct pending p;
     if (!take_pending(tid, &p))
         return;
-    if (p.op != OP_ACCEPT || ctx->ret < 0)
+    if (p.op != OP_ACCEPT || ret < 0)
         return;
-    __s32 fd = (__s32)ctx->ret;
+    __s32 fd = (__s32)ret;
     __u16 family = 0, port = 0;
     __u8 addr[16] = {};
     read_sockaddr(p.ptr, &family, &port, addr);
@@ -518,37 +565,30 @@ static __always_inline void accept_exit(struct sys_exit_ctx *ctx)
     emit_conn(SONDE_SYS_OPEN, pid, fd, SONDE_SYS_ROLE_SERVER, family, port, addr);
 }
 
-SYSCALL_PROBES(accept, accept_enter(ctx), accept_exit(ctx))
-SYSCALL_PROBES(accept4, accept_enter(ctx), accept_exit(ctx))
+SYSCALL_PROBES(accept, accept_enter(args[0], args[1]), accept_exit(ret))
+SYSCALL_PROBES(accept4, accept_enter(args[0], args[1]), accept_exit(ret))
 
 /* connect(fd, addr, len): only IPv4/IPv6 peers become client connections (not Unix sockets
  * or netlink). A non-blocking connect returns -EINPROGRESS and completes later. */
-SEC("tracepoint/syscalls/sys_enter_connect")
-int sys_enter_connect(struct sys_enter_ctx *ctx)
+static __always_inline void connect_enter(__u64 fd, __u64 addr)
 {
-    LEAVE_UNLESS_TRACED();
     __u64 tid = bpf_get_current_pid_tgid();
-    if (!selected(tid >> 32))
-        return 0;
-    struct pending p = {.fd = (__s32)ctx->args[0], .op = OP_CONNECT};
-    read_sockaddr(ctx->args[1], &p.family, &p.port, p.addr);
+    struct pending p = {.fd = (__s32)fd, .op = OP_CONNECT};
+    read_sockaddr(addr, &p.family, &p.port, p.addr);
     if (p.family != AF_INET && p.family != AF_INET6)
-        return 0;
+        return;
     bpf_map_update_elem(&sys_pending, &tid, &p, BPF_ANY);
-    return 0;
 }
 
-SEC("tracepoint/syscalls/sys_exit_connect")
-int sys_exit_connect(struct sys_exit_ctx *ctx)
+static __always_inline void connect_exit(__s64 ret)
 {
-    LEAVE_UNLESS_TRACED();
     __u64 tid = bpf_get_current_pid_tgid();
     __u32 pid = tid >> 32;
     struct pending p;
     if (!take_pending(tid, &p))
-        return 0;
-    if (p.op != OP_CONNECT || (ctx->ret != 0 && ctx->ret != -EINPROGRESS))
-        return 0;
+        return;
+    if (p.op != OP_CONNECT || (ret != 0 && ret != -EINPROGRESS))
+        return;
     struct conn_key key = {.pid = pid, .fd = p.fd};
     struct conn c = {.role = SONDE_SYS_ROLE_CLIENT,
                      .family = p.family,
@@ -556,25 +596,23 @@ int sys_exit_connect(struct sys_exit_ctx *ctx)
                      .id = bpf_ktime_get_ns()};
     bpf_map_update_elem(&conns, &key, &c, BPF_ANY);
     emit_conn(SONDE_SYS_OPEN, pid, p.fd, SONDE_SYS_ROLE_CLIENT, p.family, p.port, p.addr);
-    return 0;
 }
 
-SEC("tracepoint/syscalls/sys_enter_close")
-int sys_enter_close(struct sys_enter_ctx *ctx)
+SYSCALL_PROBES(connect, connect_enter(args[0], args[1]), connect_exit(ret))
+
+static __always_inline void close_enter(__u64 fd)
 {
-    LEAVE_UNLESS_TRACED();
     __u32 pid = bpf_get_current_pid_tgid() >> 32;
-    if (!selected(pid))
-        return 0;
-    struct conn_key key = {.pid = pid, .fd = (__s32)ctx->args[0]};
+    struct conn_key key = {.pid = pid, .fd = (__s32)fd};
     struct conn *c = bpf_map_lookup_elem(&conns, &key);
     if (!c)
-        return 0;
+        return;
     __u8 role = c->role;
     bpf_map_delete_elem(&conns, &key);
     emit_conn(SONDE_SYS_CLOSE, pid, key.fd, role, 0, 0, NULL);
-    return 0;
 }
+
+SYSCALL_ENTER(close, close_enter(args[0]))
 
 /* ---- OpenSSL ---- */
 

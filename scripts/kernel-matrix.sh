@@ -17,6 +17,10 @@
 #                              loads: the verifier rejects it, so the matrix must fail.
 #   KERNEL_MATRIX_TIMEOUT      seconds per kernel before the guest is killed (default 240)
 #   KERNEL_MATRIX_SMP/_MEM     vCPUs (2) and MiB of RAM (1536) of the guest
+#   KERNEL_MATRIX_GUEST        the script the guest runs (default tests/kernels/guest.sh; the
+#                              bench/kernel-syscall-cost.sh benchmark boots the same way); its
+#                              `BENCH …` lines are printed too
+#   KERNEL_MATRIX_QEMU_ARGS    extra qemu-system-x86_64 arguments (words), e.g. `-icount shift=3`
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
@@ -29,6 +33,8 @@ done
 cache=$repo/target/kernels
 mkdir -p "$cache"
 timeout_s=${KERNEL_MATRIX_TIMEOUT:-240}
+guest_script=$(realpath "${KERNEL_MATRIX_GUEST:-tests/kernels/guest.sh}")
+[ -f "$guest_script" ] || { echo "kernel-matrix: no guest script $guest_script" >&2; exit 2; }
 
 echo "== kernel matrix: building sonde and the guest's inputs"
 cargo build --quiet --bin sonde
@@ -135,15 +141,15 @@ run_kernel() {
   set +e
   timeout --foreground -k 5 "$timeout_s" qemu-system-x86_64 -accel tcg -cpu max \
     -smp "${KERNEL_MATRIX_SMP:-2}" -m "${KERNEL_MATRIX_MEM:-1536}" \
-    -nographic -no-reboot -nic none -monitor none -serial stdio \
+    -nographic -no-reboot -nic none -monitor none -serial stdio ${KERNEL_MATRIX_QEMU_ARGS:-} \
     -kernel "$dir"/tree/boot/vmlinuz-* -initrd "$dir/initramfs.gz" \
     -virtfs local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap \
-    -append "console=ttyS0 quiet loglevel=3 panic=-1 sonde.repo=$repo sonde.script=$repo/tests/kernels/guest.sh sonde.bin=$sonde sonde.go_plain=$go_plain sonde.go_stripped=$go_stripped sonde.bad=$bad_obj sonde.self_test=$self_test" \
+    -append "console=ttyS0 quiet loglevel=3 panic=-1 sonde.repo=$repo sonde.script=$guest_script sonde.bin=$sonde sonde.go_plain=$go_plain sonde.go_stripped=$go_stripped sonde.bad=$bad_obj sonde.self_test=$self_test" \
     </dev/null >"$log" 2>&1
   rc=$?
   set -e
   local secs=$(($(date +%s) - start))
-  tr -d '\r' <"$log" | grep -E '^(PASS|FAIL) ' | sed "s/^/  $series: /" || true
+  tr -d '\r' <"$log" | grep -E '^(PASS|FAIL|BENCH) ' | sed "s/^/  $series: /" || true
   local passed failed
   passed=$(tr -d '\r' <"$log" | grep -c '^PASS ' || true)
   failed=$(tr -d '\r' <"$log" | grep -c '^FAIL ' || true)

@@ -189,7 +189,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let plans = Arc::new(PlanCache::new());
     // Processes the kernel enrolled at an armed file's probe, named at once by the collector
     // and handed to discovery, which owns their filter entries.
-    let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
+    let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<(HostProcess, u32)>();
     // Files of `executable_name` seen running, to arm for their later runs.
     let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
     // Loading the exec watcher parses the kernel's BTF again (tens of milliseconds, more under
@@ -217,14 +217,17 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         tracker: Tracker::new(selector.clone()),
     }));
     let mut _launches = None;
+    let mut _inits = None;
     if let Some(containers) = containers {
-        _launches = watch_launches(
-            config.syscall_tracing,
-            shared.clone(),
-            plans.clone(),
-            identities.clone(),
-            exporter.clone(),
-        );
+        let launcher = Launcher {
+            syscalls_wanted: config.syscall_tracing,
+            shared: shared.clone(),
+            plans: plans.clone(),
+            identities: identities.clone(),
+            exporter: exporter.clone(),
+        };
+        _inits = watch_engine_inits(launcher.clone());
+        _launches = watch_launches(launcher);
         // Loading the launch program parsed the kernel's BTF again: return those pages.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
@@ -235,14 +238,19 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             }
         };
         let created = {
-            let (plans, selector) = (plans.clone(), selector.clone());
+            let (plans, selector, shared) = (plans.clone(), selector.clone(), shared.clone());
             move |hint: ProgramHint| {
                 // Its start will need attaches: closing old links now would hold them up.
                 activity.touch();
                 if selector.may_select_container(&hint.container) {
                     activity.expect_launch(&hint.container.id);
-                    let plans = plans.clone();
-                    tokio::task::spawn_blocking(move || read_ahead(&plans, &hint));
+                    let (plans, selector, shared) =
+                        (plans.clone(), selector.clone(), shared.clone());
+                    tokio::task::spawn_blocking(move || {
+                        if let Some((file, exe, plan)) = read_ahead(&plans, &hint) {
+                            arm_image(&shared, &selector, &hint, &file, &exe, &plan);
+                        }
+                    });
                 }
             }
         };
@@ -334,29 +342,89 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     Ok(())
 }
 
-/// Reports container launches to discovery, when this kernel lets sonde see them; without
-/// it, containers are instrumented after they start (their first requests can be missed).
-fn watch_launches(
+/// What instruments a container's init before its exec, from either trigger.
+#[derive(Clone)]
+struct Launcher {
     syscalls_wanted: bool,
     shared: Shared,
     plans: Arc<PlanCache>,
     identities: Arc<RwLock<Identities>>,
     exporter: Arc<Exporter>,
-) -> Option<LaunchWatch> {
-    if let Err(e) = crate::kernel::ensure_tracefs() {
-        tracing::warn!("{e}");
-    }
-    match LaunchWatch::start(move |pid, at| {
+}
+
+impl Launcher {
+    fn launch(&self, pid: u32, at: u64, trigger: Trigger) {
         instrument_launch(
             pid,
             at,
-            syscalls_wanted,
-            &shared,
-            &plans,
-            &identities,
-            &exporter,
+            trigger,
+            self.syscalls_wanted,
+            &self.shared,
+            &self.plans,
+            &self.identities,
+            &self.exporter,
         )
-    }) {
+    }
+}
+
+/// What told sonde of a container's init before its exec.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// runc renamed it `runc:[2:INIT]` (task_rename tracepoint).
+    RuncInit,
+    /// The engine logged the container's `init` (created, not started); its runtime's pid
+    /// file names the process: any runtime, crun included.
+    EngineInit,
+}
+
+impl Trigger {
+    /// The `launch_path` the log names when the process gets uprobes of its own.
+    fn attach_path(self) -> &'static str {
+        match self {
+            Trigger::RuncInit => "runc-init",
+            Trigger::EngineInit => "engine-init",
+        }
+    }
+}
+
+/// Follows Podman's event log for created containers (any runtime: their init is found by
+/// its pid file, not by its name), when Podman is installed.
+fn watch_engine_inits(launcher: Launcher) -> Option<crate::discover::runtime::InitWatch> {
+    let log = crate::discover::bundle::on_host(crate::discover::docker::PODMAN_EVENTS_LOG);
+    if !log.parent().is_some_and(Path::is_dir) {
+        return None;
+    }
+    let started = crate::discover::runtime::InitWatch::start(log, move |id| {
+        let at = monotonic_ns();
+        match crate::discover::runtime::init_pid_on_host(&id) {
+            Some(pid) => launcher.launch(pid, at, Trigger::EngineInit),
+            None => tracing::debug!("container {id} created: no pid file names its init"),
+        }
+    });
+    match started {
+        Ok(w) => {
+            tracing::info!("watching Podman's event log: a created container's init is found by its pid file, whatever its runtime");
+            Some(w)
+        }
+        Err(e) => {
+            tracing::warn!("{e}: Podman containers of runtimes other than runc are instrumented after they start");
+            None
+        }
+    }
+}
+
+/// Reports container launches to discovery, when this kernel lets sonde see them; without
+/// it, containers are instrumented after they start (their first requests can be missed).
+fn watch_launches(launcher: Launcher) -> Option<LaunchWatch> {
+    // Tests turn runc's trigger off to run the engine's alone on runc.
+    if std::env::var("SONDE_RUNC_RENAME").is_ok_and(|v| v == "false") {
+        tracing::info!("SONDE_RUNC_RENAME=false: runc's init is not watched");
+        return None;
+    }
+    if let Err(e) = crate::kernel::ensure_tracefs() {
+        tracing::warn!("{e}");
+    }
+    match LaunchWatch::start(move |pid, at| launcher.launch(pid, at, Trigger::RuncInit)) {
         Ok(w) => {
             tracing::info!("watching container launches: containers are instrumented before their program runs");
             Some(w)
@@ -373,7 +441,14 @@ fn watch_launches(
 /// Inspects a created container's program from its image layers, so that its plan is
 /// cached when the container starts (inspection takes tens of milliseconds; runc's wait
 /// before the exec is not much longer).
-fn read_ahead(plans: &PlanCache, hint: &ProgramHint) {
+fn read_ahead(
+    plans: &PlanCache,
+    hint: &ProgramHint,
+) -> Option<(
+    std::path::PathBuf,
+    std::path::PathBuf,
+    Arc<crate::inspect::ProbePlan>,
+)> {
     for layer in hint.layers.iter().map(crate::discover::bundle::on_host) {
         let layer = &layer;
         let Some(exe) =
@@ -382,17 +457,25 @@ fn read_ahead(plans: &PlanCache, hint: &ProgramHint) {
             continue;
         };
         let file = layer.join(exe.strip_prefix("/").unwrap_or(&exe));
+        let t = Instant::now();
         match plans.get_or_inspect(&file) {
-            Ok((_, plan, true)) => {
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe { libc::malloc_trim(0) };
+            Ok((_, plan, fresh)) => {
+                if fresh {
+                    // SAFETY: malloc_trim has no preconditions.
+                    unsafe { libc::malloc_trim(0) };
+                }
                 match plan {
-                    Ok(p) => tracing::debug!(
-                        "read {} of container {} ahead: Go {}",
-                        exe.display(),
-                        hint.container.name,
-                        p.go_version
-                    ),
+                    Ok(p) => {
+                        tracing::debug!(
+                            "read {} of container {} ahead: Go {} (plan {:?}{})",
+                            exe.display(),
+                            hint.container.name,
+                            p.go_version,
+                            t.elapsed(),
+                            if fresh { "" } else { ", cached" }
+                        );
+                        return Some((file, exe, p));
+                    }
                     Err(e) => tracing::debug!(
                         "container {}: {} cannot be instrumented: {e}",
                         hint.container.name,
@@ -400,19 +483,60 @@ fn read_ahead(plans: &PlanCache, hint: &ProgramHint) {
                     ),
                 }
             }
-            Ok(_) => {}
             Err(e) => tracing::debug!("reading {} ahead: {e}", file.display()),
         }
+        return None;
+    }
+    None
+}
+
+/// Arms a created container's program in its image layer (see `Attacher::arm_image`), so
+/// its launch only enrols the init: the uprobes are registered now, not in runc's or crun's
+/// short wait before the exec. Not for containers measured from syscalls (they must not pay
+/// uprobe traps) nor those selected by their ports (not known before they listen).
+fn arm_image(
+    shared: &Shared,
+    selector: &Selector,
+    hint: &ProgramHint,
+    file: &Path,
+    exe: &Path,
+    plan: &crate::inspect::ProbePlan,
+) {
+    if !selector.arms_image(&hint.container, exe) {
         return;
+    }
+    let t = Instant::now();
+    let armed = lock(shared).attacher.arm_image(file, plan);
+    match armed {
+        Ok((_, true)) => tracing::info!(
+            "armed {} (Go {}) of image {} in {:?}: its containers' launches are enrolled, not attached",
+            file.display(),
+            plan.go_version,
+            hint.container.image,
+            t.elapsed()
+        ),
+        Ok((slot, false)) => tracing::debug!(
+            "{} of image {} is armed already (slot {slot})",
+            file.display(),
+            hint.container.image
+        ),
+        Err(e) => tracing::debug!(
+            "not arming {} of image {}: {e}",
+            file.display(),
+            hint.container.image
+        ),
     }
 }
 
 /// Instruments a container's init process before it execs its program, when the rules
 /// select it without needing its ports. Anything that does not fit is left to the scans.
+/// Its program armed in the image already: the process is only enrolled (`launch_path=armed`,
+/// two map writes); otherwise it gets uprobes of its own (`runc-init`, `engine-init`).
 #[allow(clippy::too_many_arguments)]
 fn instrument_launch(
     pid: u32,
     launched_ns: u64,
+    trigger: Trigger,
     syscalls_wanted: bool,
     shared: &Shared,
     plans: &PlanCache,
@@ -479,57 +603,86 @@ fn instrument_launch(
         (env("OTEL_SERVICE_NAME="), env("OTEL_SERVICE_NAMESPACE=")),
     );
     let t1 = t0.elapsed();
-    let plan = match plans.get_or_inspect(&launch.host_path) {
-        Ok((_, Ok(plan), _)) => plan,
-        // Not a Go program, or gone: the scan after its exec says why, once.
-        _ => return,
+    let (path, outcome, go_version) = match attacher.armed_slot(&launch.host_path) {
+        Some(slot) => {
+            let enrolled = attacher.enrol(pid, slot);
+            // What link closing waits for (see reaper.rs), though nothing was attached.
+            attacher
+                .activity()
+                .attached(process.container_id.as_deref());
+            ("armed", enrolled.map(|()| "enrolled".to_string()), None)
+        }
+        None => {
+            let plan = match plans.get_or_inspect(&launch.host_path) {
+                Ok((_, Ok(plan), _)) => plan,
+                // Not a Go program, or gone: the scan after its exec says why, once.
+                _ => return,
+            };
+            if syscalls_wanted
+                && tracker.selector().source_for(&process, &plan, true).0 == GoSource::Syscalls
+            {
+                // go_source=auto found only plaintext HTTP/1.x: the scan after its exec
+                // hands it to the syscall tracer, and its image's file is not armed.
+                return;
+            }
+            // The first container of this image: arm its file now (the same registration
+            // cost as attaching this process alone), so the next ones are only enrolled.
+            let armed = attacher.arm_image(&launch.host_path, &plan);
+            attacher
+                .activity()
+                .attached(process.container_id.as_deref());
+            match armed {
+                Ok((slot, _)) => (
+                    "armed",
+                    attacher
+                        .enrol(pid, slot)
+                        .map(|()| "its image's file armed now, enrolled".to_string()),
+                    Some(plan.go_version),
+                ),
+                Err(e) => {
+                    tracing::debug!("not arming {}: {e}", launch.host_path.display());
+                    let attached = attacher
+                        .attach_process_to(pid, &plan, &launch.host_path)
+                        .map(|n| format!("{n} uprobes"));
+                    (trigger.attach_path(), attached, Some(plan.go_version))
+                }
+            }
+        }
     };
-    if syscalls_wanted
-        && tracker.selector().source_for(&process, &plan, true).0 == GoSource::Syscalls
-    {
-        // go_source=auto found only plaintext HTTP/1.x: the scan after its exec hands it
-        // to the syscall tracer.
-        return;
-    }
     let t2 = t0.elapsed();
-    let attached = attacher.attach_process_to(pid, &plan, &launch.host_path);
-    attacher
-        .activity()
-        .attached(process.container_id.as_deref());
     tracing::debug!(
-        "launch of pid {pid}: received {received_ms:.1} ms after, bundle+selection {:?}, plan {:?}, attach {:?}",
+        "launch of pid {pid} ({trigger:?}): received {received_ms:.1} ms after, bundle+selection {:?}, {path} {:?}",
         t1,
         t2 - t1,
-        t0.elapsed() - t2
     );
-    match attached {
-        Ok(n) => {
+    match outcome {
+        Ok(what) => {
             let after_ms = monotonic_ns().saturating_sub(launched_ns) as f64 / 1e6;
-            if crate::select::still_in_runtime(pid) {
+            let go = go_version.map(|v| format!(", Go {v}")).unwrap_or_default();
+            if crate::discover::runtime::waits_before_exec(pid, &launch.exe) {
                 tracing::info!(
-                    "instrumented pid {pid} ({}, Go {}) as service \"{}\" before its exec: {n} uprobes, {after_ms:.1} ms after runc started it",
+                    "instrumented pid {pid} ({}{go}) as service \"{}\" before its exec: launch_path={path}, {what}, {after_ms:.1} ms after its runtime reported it",
                     launch.exe.display(),
-                    plan.go_version,
                     identity.service_name
                 );
             } else {
                 tracing::warn!(
-                    "instrumented pid {pid} ({}, Go {}) as service \"{}\" only after its exec ({after_ms:.1} ms after runc started it): requests before that are missed",
+                    "instrumented pid {pid} ({}{go}) as service \"{}\" only after its exec: launch_path={path}, {what}, {after_ms:.1} ms after its runtime reported it: requests before that are missed",
                     launch.exe.display(),
-                    plan.go_version,
                     identity.service_name
                 );
             }
             tracker.adopt(pid, start_time, launch.exe);
             register(identities, exporter, pid, identity);
         }
-        Err(e) => tracing::debug!("attaching before the exec of pid {pid}: {e}"),
+        Err(e) => tracing::debug!("instrumenting pid {pid} before its exec ({path}): {e}"),
     }
 }
 
-/// The armed file's slot a selected process runs, arming its file first when
-/// `executable_name` selects it (so that its later executions, however short, are measured
-/// from their first request). `None`: attach to the process alone.
+/// The armed file's slot a selected process runs, arming its file first when it is a
+/// container's program (for its image's next containers) or `executable_name` selects it (so
+/// that its later executions, however short, are measured from their first request).
+/// `None`: attach to the process alone.
 fn armed_slot_for(
     guard: &mut Instrumented,
     process: &HostProcess,
@@ -538,6 +691,16 @@ fn armed_slot_for(
     let exe = std::path::PathBuf::from(format!("/proc/{}/exe", process.pid));
     if let Some(slot) = guard.attacher.armed_slot(&exe) {
         return Some(slot);
+    }
+    if process.container_id.is_some() {
+        // A container's program: armed for its image's next containers (see arm_image).
+        return match guard.attacher.arm_image(&exe, plan) {
+            Ok((slot, _)) => Some(slot),
+            Err(e) => {
+                tracing::debug!("not arming {}: {e}", process.exe.display());
+                None
+            }
+        };
     }
     if !guard.tracker.selector().selects_by_executable(process) {
         return None;
@@ -627,6 +790,7 @@ fn load_syscall_tracer(
     if !config.syscall_tracing {
         return (None, None);
     }
+    let source = config.syscall_source;
     let (tracer_tx, tracer_rx) = std::sync::mpsc::channel();
     let (reader_tx, reader_rx) = tokio::sync::oneshot::channel();
     let runtime = tokio::runtime::Handle::current();
@@ -634,7 +798,7 @@ fn load_syscall_tracer(
         .name("sonde-sysload".into())
         .spawn(move || {
             let started = Instant::now();
-            let loaded = SyscallTracer::load(&mut loader, activity).and_then(|mut t| {
+            let loaded = SyscallTracer::load(&mut loader, activity, source).and_then(|mut t| {
                 let ring = t.take_events()?;
                 let lost = t.take_lost_counter()?;
                 Ok((t, ring, lost))
@@ -657,7 +821,7 @@ fn load_syscall_tracer(
                     tracing::info!(
                         "syscall tracer loaded in {:?} ({}): non-Go processes are measured",
                         started.elapsed(),
-                        crate::kernel::syscall_source().detail
+                        tracer.source()
                     );
                     // Reader first: the tracer's first records then always have a reader.
                     if reader_tx.send(r).is_ok() {
@@ -717,7 +881,7 @@ impl Enrolments {
         selector: &crate::select::Selector,
         identities: &RwLock<Identities>,
         exporter: &Exporter,
-        discovery: &std::sync::mpsc::Sender<HostProcess>,
+        discovery: &std::sync::mpsc::Sender<(HostProcess, u32)>,
     ) {
         while let Some(item) = self.ring.next() {
             let Some(e) = crate::ebpf_abi::EnrolEvent::from_bytes(&item) else {
@@ -746,7 +910,7 @@ impl Enrolments {
                 identity.service_name
             );
             register(identities, exporter, e.pid, identity);
-            let _ = discovery.send(process);
+            let _ = discovery.send((process, e.slot));
         }
     }
 }
@@ -863,14 +1027,14 @@ fn arm_files(
 /// ones (their filter entries go when they exit); those gone already are forgotten now.
 fn adopt_enrolled(
     shared: &Shared,
-    enrolled: &std::sync::mpsc::Receiver<HostProcess>,
+    enrolled: &std::sync::mpsc::Receiver<(HostProcess, u32)>,
     identities: &RwLock<Identities>,
 ) {
-    for p in enrolled.try_iter() {
+    for (p, slot) in enrolled.try_iter() {
         let mut guard = lock(shared);
         let alive = p.start_time != 0 && crate::discover::start_time(p.pid) == Some(p.start_time);
         if alive {
-            guard.attacher.adopt_enrolled(p.pid);
+            guard.attacher.adopt_enrolled(p.pid, slot);
             guard.tracker.adopt(p.pid, p.start_time, p.exe);
         } else if !guard.tracker.is_selected(p.pid) {
             guard.attacher.detach_process(p.pid);
@@ -892,7 +1056,7 @@ fn discovery_loop(
     exporter: Arc<Exporter>,
     stop: Arc<AtomicBool>,
     woken: std::sync::mpsc::Receiver<()>,
-    enrolled: std::sync::mpsc::Receiver<HostProcess>,
+    enrolled: std::sync::mpsc::Receiver<(HostProcess, u32)>,
     seen: std::sync::mpsc::Receiver<std::path::PathBuf>,
     series_ttl: Duration,
 ) {
@@ -1050,13 +1214,19 @@ fn discovery_loop(
                 continue;
             }
             if let Some(slot) = armed_slot_for(&mut guard, &process, &plan) {
-                match guard.attacher.enrol(pid, slot) {
+                let enrolled = guard.attacher.enrol(pid, slot);
+                guard
+                    .attacher
+                    .activity()
+                    .attached(process.container_id.as_deref());
+                match enrolled {
                     Ok(()) => {
                         tracing::info!(
-                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{}",
+                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{}{}",
                             process.exe.display(),
                             plan.go_version,
                             identity.service_name,
+                            if process.container_id.is_some() { " (launch_path=scan)" } else { "" },
                             uprobes_why.as_deref().unwrap_or_default()
                         );
                         register(&identities, &exporter, pid, identity);
@@ -1081,10 +1251,11 @@ fn discovery_loop(
                         .map(|g| format!(", with grpc-go {}", g.version))
                         .unwrap_or_default();
                     tracing::info!(
-                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}{}",
+                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}{}{}",
                         process.exe.display(),
                         plan.go_version,
                         identity.service_name,
+                        if process.container_id.is_some() { " (launch_path=scan)" } else { "" },
                         uprobes_why.as_deref().unwrap_or_default()
                     );
                     register(&identities, &exporter, pid, identity);
@@ -1116,6 +1287,9 @@ fn discovery_loop(
             exporter
                 .health()
                 .set_uprobe_links((guard.attacher.link_count() + traced_links) as u64);
+            exporter
+                .health()
+                .set_armed_uprobe_links(guard.attacher.armed_link_count() as u64);
         }
         // Sleep until the next scan, or until Docker reports a change.
         match woken.recv_timeout(SCAN_INTERVAL.saturating_sub(started.elapsed())) {

@@ -241,14 +241,18 @@ fn check(config: &Config) -> i32 {
         println!("syscall + OpenSSL tracer (non-Go processes): not tried");
         Some(false)
     } else {
-        match crate::attach::syscalls::SyscallTracer::load(
+        // Attached once and detached: the source named is one that works here.
+        let loaded = crate::attach::syscalls::SyscallTracer::load(
             &mut loader,
             crate::attach::Activity::new(),
-        ) {
-            Ok(_) => {
+            config.syscall_source,
+        )
+        .and_then(|mut t| t.try_attach().map(|()| t));
+        match loaded {
+            Ok(t) => {
                 println!(
                     "syscall + OpenSSL tracer (non-Go processes): available, {}",
-                    crate::kernel::syscall_source().detail
+                    t.source()
                 );
                 Some(true)
             }

@@ -75,6 +75,8 @@ pub struct Config {
     pub syscall_tracing: bool,
     /// What measures a selected Go process (a container's `sonde.go_source` label overrides).
     pub go_source: GoSource,
+    /// What the syscall tracer's programs run from.
+    pub syscall_source: SyscallSource,
     pub config_file: Option<PathBuf>,
     /// OTLP export, from the standard `OTEL_*` variables.
     pub otlp: crate::export::otlp::OtlpConfig,
@@ -107,6 +109,28 @@ impl GoSource {
             GoSource::Uprobes => "uprobes",
             GoSource::Syscalls => "syscalls",
             GoSource::Auto => "auto",
+        }
+    }
+}
+
+/// What the syscall tracer's programs run from: kprobes on the syscall wrappers (only the
+/// traced syscalls pay) or the syscall tracepoints (every syscall of every task takes the slow
+/// path while they are attached). `Auto`: kprobes where this kernel has them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SyscallSource {
+    #[default]
+    Auto,
+    Kprobes,
+    Tracepoints,
+}
+
+impl SyscallSource {
+    pub fn parse(v: &str) -> Option<SyscallSource> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(SyscallSource::Auto),
+            "kprobes" => Some(SyscallSource::Kprobes),
+            "tracepoints" => Some(SyscallSource::Tracepoints),
+            _ => None,
         }
     }
 }
@@ -206,6 +230,7 @@ impl Default for Config {
             container_series_ttl: std::time::Duration::from_secs(300),
             syscall_tracing: true,
             go_source: GoSource::default(),
+            syscall_source: SyscallSource::default(),
             config_file: None,
             otlp: Default::default(),
         }
@@ -250,6 +275,7 @@ const KEYS: &[&str] = &[
     "docker_rules",
     "syscall_tracing",
     "go_source",
+    "syscall_source",
 ];
 
 /// Beyla's first versions read these without a prefix.
@@ -401,6 +427,10 @@ impl Config {
             "go_source" => {
                 self.go_source =
                     GoSource::parse(v).ok_or_else(|| bad("auto, uprobes or syscalls"))?
+            }
+            "syscall_source" => {
+                self.syscall_source =
+                    SyscallSource::parse(v).ok_or_else(|| bad("auto, kprobes or tracepoints"))?
             }
             "metrics_naming" => {
                 self.metrics_naming = match v.to_ascii_lowercase().as_str() {
@@ -626,6 +656,22 @@ mod tests {
         let c = Config::load(Some(&f), &|_| None).unwrap();
         assert_eq!(c.docker_rules[0].image.as_deref(), Some("shop/*"));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn syscall_source_key() {
+        assert_eq!(load(&[]).unwrap().syscall_source, SyscallSource::Auto);
+        let c = load(&[("SONDE_SYSCALL_SOURCE", "Tracepoints")]).unwrap();
+        assert_eq!(c.syscall_source, SyscallSource::Tracepoints);
+        let c = load(&[("SONDE_SYSCALL_SOURCE", "kprobes")]).unwrap();
+        assert_eq!(c.syscall_source, SyscallSource::Kprobes);
+        let e = load(&[("SONDE_SYSCALL_SOURCE", "fentry")])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("SONDE_SYSCALL_SOURCE") && e.contains("auto, kprobes or tracepoints"),
+            "{e}"
+        );
     }
 
     #[test]

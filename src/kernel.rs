@@ -14,7 +14,7 @@ pub enum KernelError {
     },
 }
 
-const TRACEFS: &str = "/sys/kernel/tracing";
+pub const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Capabilities sonde cares about, with their bit numbers from linux/capability.h.
 const CAPS: &[(&str, u32, &str)] = &[
@@ -195,30 +195,61 @@ pub fn tracepoint_exists(category: &str, name: &str) -> bool {
         .exists()
 }
 
-/// Which source the syscall tracer (non-Go processes) uses here, and why.
+/// Whether kprobes can be put on every one of `functions`; if not, why. Asks the kernel (the
+/// kprobe PMU or tracefs's kprobe_events, and the functions it lists as traceable), never
+/// assumes from the version.
+pub fn kprobes_usable(functions: &[&str]) -> Result<(), String> {
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
+    if !pmu && !Path::new(TRACEFS).join("kprobe_events").exists() {
+        return Err("absent (CONFIG_KPROBES off)".into());
+    }
+    // available_filter_functions: what ftrace (and so an ftrace-based kprobe) can hook; without
+    // the function tracer, kallsyms says at least that the symbol exists.
+    let listed: std::collections::HashSet<String> =
+        match std::fs::read_to_string(Path::new(TRACEFS).join("available_filter_functions")) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_whitespace().next())
+                .map(str::to_string)
+                .collect(),
+            Err(_) => std::fs::read_to_string("/proc/kallsyms")
+                .map_err(|e| format!("cannot read /proc/kallsyms: {e}"))?
+                .lines()
+                .filter_map(|l| l.split_whitespace().nth(2))
+                .map(str::to_string)
+                .collect(),
+        };
+    match functions.iter().find(|f| !listed.contains(**f)) {
+        Some(f) => Err(format!("present, but {f} cannot be probed")),
+        None => Ok(()),
+    }
+}
+
+/// What this kernel offers the syscall tracer (non-Go processes), and which source
+/// `syscall_source: auto` picks; the tracer's own line in `sonde check` says what it chose.
 pub fn syscall_source() -> Feature {
-    let kprobes = Path::new("/sys/bus/event_source/devices/kprobe").exists();
-    let why = if kprobes {
-        "kprobes: present, but syscall tracepoints see the same arguments at the same cost \
-         with a stable layout"
-    } else {
-        "kprobes: absent (CONFIG_KPROBES off)"
-    };
+    let kprobes = kprobes_usable(&crate::attach::syscalls::kprobe_functions());
     let events = Path::new(TRACEFS).join("events/syscalls");
-    let (available, state) = if !tracefs_mounted() {
+    let (tracepoints, state) = if !tracefs_mounted() {
         (true, "tracefs is mounted at start")
     } else if events.exists() {
         (true, "syscalls/sys_enter_*, sys_exit_*")
     } else {
-        (
-            false,
-            "no syscalls/ events (CONFIG_FTRACE_SYSCALLS off): non-Go processes are not measured",
-        )
+        (false, "no syscalls/ events (CONFIG_FTRACE_SYSCALLS off)")
+    };
+    let available = kprobes.is_ok() || tracepoints;
+    let detail = match kprobes {
+        Ok(()) => format!(
+            "kprobes on the syscall wrappers (__x64_sys_read, …): only those syscalls pay; \
+             fallback: tracepoints ({})",
+            if tracepoints { state } else { "none" }
+        ),
+        Err(why) => format!("tracepoints ({state}); kprobes: {why}"),
     };
     Feature {
         name: "syscall source",
         available,
-        detail: format!("tracepoints ({state}); {why}"),
+        detail,
     }
 }
 

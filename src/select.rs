@@ -40,6 +40,8 @@ pub struct Selector {
     traces: bool,
     /// (container label, Prometheus label name) pairs to copy onto metrics.
     copied_labels: Vec<(String, &'static str)>,
+    /// `PATH` directories' matching files, for a name-only `executable_name`.
+    on_path: DirListings,
 }
 
 /// Resolves a `go_source` setting for one binary to `Uprobes` or `Syscalls`, with the reason
@@ -81,6 +83,14 @@ pub fn choose_source(
     (source, format!("go_source={}{why}", setting.name()))
 }
 
+/// Each directory's matching files, with the directory's mtime then: listed again only when
+/// it changed (a file installed or removed).
+type DirListings = std::sync::Arc<
+    std::sync::Mutex<
+        HashMap<std::path::PathBuf, (Option<std::time::SystemTime>, Vec<std::path::PathBuf>)>,
+    >,
+>;
+
 /// `com.example.team` → `container_label_com_example_team`. Leaked once per configured
 /// label at start-up, so every request can borrow the name.
 fn metric_label_name(label: &str) -> &'static str {
@@ -109,6 +119,7 @@ impl Selector {
                 .iter()
                 .map(|l| (l.clone(), metric_label_name(l)))
                 .collect(),
+            on_path: DirListings::default(),
         }
     }
 
@@ -237,8 +248,12 @@ impl Selector {
         let Some(re) = &self.exe else {
             return Vec::new();
         };
+        let prefixes = literal_path_prefixes(re.as_str());
+        if prefixes.is_empty() {
+            return self.files_on_path(re, &search_path());
+        }
         let mut out = Vec::new();
-        for (literal, exact) in literal_path_prefixes(re.as_str()) {
+        for (literal, exact) in prefixes {
             let candidates: Vec<std::path::PathBuf> = if exact {
                 vec![literal.into()]
             } else {
@@ -261,6 +276,38 @@ impl Selector {
                     .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
                 if runnable && re.is_match(&real.to_string_lossy()) && !out.contains(&real) {
                     out.push(real);
+                }
+            }
+        }
+        out
+    }
+
+    /// The files of `dirs` (sonde's `PATH`) a name-only pattern (`report$`) matches: commands
+    /// are run from there, so they can be armed before their first run. At most
+    /// [`MAX_PATH_FILES`], in `PATH` order: a pattern matching more is too broad to arm ahead.
+    pub fn files_on_path(
+        &self,
+        re: &regex::Regex,
+        dirs: &[std::path::PathBuf],
+    ) -> Vec<std::path::PathBuf> {
+        let mut cache = self.on_path.lock().unwrap_or_else(|e| e.into_inner());
+        let mut out: Vec<std::path::PathBuf> = Vec::new();
+        for dir in dirs {
+            let mtime = std::fs::metadata(dir).and_then(|m| m.modified()).ok();
+            let listed = match cache.get(dir) {
+                Some((m, files)) if *m == mtime && mtime.is_some() => files.clone(),
+                _ => {
+                    let files = matching_entries(re, dir);
+                    cache.insert(dir.clone(), (mtime, files.clone()));
+                    files
+                }
+            };
+            for f in listed {
+                if out.len() >= MAX_PATH_FILES {
+                    return out;
+                }
+                if !out.contains(&f) {
+                    out.push(f);
                 }
             }
         }
@@ -311,6 +358,26 @@ impl Selector {
         unlabelled.labels.remove(labels::EXE);
         unlabelled.labels.remove(labels::OPEN_PORTS);
         self.container_selects(&unlabelled, &probe) || self.ports.is_some() || self.exe.is_some()
+    }
+
+    /// Whether a created container's program `exe` is worth arming in its image (see
+    /// `Attacher::arm_image`): the container's labels and rules select it before it runs, and
+    /// uprobes (not syscalls) would measure it.
+    pub fn arms_image(&self, c: &ContainerInfo, exe: &std::path::Path) -> bool {
+        let probe = HostProcess {
+            pid: 0,
+            exe: exe.to_path_buf(),
+            start_time: 0,
+            listen_ports: Vec::new(),
+            container_id: None,
+        };
+        let source = match c.labels.get(labels::GO_SOURCE) {
+            Some(v) => crate::config::GoSource::parse(v).unwrap_or(self.go_source),
+            None => self.go_source,
+        };
+        !c.labels.contains_key(labels::OPEN_PORTS)
+            && source == crate::config::GoSource::Uprobes
+            && self.container_selects(c, &probe)
     }
 
     /// What measures this Go process: its container's `sonde.go_source` label, else the
@@ -428,6 +495,46 @@ fn same_exe(now: &std::path::Path, before: &std::path::Path) -> bool {
 
 /// Entries of one directory looked at for `executable_name`'s files.
 const MAX_NAMED_FILES: usize = 1024;
+/// Files on `PATH` a name-only `executable_name` arms ahead, at most.
+const MAX_PATH_FILES: usize = 32;
+/// Entries of one `PATH` directory looked at (Debian's /usr/bin has ~1-3 thousand).
+const MAX_PATH_ENTRIES: usize = 16384;
+
+/// The directories of sonde's own `PATH` (the system's default when unset).
+pub fn search_path() -> Vec<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
+    std::env::split_paths(&path)
+        .filter(|p| p.is_absolute())
+        .collect()
+}
+
+/// The runnable files of `dir` whose real path `re` matches (what `/proc/<pid>/exe` shows),
+/// sorted. Only entries whose own path matches, or symlinks, are resolved.
+fn matching_entries(re: &regex::Regex, dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for e in entries.flatten().take(MAX_PATH_ENTRIES) {
+        let path = e.path();
+        let link = e.file_type().is_ok_and(|t| t.is_symlink());
+        if !link && !re.is_match(&path.to_string_lossy()) {
+            continue;
+        }
+        let Ok(real) = std::fs::canonicalize(&path) else {
+            continue;
+        };
+        use std::os::unix::fs::PermissionsExt;
+        let runnable = std::fs::metadata(&real)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if runnable && re.is_match(&real.to_string_lossy()) && !out.contains(&real) {
+            out.push(real);
+        }
+    }
+    out.sort();
+    out
+}
 
 /// The literal path each alternative of a regex starts with, when it starts with `/`, and
 /// whether that is the whole match (`$` right after it). Escaped punctuation is literal; a
@@ -712,6 +819,44 @@ mod tests {
         assert!(p("server$").is_empty());
         assert!(p("(a|/b)").is_empty());
         assert!(p(".*/cli$").is_empty());
+    }
+
+    #[test]
+    fn a_name_only_pattern_names_the_matching_files_on_path() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = std::env::temp_dir().join(format!("sonde-onpath-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        let (bin, other) = (root.join("bin"), root.join("other"));
+        std::fs::create_dir_all(&bin).unwrap();
+        std::fs::create_dir_all(&other).unwrap();
+        let make = |p: &std::path::Path, mode: u32| {
+            std::fs::write(p, b"x").unwrap();
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+        };
+        make(&bin.join("report-cli"), 0o755);
+        make(&bin.join("report-cli.txt"), 0o644);
+        make(&bin.join("unrelated"), 0o755);
+        // A command installed as a symlink to its real file elsewhere.
+        make(&other.join("real-report-cli"), 0o755);
+        std::os::unix::fs::symlink(other.join("real-report-cli"), bin.join("rc")).unwrap();
+        let s = selector("", Some("report-cli$"));
+        let re = regex::Regex::new("report-cli$").unwrap();
+        let dirs = [bin.clone(), root.join("missing")];
+        let canon = |p: std::path::PathBuf| std::fs::canonicalize(p).unwrap();
+        assert_eq!(
+            s.files_on_path(&re, &dirs),
+            vec![
+                canon(bin.join("report-cli")),
+                canon(other.join("real-report-cli"))
+            ]
+        );
+        // Listed again when the directory changes.
+        make(&bin.join("new-report-cli"), 0o755);
+        assert_eq!(s.files_on_path(&re, &dirs).len(), 3);
+        // A pattern naming a path is not looked up on PATH.
+        let t = selector("", Some(&format!("^{}/report-cli$", bin.display())));
+        assert_eq!(t.named_files(), vec![canon(bin.join("report-cli"))]);
+        let _ = std::fs::remove_dir_all(&root);
     }
 
     #[test]

@@ -458,14 +458,18 @@ fn scaled_replicas_with_container_details() {
 }
 
 /// Closing waits for attaching to be quiet for a second, or at most 60 s (src/attach/reaper.rs).
+/// Armed files' links (an image's program armed at its container's creation) stay.
 fn links_closed(prom: u16) -> bool {
-    wait_for_metric(
-        prom,
-        "sonde_uprobe_links",
-        &[],
-        0.0,
-        Duration::from_secs(75),
-    )
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(75) {
+        let text = scrape(prom);
+        let links = metric_value(&text, "sonde_uprobe_links", &[]);
+        if links.is_some() && links == metric_value(&text, "sonde_armed_uprobe_links", &[]) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn sonde_resources(pid: u32) -> (usize, u64) {

@@ -148,14 +148,18 @@ fn sonde_for_podman(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
 
 /// The links of exited containers are closed (attaching quiet for a second, at most 60 s:
 /// src/attach/reaper.rs), so that closing them does not hold up the next attach.
+/// Armed files' links (an image's program armed at its container's creation) stay.
 fn links_closed(prom: u16) -> bool {
-    wait_for_metric(
-        prom,
-        "sonde_uprobe_links",
-        &[],
-        0.0,
-        Duration::from_secs(75),
-    )
+    let t = std::time::Instant::now();
+    while t.elapsed() < Duration::from_secs(75) {
+        let text = scrape(prom);
+        let links = metric_value(&text, "sonde_uprobe_links", &[]);
+        if links.is_some() && links == metric_value(&text, "sonde_armed_uprobe_links", &[]) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
 }
 
 fn count(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
@@ -331,7 +335,85 @@ fn first_requests_of_a_podman_container_are_counted() {
     let log = sonde.log();
     let before_exec = log
         .lines()
-        .filter(|l| l.contains(&format!("as service \"{name}\" before its exec")))
+        .filter(|l| {
+            l.contains(&format!(
+                "as service \"{name}\" before its exec: launch_path=armed"
+            ))
+        })
         .count();
+    // The warm container armed the image's program: this one's init was only enrolled.
     assert_eq!(before_exec, 2, "{log}");
+}
+
+/// The launch path that does not depend on runc's renamed init (crun's does not rename
+/// itself): Podman's `init` event and the runtime's pid file. runc's trigger is turned off,
+/// so this path alone finds the init before its exec.
+#[test]
+fn first_requests_found_by_podmans_init_event() {
+    if !require_podman_or_skip("first_requests_found_by_podmans_init_event") {
+        return;
+    }
+    let (prom, sonde) =
+        sonde_for_podman(&[("SONDE_LOG_LEVEL", "debug"), ("SONDE_RUNC_RENAME", "false")]);
+    assert!(
+        sonde.wait_for_log("watching Podman's event log", Duration::from_secs(10)),
+        "{}",
+        sonde.log()
+    );
+    {
+        let port = free_port();
+        let warm = Pod::run(
+            &container_name("podman-init-warm"),
+            port,
+            &[("sonde.enable", "true")],
+        );
+        assert!(wait_for_port(port, Duration::from_secs(10)));
+        assert!(
+            sonde.wait_for_log(
+                &format!("as service \"{}\"", warm.name),
+                Duration::from_secs(10)
+            ),
+            "{}",
+            sonde.log()
+        );
+    }
+    assert!(links_closed(prom), "{}", sonde.log());
+    let port = free_port();
+    let name = container_name("podman-init");
+    let pod = Pod::create(&name, port, &[("sonde.enable", "true")]);
+    let statuses = std::thread::scope(|s| {
+        let started = s.spawn(|| pod.start());
+        let statuses = first_requests(port, "/status/200", 10, Duration::from_secs(20));
+        started.join().unwrap();
+        statuses
+    });
+    assert_eq!(statuses, vec![200; 10]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "http_server_request_duration_seconds_count",
+            &[
+                ("container_name", &name),
+                ("http_response_status_code", "200"),
+            ],
+            10.0,
+            Duration::from_secs(10),
+        ),
+        "not every first request was counted: {:?}\n{}",
+        count(&scrape(prom), &[("container_name", &name)]),
+        sonde.log()
+    );
+    let log = sonde.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("(EngineInit)") && l.contains("launch of pid")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "as service \"{name}\" before its exec: launch_path=armed"
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("(RuncInit)"), "{log}");
 }

@@ -318,3 +318,81 @@ fn a_cli_selected_by_name_is_measured_from_its_second_run() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A name-only pattern names no directory, but commands are run from `PATH`: the matching
+/// files of sonde's own `PATH` are armed at its start, so the CLI's very first run is counted
+/// exactly.
+#[test]
+fn a_cli_on_path_selected_by_name_is_measured_from_its_first_run() {
+    let test = "a_cli_on_path_selected_by_name_is_measured_from_its_first_run";
+    if !require_root_or_skip(test) {
+        return;
+    }
+    if Command::new("go").arg("version").output().is_err() {
+        skip_missing(test, "go");
+        return;
+    }
+    let server = build_go("grpcserver");
+    let built = build_go("shortcli");
+    let dir = repo().join(format!("target/short-lived/path-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let dir = std::fs::canonicalize(&dir).unwrap();
+    let name = format!("sonde-pathcli-{}", std::process::id());
+    let cli = dir.join(&name);
+    std::fs::copy(&built, &cli).unwrap();
+
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let _server = ChildGuard {
+        child: Command::new(&server)
+            .args([
+                "-port",
+                &grpc_port.to_string(),
+                "-http",
+                &http_port.to_string(),
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start the gRPC server"),
+    };
+    assert!(wait_for_port(http_port, Duration::from_secs(10)));
+    assert!(wait_for_port(grpc_port, Duration::from_secs(10)));
+
+    let prom = free_port();
+    let path = format!(
+        "{}:{}",
+        dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let sonde = spawn_sonde(&[
+        (
+            "SONDE_EXECUTABLE_NAME",
+            &format!("{}$", regex_escape(&name)),
+        ),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_DOCKER", "false"),
+        ("PATH", &path),
+    ]);
+    assert!(
+        sonde.wait_for_log(&format!("armed {}", cli.display()), Duration::from_secs(30)),
+        "the CLI's file on PATH was not armed:\n{}",
+        sonde.log()
+    );
+    let svc = [("service_name", name.as_str())];
+    for run in 1..=2u32 {
+        let took = run_cli(&cli, http_port, grpc_port);
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        let n = f64::from(run);
+        for (metric, per_run) in [
+            ("rpc_client_call_duration_seconds_count", 3.0),
+            ("http_client_request_duration_seconds_count", 5.0),
+        ] {
+            assert!(
+                wait_for_metric(prom, metric, &svc, per_run * n, Duration::from_secs(5)),
+                "run {run}: {metric} {:?}\n{}",
+                metric_value(&scrape(prom), metric, &svc),
+                sonde.log()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

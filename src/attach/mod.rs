@@ -141,6 +141,9 @@ impl FileKey {
 /// A file armed as a whole: its slot, its links, and the offsets a process running it gets.
 struct ArmedFile {
     slot: u32,
+    /// Whether a process running it is enrolled at its first hit (a host file selected by
+    /// `executable_name`), or only when sonde enrols it (a container image's program).
+    auto_enrol: bool,
     links: ProcessLinks,
     offsets: GoOffsetsAbi,
     grpc: Option<GrpcOffsetsAbi>,
@@ -149,6 +152,8 @@ struct ArmedFile {
 /// Links of one instrumented process, by program, so they can be detached when it goes away.
 struct ProcessLinks {
     links: Vec<(&'static str, UProbeLinkId)>,
+    /// The armed file's slot of an enrolled process (no links of its own).
+    slot: Option<u32>,
 }
 
 pub struct Attacher {
@@ -236,10 +241,52 @@ impl Attacher {
         self.slots.clone()
     }
 
-    /// The slot of the armed file `path` is (by device, inode and mtime), if armed.
+    /// The slot of the armed file `path` is (by device, inode and mtime), if armed. An
+    /// image's file is armed in its layer and run through each container's overlay mount,
+    /// which has a device of its own but shows the layer file's inode and mtime: those two
+    /// name it.
     pub fn armed_slot(&self, path: &Path) -> Option<u32> {
         let key = FileKey::of(path).ok()?;
-        self.armed.get(&key).map(|a| a.slot)
+        if let Some(a) = self.armed.get(&key) {
+            return Some(a.slot);
+        }
+        self.armed
+            .iter()
+            .find(|(k, a)| !a.auto_enrol && k.ino == key.ino && k.mtime_ns == key.mtime_ns)
+            .map(|(_, a)| a.slot)
+    }
+
+    /// Arms a container image's program `path` (in its layer): its probes are attached for
+    /// every process that runs it, long before a container starts, but measure only the
+    /// processes sonde enrols ([`Attacher::enrol`], at a selected container's launch): the
+    /// launch then costs two map writes instead of registering uprobes.
+    pub fn arm_image(&mut self, path: &Path, plan: &ProbePlan) -> Result<(u32, bool), AttachError> {
+        self.arm(path, path, plan, false)
+    }
+
+    /// Whether a process enrolled in `slot` is still known.
+    fn slot_in_use(&self, slot: u32) -> bool {
+        self.processes.values().any(|p| p.slot == Some(slot))
+    }
+
+    /// Disarms an image's file armed in `slot` when no enrolled process runs it; whether it
+    /// was.
+    pub fn disarm_image(&mut self, slot: u32) -> bool {
+        if self.slot_in_use(slot) {
+            return false;
+        }
+        let key = self
+            .armed
+            .iter()
+            .find(|(_, a)| a.slot == slot && !a.auto_enrol)
+            .map(|(k, _)| *k);
+        match key {
+            Some(k) => {
+                self.disarm(k);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Arms `path` as a whole: its plan's probes fire for every process running it, each
@@ -252,9 +299,26 @@ impl Attacher {
         name: &Path,
         plan: &ProbePlan,
     ) -> Result<(u32, bool), AttachError> {
+        self.arm(path, name, plan, true)
+    }
+
+    fn arm(
+        &mut self,
+        path: &Path,
+        name: &Path,
+        plan: &ProbePlan,
+        auto_enrol: bool,
+    ) -> Result<(u32, bool), AttachError> {
         let key = FileKey::of(path)?;
         if let Some(a) = self.armed.get(&key) {
             return Ok((a.slot, false));
+        }
+        // An image's file armed through another path (its layer, or a container's overlay):
+        // one set of probes per inode, or every hit would count twice.
+        if !auto_enrol {
+            if let Some(slot) = self.armed_slot(path) {
+                return Ok((slot, false));
+            }
         }
         let stale: Vec<FileKey> = self
             .armed
@@ -295,8 +359,9 @@ impl Attacher {
                 return Err(e);
             }
         }
-        let cookie = ARMED_FILE | u64::from(slot);
-        let links = match self.attach_plan(0, plan, path, UProbeScope::AllProcesses, Some(cookie)) {
+        // Without the cookie's bit, a hit of a process sonde did not enrol is ignored.
+        let cookie = auto_enrol.then_some(ARMED_FILE | u64::from(slot));
+        let links = match self.attach_plan(0, plan, path, UProbeScope::AllProcesses, cookie) {
             Ok(l) => l,
             Err(e) => {
                 self.remove_file_offsets(slot);
@@ -308,15 +373,18 @@ impl Attacher {
             key,
             ArmedFile {
                 slot,
+                auto_enrol,
                 links,
                 offsets,
                 grpc,
             },
         );
-        self.slots
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(slot, name.to_path_buf());
+        if auto_enrol {
+            self.slots
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(slot, name.to_path_buf());
+        }
         Ok((slot, true))
     }
 
@@ -344,16 +412,22 @@ impl Attacher {
                     source,
                 })
         })?;
-        self.processes
-            .insert(pid, ProcessLinks { links: Vec::new() });
+        self.processes.insert(
+            pid,
+            ProcessLinks {
+                links: Vec::new(),
+                slot: Some(slot),
+            },
+        );
         Ok(())
     }
 
     /// Records a process the kernel enrolled: its filter entries are sonde's to remove.
-    pub fn adopt_enrolled(&mut self, pid: u32) {
-        self.processes
-            .entry(pid)
-            .or_insert(ProcessLinks { links: Vec::new() });
+    pub fn adopt_enrolled(&mut self, pid: u32, slot: u32) {
+        self.processes.entry(pid).or_insert(ProcessLinks {
+            links: Vec::new(),
+            slot: Some(slot),
+        });
     }
 
     pub fn armed_count(&self) -> usize {
@@ -367,8 +441,8 @@ impl Attacher {
             .filter(|(_, l)| !l.links.is_empty())
             .map(|(pid, _)| *pid)
             .find(|pid| {
-                FileKey::of(Path::new(&format!("/proc/{pid}/exe")))
-                    .is_ok_and(|k| k.dev == key.dev && k.ino == key.ino)
+                // Not by device: a container runs an image's file through its own overlay.
+                FileKey::of(Path::new(&format!("/proc/{pid}/exe"))).is_ok_and(|k| k.ino == key.ino)
             })
     }
 
@@ -491,7 +565,10 @@ impl Attacher {
     ) -> Result<ProcessLinks, AttachError> {
         let target = binary;
         self.reaper.activity().touch();
-        let mut links = ProcessLinks { links: Vec::new() };
+        let mut links = ProcessLinks {
+            links: Vec::new(),
+            slot: None,
+        };
         let result = (|| {
             for probe in &plan.probes {
                 let (entry_prog, ret_prog) = match probe.role {
@@ -588,6 +665,11 @@ impl Attacher {
                 .map(|a| a.links.links.len())
                 .sum::<usize>()
             + self.reaper.pending()
+    }
+
+    /// Links of armed files (part of [`Attacher::link_count`]).
+    pub fn armed_link_count(&self) -> usize {
+        self.armed.values().map(|a| a.links.links.len()).sum()
     }
 
     pub fn attached_pids(&self) -> Vec<u32> {

@@ -3,6 +3,7 @@
 pub mod bundle;
 pub mod cgroup;
 pub mod docker;
+pub mod runtime;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;

@@ -281,6 +281,7 @@ const SKIP_REASONS: &[&str] = &[
 pub struct Health {
     instrumented: AtomicU64,
     links: AtomicU64,
+    armed_links: AtomicU64,
     attach_errors: AtomicU64,
     events: AtomicU64,
     lost: AtomicU64,
@@ -296,6 +297,9 @@ impl Health {
     }
     pub fn set_uprobe_links(&self, n: u64) {
         self.links.store(n, Ordering::Relaxed);
+    }
+    pub fn set_armed_uprobe_links(&self, n: u64) {
+        self.armed_links.store(n, Ordering::Relaxed);
     }
     pub fn inc_attach_errors(&self) {
         self.attach_errors.fetch_add(1, Ordering::Relaxed);
@@ -352,6 +356,12 @@ impl Health {
             "gauge",
             "Uprobe links held: attached, or detached and still being closed.",
             format!("sonde_uprobe_links {}", g(&self.links)),
+        );
+        metric(
+            "sonde_armed_uprobe_links",
+            "gauge",
+            "Of those, the links of files armed as a whole (executable_name's files, container images' programs).",
+            format!("sonde_armed_uprobe_links {}", g(&self.armed_links)),
         );
         metric(
             "sonde_attach_errors_total",
