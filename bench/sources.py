@@ -3,7 +3,8 @@
 
 Prints, and with --out writes as a Markdown section:
   - added µs per request on the same Go server (trivial handler, wrk keep-alive) for each
-    source: `go_source=uprobes` and `go_source=syscalls`, interleaved with the server alone;
+    source: `go_source=uprobes`, `go_source=syscalls` and `go_source=auto` (which picks
+    syscalls for this plaintext-only server), interleaved with the server alone;
     every count checked against what the server answered;
   - bystander: the same server selected by nothing, while sonde traces another (non-Go)
     process through syscalls, so the syscall tracepoints are attached;
@@ -117,20 +118,21 @@ def per_request(server_pid, port, seconds, conns):
 
 
 def sources(sonde, server_path, rounds, seconds, conns):
-    """{mode: [cpu µs/req, ...]} for alone / uprobes / syscalls / bystander, plus counts."""
+    """{mode: [cpu µs/req, ...]} for alone / uprobes / syscalls / auto / bystander, plus
+    counts."""
     port = free_port()
     other = free_port()
     prom = free_port()
     server = common.start_server(server_path, port)
     py = python_server(other)
     service = os.path.basename(server_path)
-    runs = {m: [] for m in ("alone", "uprobes", "syscalls", "bystander")}
+    runs = {m: [] for m in ("alone", "uprobes", "syscalls", "auto", "bystander")}
     exact = []
     try:
         for r in range(rounds):
             for mode in runs:
                 agent = None
-                if mode in ("uprobes", "syscalls"):
+                if mode in ("uprobes", "syscalls", "auto"):
                     agent = Sonde(sonde, sonde_env(prom, SONDE_EXECUTABLE_NAME=exe_rule(server_path),
                                                    SONDE_GO_SOURCE=mode))
                 elif mode == "bystander":
@@ -311,13 +313,13 @@ def main():
     runs, exact = sources(sonde, server_path, args.rounds, args.seconds, args.conns)
     alone = statistics.median(r["cpu_us"] for r in runs["alone"])
     added = {m: statistics.median(r["cpu_us"] for r in runs[m]) - alone
-             for m in ("uprobes", "syscalls", "bystander")}
+             for m in ("uprobes", "syscalls", "auto", "bystander")}
     rps = {m: statistics.median(r["rps"] for r in runs[m]) for m in runs}
-    steady = {m: runs[m][-1]["rss"] for m in ("uprobes", "syscalls", "bystander")}
+    steady = {m: runs[m][-1]["rss"] for m in ("uprobes", "syscalls", "auto", "bystander")}
     dd = bystander_syscalls(sonde, args.rounds + 2)
     per_req = syscalls_per_request(server_path)
     starts = {m: start_to_counted(sonde, server_path, args.starts, m)
-              for m in ("uprobes", "syscalls", "python")}
+              for m in ("uprobes", "syscalls", "auto", "python")}
     peak = peak_containers(sonde, server_path, args.containers)
 
     lines = []
@@ -332,6 +334,7 @@ def main():
     w("|---|---|---|---|")
     for mode, label in (("alone", "alone"), ("uprobes", "`go_source=uprobes`"),
                         ("syscalls", "`go_source=syscalls`"),
+                        ("auto", "`go_source=auto` (picks syscalls: no TLS/gRPC/h2c code)"),
                         ("bystander", "bystander (selected by nothing; sonde traces a Python "
                                       "server through syscalls)")):
         cpu = statistics.median(r["cpu_us"] for r in runs[mode])
@@ -352,6 +355,7 @@ def main():
     w("|---|---|---|---|---|")
     for mode, label in (("uprobes", "running Go server, uprobes"),
                         ("syscalls", "running Go server, `go_source=syscalls`"),
+                        ("auto", "running Go server, `go_source=auto`"),
                         ("python", "running Python server (syscall tracer)")):
         xs = starts[mode]
         ok = [x for x in xs if x is not None]
@@ -360,7 +364,7 @@ def main():
     w("")
     w("| sonde RSS (kB) | anonymous | file-backed | total | peak (VmHWM) |")
     w("|---|---|---|---|---|")
-    for mode in ("uprobes", "syscalls", "bystander"):
+    for mode in ("uprobes", "syscalls", "auto", "bystander"):
         r = steady[mode]
         w(f"| after the {mode} runs | {r['RssAnon']} | {r['RssFile']} | {r['VmRSS']} | "
           f"{r['VmHWM']} |")

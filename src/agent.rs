@@ -192,7 +192,20 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<(HostProcess, u32)>();
     // Files of `executable_name` seen running, to arm for their later runs.
     let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
-    let _execs = watch_execs(&config, seen_tx);
+    // Loading the exec watcher parses the kernel's BTF again (tens of milliseconds, more under
+    // load): off the way to the first scan. Its handle lives in the thread's result, kept
+    // until the agent stops; files named by path are armed by the scans meanwhile.
+    let _execs = {
+        let re = config.executable_name.clone();
+        std::thread::Builder::new()
+            .name("sonde-execs".into())
+            .spawn(move || {
+                let watch = watch_execs(re, seen_tx);
+                // SAFETY: malloc_trim has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+                watch
+            })?
+    };
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
     if let Some(containers) = &containers {
@@ -605,6 +618,15 @@ fn instrument_launch(
                 // Not a Go program, or gone: the scan after its exec says why, once.
                 _ => return,
             };
+            if syscalls_wanted && {
+                let sel = tracker.selector();
+                crate::inspect::source::choose(sel.go_source(&process), &plan, sel.traces(), true).0
+            } == GoSource::Syscalls
+            {
+                // go_source=auto found only plaintext HTTP/1.x: the scan after its exec
+                // hands it to the syscall tracer, and its image's file is not armed.
+                return;
+            }
             // The first container of this image: arm its file now (the same registration
             // cost as attaching this process alone), so the next ones are only enrolled.
             let armed = attacher.arm_image(&launch.host_path, &plan);
@@ -905,10 +927,10 @@ const ARM_RETRY: Duration = Duration::from_secs(10);
 /// Watches executions when `executable_name` is set, sending each selected host file seen
 /// running (once) to discovery, which arms it.
 fn watch_execs(
-    config: &Config,
+    executable_name: Option<regex::Regex>,
     seen: std::sync::mpsc::Sender<std::path::PathBuf>,
 ) -> Option<crate::attach::launch::ExecWatch> {
-    let re = config.executable_name.clone()?;
+    let re = executable_name?;
     let mut sent = std::collections::HashSet::new();
     let started = crate::attach::launch::ExecWatch::start(move |_pid, path| {
         // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
@@ -947,6 +969,7 @@ fn arm_files(
     exporter: &Exporter,
     files: impl Iterator<Item = std::path::PathBuf>,
     failed: &mut ArmFailures,
+    tracer_exists: bool,
 ) {
     for file in files {
         let mtime = std::fs::metadata(&file).and_then(|m| m.modified()).ok();
@@ -976,6 +999,18 @@ fn arm_files(
             }
             Err(_) => continue,
         };
+        let (setting, traces) = {
+            let guard = lock(shared);
+            let sel = guard.tracker.selector();
+            (sel.host_go_source(), sel.traces())
+        };
+        let (source, why) = crate::inspect::source::choose(setting, &plan, traces, tracer_exists);
+        if source == GoSource::Syscalls {
+            // Its processes are the syscall tracer's: binary-wide uprobes would trap (and
+            // count) every request of theirs as well.
+            fail(format!("measured through syscalls ({why})"), None);
+            continue;
+        }
         let armed = lock(shared).attacher.arm_file(&file, &file, &plan);
         match armed {
             Ok((_, true)) => {
@@ -1044,6 +1079,7 @@ fn discovery_loop(
             &exporter,
             named.into_iter().chain(seen.try_iter()),
             &mut arm_failures,
+            arrival.is_some() || tracer.is_some(),
         );
         adopt_enrolled(&shared, &enrolled, &identities);
         if let Some(rx) = &arrival {
@@ -1057,15 +1093,9 @@ fn discovery_loop(
                 Err(std::sync::mpsc::TryRecvError::Empty) => {}
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => {
                     arrival = None;
-                    for (pid, (process, _)) in awaiting.drain() {
-                        tracing::info!(
-                            "skipping {} (pid {pid}): not Go, and no syscall tracer",
-                            process.exe.display()
-                        );
-                        exporter
-                            .health()
-                            .inc_skipped(crate::inspect::InspectError::NotGo.reason());
-                    }
+                    // Decided again without a tracer: a Go process gets its uprobes, any
+                    // other is skipped, saying why.
+                    retry.extend(awaiting.drain().map(|(pid, (p, i))| (pid, (p, i, 0))));
                 }
             }
         }
@@ -1124,21 +1154,32 @@ fn discovery_loop(
                 // SAFETY: malloc_trim has no preconditions.
                 unsafe { libc::malloc_trim(0) };
             }
+            // Why uprobes measure it, when `go_source` had a choice to make: for the log.
+            let mut uprobes_why = None;
             let (plan, via_syscalls) = match inspected {
                 Ok((_, Ok(plan), _)) => {
-                    let source = selector.go_source(&process);
+                    let tracer_exists = arrival.is_some() || tracer.is_some();
+                    let (source, why) = crate::inspect::source::choose(
+                        selector.go_source(&process),
+                        &plan,
+                        selector.traces(),
+                        tracer_exists,
+                    );
                     let wanted = source == GoSource::Syscalls;
-                    if wanted && arrival.is_none() && tracer.is_none() {
+                    if wanted && !tracer_exists {
                         tracing::warn!(
                             "pid {pid}: go_source is syscalls but there is no syscall tracer: measured by uprobes"
                         );
                     }
-                    (Some(plan), wanted.then_some("Go, go_source=syscalls"))
+                    // The default says nothing new: logged only when a choice was made.
+                    let chosen = selector.go_source(&process) != GoSource::Uprobes;
+                    uprobes_why = (!wanted && chosen).then(|| format!(" ({why})"));
+                    (Some(plan), wanted.then(|| format!("Go, {why}")))
                 }
                 Ok((_, Err(crate::inspect::InspectError::NotGo), _))
                     if arrival.is_some() || tracer.is_some() =>
                 {
-                    (None, Some("not Go"))
+                    (None, Some("not Go".to_string()))
                 }
                 Ok((_, Err(e), inspected_now)) => {
                     // One line per binary, not per process running it.
@@ -1167,7 +1208,7 @@ fn discovery_loop(
                         // Instrumented at its launch: uprobes measure it.
                         continue;
                     }
-                    trace_syscalls(t, pid, why, &process, identity, &identities, &exporter);
+                    trace_syscalls(t, pid, &why, &process, identity, &identities, &exporter);
                     continue;
                 }
             }
@@ -1190,11 +1231,12 @@ fn discovery_loop(
                 match enrolled {
                     Ok(()) => {
                         tracing::info!(
-                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{}",
+                            "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{}{}",
                             process.exe.display(),
                             plan.go_version,
                             identity.service_name,
-                            if process.container_id.is_some() { " (launch_path=scan)" } else { "" }
+                            if process.container_id.is_some() { " (launch_path=scan)" } else { "" },
+                            uprobes_why.as_deref().unwrap_or_default()
                         );
                         register(&identities, &exporter, pid, identity);
                     }
@@ -1218,15 +1260,12 @@ fn discovery_loop(
                         .map(|g| format!(", with grpc-go {}", g.version))
                         .unwrap_or_default();
                     tracing::info!(
-                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}{}",
+                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}{}{}",
                         process.exe.display(),
                         plan.go_version,
                         identity.service_name,
-                        if process.container_id.is_some() {
-                            " (launch_path=scan)"
-                        } else {
-                            ""
-                        }
+                        if process.container_id.is_some() { " (launch_path=scan)" } else { "" },
+                        uprobes_why.as_deref().unwrap_or_default()
                     );
                     register(&identities, &exporter, pid, identity);
                 }

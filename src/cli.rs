@@ -152,13 +152,13 @@ fn inspect(target: &str, config: &Config) -> i32 {
     match crate::inspect::inspect(&path) {
         Ok(plan) => {
             print!("{}", crate::inspect::render(&plan));
-            println!("{}", source_line(config, true));
+            println!("{}", source_line(config, Some(&plan)));
             0
         }
         Err(e) => {
             println!("{}: cannot be instrumented: {e}", path.display());
             if matches!(e, crate::inspect::InspectError::NotGo) {
-                println!("{}", source_line(config, false));
+                println!("{}", source_line(config, None));
             }
             1
         }
@@ -166,22 +166,30 @@ fn inspect(target: &str, config: &Config) -> i32 {
 }
 
 /// Which source measures such a binary when selected, and why.
-fn source_line(config: &Config, go: bool) -> String {
+fn source_line(config: &Config, plan: Option<&crate::inspect::ProbePlan>) -> String {
     use crate::config::GoSource;
     let label = crate::select::labels::GO_SOURCE;
-    match (go, config.go_source, config.syscall_tracing) {
-        (false, _, true) => "source:     syscalls (not Go; syscall_tracing is on)".into(),
-        (false, _, false) => "source:     none (not Go, and syscall_tracing is off)".into(),
-        (true, GoSource::Uprobes, _) => format!(
-            "source:     uprobes (go_source=uprobes; a container's {label} label overrides)"
-        ),
-        (true, GoSource::Syscalls, true) => format!(
-            "source:     syscalls (go_source=syscalls: plaintext HTTP/1.x only; a container's {label} label overrides)"
-        ),
-        (true, GoSource::Syscalls, false) => {
-            "source:     uprobes (go_source=syscalls, but syscall_tracing is off)".into()
-        }
+    let Some(plan) = plan else {
+        return if config.syscall_tracing {
+            "source:     syscalls (not Go; syscall_tracing is on)".into()
+        } else {
+            "source:     none (not Go, and syscall_tracing is off)".into()
+        };
+    };
+    if config.go_source == GoSource::Syscalls && !config.syscall_tracing {
+        return "source:     uprobes (go_source=syscalls, but syscall_tracing is off)".into();
     }
+    let traces = config.otlp.traces.is_some();
+    let (source, why) =
+        crate::inspect::source::choose(config.go_source, plan, traces, config.syscall_tracing);
+    let limits = match config.go_source {
+        GoSource::Syscalls => ": plaintext HTTP/1.x only",
+        _ => "",
+    };
+    format!(
+        "source:     {} ({why}{limits}; a container's {label} label overrides)",
+        source.name()
+    )
 }
 
 /// Every program of every embedded object (and of `extra` files) through the verifier: 0 only

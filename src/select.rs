@@ -47,6 +47,8 @@ pub struct Selector {
     containers: Option<Containers>,
     report_container: bool,
     go_source: crate::config::GoSource,
+    /// Traces are exported: a handler's client calls need uprobes to be its children.
+    traces: bool,
     /// (container label, Prometheus label name) pairs to copy onto metrics.
     copied_labels: Vec<(String, &'static str)>,
     /// `PATH` directories' matching files, for a name-only `executable_name`.
@@ -149,6 +151,7 @@ impl Selector {
             containers: None,
             report_container: config.metrics_report_container,
             go_source: config.go_source,
+            traces: config.otlp.traces.is_some(),
             copied_labels: config
                 .container_labels
                 .iter()
@@ -407,7 +410,7 @@ impl Selector {
             None => self.go_source,
             Some(v) => crate::config::GoSource::parse(v).unwrap_or_else(|| {
                 tracing::warn!(
-                    "container {}: invalid {} label {v:?} (uprobes or syscalls): using {}",
+                    "container {}: invalid {} label {v:?} (auto, uprobes or syscalls): using {}",
                     c.name,
                     labels::GO_SOURCE,
                     self.go_source.name()
@@ -415,6 +418,17 @@ impl Selector {
                 self.go_source
             }),
         }
+    }
+
+    /// Whether traces are exported (a Go client's calls then carry trace context only uprobes
+    /// propagate: see `inspect::source::choose`).
+    pub fn traces(&self) -> bool {
+        self.traces
+    }
+
+    /// The `go_source` setting of host files (no container label applies).
+    pub fn host_go_source(&self) -> crate::config::GoSource {
+        self.go_source
     }
 
     /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.

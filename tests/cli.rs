@@ -154,6 +154,32 @@ fn inspect_says_which_source_measures_the_binary() {
         out.contains("source:     syscalls (go_source=syscalls"),
         "{out}"
     );
+    // auto: this server can serve TLS (its -tls flag), the same code built without it cannot.
+    let (code, out, _) = sonde(&["inspect", path], &[("SONDE_GO_SOURCE", "auto")]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("speaks:     TLS server yes, gRPC no, h2c no"),
+        "{out}"
+    );
+    assert!(
+        out.contains("source:     uprobes (go_source=auto: can serve TLS"),
+        "{out}"
+    );
+    for plain in plaintext_go_servers() {
+        let (code, out, _) = sonde(
+            &["inspect", plain.to_str().unwrap()],
+            &[("SONDE_GO_SOURCE", "auto")],
+        );
+        assert_eq!(code, 0, "{out}");
+        assert!(
+            out.contains("speaks:     TLS server no, gRPC no, h2c no"),
+            "{out}"
+        );
+        assert!(
+            out.contains("source:     syscalls (go_source=auto: plaintext HTTP/1.x only"),
+            "{out}"
+        );
+    }
     let (code, _, err) = sonde(&["inspect", path], &[("SONDE_GO_SOURCE", "both")]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("SONDE_GO_SOURCE"), "{err}");

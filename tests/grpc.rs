@@ -389,6 +389,42 @@ fn grpc_beyla_v1_naming() {
     );
 }
 
+/// go_source=auto: a gRPC server speaks HTTP/2, which only its uprobes see; every call is
+/// still counted exactly.
+#[test]
+fn go_source_auto_keeps_uprobes_for_grpc() {
+    const TEST: &str = "go_source_auto_keeps_uprobes_for_grpc";
+    if !require_root_or_skip(TEST) || targets_or_skip(TEST).is_none() {
+        return;
+    }
+    let t = newest(false);
+    let closed = free_port();
+    let s = Server::start(&t.path, closed, None);
+    let prom = free_port();
+    let sonde = spawn_sonde(&[
+        ("SONDE_OPEN_PORT", &s.port.to_string()),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_DOCKER", "false"),
+        ("SONDE_GO_SOURCE", "auto"),
+    ]);
+    wait_instrumented(&sonde, &[s.pid()]);
+    let log = sonde.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains(&format!("instrumented pid {} ", s.pid()))
+                && l.contains("(go_source=auto: grpc-go linked in")),
+        "{log}"
+    );
+    s.run_script();
+    s.wait_script_done(Duration::from_secs(60));
+    assert_semconv(prom, &t.name(), s.port, closed);
+    assert!(
+        !sonde.log().contains(&format!("tracing pid {} ", s.pid())),
+        "{}",
+        sonde.log()
+    );
+}
+
 /// An unknown grpc-go layout in a stripped binary (not in its type metadata, no DWARF, no
 /// table row): gRPC is skipped with one log line, the HTTP probes of the same process still
 /// count.

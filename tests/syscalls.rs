@@ -473,12 +473,15 @@ fn go_source_syscalls_counts_a_go_server_exactly_as_uprobes_do() {
         .expect("a Go test server");
     let port = free_port();
     let server = spawn_go_server(&target.path, port, false);
-    let requests: [(&str, &str, &str, usize); 7] = [
+    let requests: [(&str, &str, &str, usize); 9] = [
         ("GET", "/status/200?size=10", "/status/{code}", 0),
         ("GET", "/status/404?size=3", "/status/{code}", 0),
-        // Under 2 KiB: Go sends it with a Content-Length (a chunked body whose framing is
-        // past the first 1 KiB of a write is not followed from syscalls: README).
+        // Under 2 KiB: Go sends it with a Content-Length.
         ("GET", "/status/200?size=2000", "/status/{code}", 0),
+        // Chunked, the framing past the first 1 KiB of a write (the kernel copies no more):
+        // one 3137-byte write, and 4096 + 1042 bytes.
+        ("GET", "/status/200?size=3000", "/status/{code}", 0),
+        ("GET", "/status/200?size=5000", "/status/{code}", 0),
         ("POST", "/echo", "/echo", 100),
         ("PUT", "/status/201", "/status/{code}", 7),
         ("GET", "/implicit", "/implicit", 0),
@@ -519,7 +522,7 @@ fn go_source_syscalls_counts_a_go_server_exactly_as_uprobes_do() {
             let (status, len) = KeepAlive::connect(port).request(method, path, body);
             tally.add(method, status, route, body as u64, len);
         }
-        assert_eq!(tally.total(), 14);
+        assert_eq!(tally.total(), 18);
         assert_tally(prom, "server", &target.name(), &[], &tally);
         // Nothing arrives late, nothing twice.
         std::thread::sleep(Duration::from_millis(500));
@@ -530,7 +533,7 @@ fn go_source_syscalls_counts_a_go_server_exactly_as_uprobes_do() {
                 "http_server_request_duration_seconds_count",
                 &[("service_name", &target.name())]
             ),
-            Some(14.0),
+            Some(18.0),
             "{source}\n{text}"
         );
         let log = sonde.log();
@@ -556,6 +559,115 @@ fn go_source_syscalls_counts_a_go_server_exactly_as_uprobes_do() {
     }
     assert!(!seen[0].is_empty());
     assert_eq!(seen[0], seen[1], "the same series whichever source");
+}
+
+#[test]
+fn go_source_auto_takes_syscalls_for_plaintext_http1_and_uprobes_for_tls() {
+    let test = "go_source_auto_takes_syscalls_for_plaintext_http1_and_uprobes_for_tls";
+    if !prerequisites(test, &["curl"]) {
+        return;
+    }
+    let plain = plaintext_go_servers();
+    assert!(!plain.is_empty(), "no plaintext Go test server was built");
+    let tls = go_targets()
+        .into_iter()
+        .find(|t| !t.stripped && t.linkage == "static")
+        .expect("a Go test server");
+    let (port, tls_port, prom) = (free_port(), free_port(), free_port());
+    let plain_server = spawn_go_server(&plain[0], port, false);
+    let tls_server = spawn_go_server(&tls.path, tls_port, true);
+    let plain_name = plain[0].file_name().unwrap().to_string_lossy().into_owned();
+    // The plaintext server by its file (which sonde would otherwise arm as a whole, with
+    // uprobes for every process running it), the TLS one by its port.
+    let plain_rule = format!("^{}$", plain[0].display().to_string().replace('.', "\\."));
+    let sonde = spawn_sonde(&[
+        ("SONDE_EXECUTABLE_NAME", &plain_rule),
+        ("SONDE_OPEN_PORT", &tls_port.to_string()),
+        ("SONDE_PROMETHEUS_PORT", &prom.to_string()),
+        ("SONDE_ROUTES_PATTERNS", "/status/{code},/echo,/implicit"),
+        ("SONDE_DOCKER", "false"),
+        ("SONDE_GO_SOURCE", "auto"),
+    ]);
+    assert!(
+        sonde.wait_for_log(
+            &format!(
+                "tracing pid {} ({}, Go, go_source=auto: plaintext HTTP/1.x only",
+                plain_server.pid(),
+                plain[0].display()
+            ),
+            WAIT
+        ),
+        "{}",
+        sonde.log()
+    );
+    sonde.expect_instrumented(tls_server.pid(), WAIT);
+    let log = sonde.log();
+    assert!(
+        log.lines().any(
+            |l| l.contains(&format!("instrumented pid {} ", tls_server.pid()))
+                && l.contains("(go_source=auto: can serve TLS")
+        ),
+        "{log}"
+    );
+    let requests: [(&str, &str, &str, usize); 5] = [
+        ("GET", "/status/200?size=10", "/status/{code}", 0),
+        ("GET", "/status/404?size=3", "/status/{code}", 0),
+        ("POST", "/echo", "/echo", 100),
+        ("GET", "/implicit", "/implicit", 0),
+        ("GET", "/nope", "/**", 0),
+    ];
+    let mut tally = Tally::default();
+    let mut conn = KeepAlive::connect(port);
+    for (method, path, route, body) in requests {
+        let (status, len) = conn.request(method, path, body);
+        tally.add(method, status, route, body as u64, len);
+        let (status, len) = KeepAlive::connect(port).request(method, path, body);
+        tally.add(method, status, route, body as u64, len);
+    }
+    assert_tally(prom, "server", &plain_name, &[], &tally);
+    let mut tls_tally = Tally::default();
+    let base = format!("https://127.0.0.1:{tls_port}");
+    let tls_requests: Vec<(&str, String, usize)> = requests
+        .iter()
+        .map(|(m, p, _, b)| (*m, format!("{base}{p}"), *b))
+        .collect();
+    for ((method, _, route, body), (status, len)) in requests.iter().zip(curl(&tls_requests)) {
+        tls_tally.add(method, status, route, *body as u64, len);
+    }
+    assert_eq!(tls_tally.total(), 5);
+    assert_tally(prom, "server", &tls.name(), &[], &tls_tally);
+    // Nothing arrives late, nothing twice, each process by one source only.
+    std::thread::sleep(Duration::from_millis(500));
+    let text = scrape(prom);
+    for (svc, n) in [(&plain_name, 10.0), (&tls.name(), 5.0)] {
+        assert_eq!(
+            metric_value(
+                &text,
+                "http_server_request_duration_seconds_count",
+                &[("service_name", svc)]
+            ),
+            Some(n),
+            "{svc}\n{text}"
+        );
+    }
+    let log = sonde.log();
+    assert!(
+        !log.contains(&format!("instrumented pid {} ", plain_server.pid())),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!(
+            "not arming {}: measured through syscalls (go_source=auto: plaintext",
+            plain[0].display()
+        )),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("tracing pid {} ", tls_server.pid())),
+        "{log}"
+    );
+    drop(conn);
+    sonde.stop();
 }
 
 #[test]

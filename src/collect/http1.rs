@@ -225,6 +225,25 @@ impl Body {
                 }
                 Step::More
             }
+            // The write goes on past the chunk's data, into framing the kernel did not copy.
+            // Go writes a chunk's data with its CRLF (2 bytes more) and the end of a body with
+            // the last chunk too (`\r\n0\r\n\r\n`, 7 bytes more): only those two tails are
+            // taken on trust; anything else loses the connection as before.
+            Body::Chunked(Chunked::Data(left)) => {
+                let rest = n - *left;
+                match rest {
+                    2 | 7 => {
+                        *counted += *left;
+                        if rest == 2 {
+                            *self = Body::Chunked(Chunked::start());
+                            Step::More
+                        } else {
+                            Step::Done(0)
+                        }
+                    }
+                    _ => Step::Invalid,
+                }
+            }
             _ => Step::Invalid,
         }
     }
@@ -894,6 +913,69 @@ mod tests {
             ],
         );
         assert_eq!(summary(&out), vec![s("HEAD", "/h", 200, 0, 0)]);
+    }
+
+    /// Go's chunked responses as the syscalls see them (`strace`: a 5000-byte body is a
+    /// 4096-byte write then a 1042-byte one, a 3000-byte body one 3137-byte write), with only
+    /// the first 1 KiB of each write copied: the framing past it is the data's CRLF and the
+    /// last chunk.
+    #[test]
+    fn chunked_framing_past_the_copied_prefix_of_a_write() {
+        let mut p = Http1Parser::new(Role::Server);
+        let mut out = Vec::new();
+        let head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+            Date: Mon, 07 Dec 2026 05:00:00 GMT\r\nTransfer-Encoding: chunked\r\n\r\n1388\r\n";
+        let copied = |known: &[u8]| {
+            let mut v = known.to_vec();
+            v.resize(1024, b'x');
+            v
+        };
+        p.feed(In, b"GET /a HTTP/1.1\r\n\r\n", 19, 1, &mut out);
+        // 5000 bytes of data: 4096 - head in the first write, the rest + CRLF + last chunk.
+        let first = 4096 - head.len() as u64;
+        assert!(
+            5000 - first > 1024,
+            "the framing must lie past the copied 1 KiB"
+        );
+        p.feed(Out, &copied(head), 4096, 2, &mut out);
+        p.feed(Out, &copied(b""), 5000 - first + 7, 3, &mut out);
+        assert_eq!(summary(&out), vec![s("GET", "/a", 200, 0, 5000)]);
+        // One write: head, size line, 3000 bytes, CRLF, last chunk.
+        out.clear();
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nbb8\r\n";
+        p.feed(In, b"GET /b HTTP/1.1\r\n\r\n", 19, 4, &mut out);
+        p.feed(
+            Out,
+            &copied(head),
+            head.len() as u64 + 3000 + 7,
+            5,
+            &mut out,
+        );
+        assert_eq!(summary(&out), vec![s("GET", "/b", 200, 0, 3000)]);
+        // A chunk ended with its CRLF only: the next write's size line is read.
+        out.clear();
+        p.feed(In, b"GET /c HTTP/1.1\r\n\r\n", 19, 6, &mut out);
+        let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n800\r\n";
+        p.feed(
+            Out,
+            &copied(head),
+            head.len() as u64 + 0x800 + 2,
+            7,
+            &mut out,
+        );
+        p.feed(Out, b"3\r\nabc\r\n0\r\n\r\n", 15, 8, &mut out);
+        assert_eq!(summary(&out), vec![s("GET", "/c", 200, 0, 0x803)]);
+        // Any other unseen tail loses the connection (nothing is made up), until a new head.
+        out.clear();
+        p.feed(In, b"GET /d HTTP/1.1\r\n\r\n", 19, 9, &mut out);
+        p.feed(
+            Out,
+            &copied(head),
+            head.len() as u64 + 0x800 + 5,
+            10,
+            &mut out,
+        );
+        assert!(out.is_empty(), "{out:?}");
     }
 
     #[test]

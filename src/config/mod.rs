@@ -74,14 +74,16 @@ pub struct Config {
     pub otlp: otlp::OtlpConfig,
 }
 
-/// What measures a Go process: its own uprobes (every protocol it speaks, route patterns,
-/// trace propagation) or the syscall tracer (plaintext HTTP/1.x only, several times cheaper
-/// per request under virtualisation: see BENCHMARKS.md).
+/// What measures a Go process: its own uprobes (every protocol it speaks, trace
+/// propagation) or the syscall tracer (plaintext HTTP/1.x only, several times cheaper per
+/// request under virtualisation: see BENCHMARKS.md), or `Auto`: per process, the syscall
+/// tracer when inspection finds nothing only uprobes see (`inspect::source::choose`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum GoSource {
     #[default]
     Uprobes,
     Syscalls,
+    Auto,
 }
 
 impl GoSource {
@@ -89,6 +91,7 @@ impl GoSource {
         match v.trim().to_ascii_lowercase().as_str() {
             "uprobes" => Some(GoSource::Uprobes),
             "syscalls" => Some(GoSource::Syscalls),
+            "auto" => Some(GoSource::Auto),
             _ => None,
         }
     }
@@ -97,6 +100,7 @@ impl GoSource {
         match self {
             GoSource::Uprobes => "uprobes",
             GoSource::Syscalls => "syscalls",
+            GoSource::Auto => "auto",
         }
     }
 }
@@ -332,7 +336,7 @@ keys! {
         |c, v| { c.print_traces = flag(v)?; Ok(()) };
     syscall_tracing, "true", "measure selected non-Go processes through syscalls and OpenSSL",
         |c, v| { c.syscall_tracing = flag(v)?; Ok(()) };
-    go_source, "uprobes", "what measures a selected Go process: uprobes or syscalls",
+    go_source, "uprobes", "what measures a selected Go process: uprobes, syscalls or auto",
         |c, v| { c.go_source = v.parse()?; Ok(()) };
     syscall_source, "auto", "what the syscall tracer runs from: auto, kprobes or tracepoints",
         |c, v| { c.syscall_source = v.parse()?; Ok(()) };
@@ -603,11 +607,15 @@ mod tests {
         assert_eq!(load(&[]).unwrap().go_source, GoSource::Uprobes);
         let c = load(&[("SONDE_GO_SOURCE", "Syscalls")]).unwrap();
         assert_eq!(c.go_source, GoSource::Syscalls);
-        let e = load(&[("SONDE_GO_SOURCE", "auto")])
+        assert_eq!(
+            load(&[("SONDE_GO_SOURCE", "auto")]).unwrap().go_source,
+            GoSource::Auto
+        );
+        let e = load(&[("SONDE_GO_SOURCE", "ebpf")])
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("SONDE_GO_SOURCE") && e.contains("uprobes or syscalls"),
+            e.contains("SONDE_GO_SOURCE") && e.contains("auto, uprobes or syscalls"),
             "{e}"
         );
     }

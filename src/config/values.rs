@@ -169,7 +169,7 @@ impl FromStr for DockerSelect {
 impl FromStr for GoSource {
     type Err = &'static str;
     fn from_str(v: &str) -> Result<Self, Self::Err> {
-        GoSource::parse(v).ok_or("uprobes or syscalls")
+        GoSource::parse(v).ok_or("auto, uprobes or syscalls")
     }
 }
 

@@ -134,6 +134,13 @@ fn entry_probe(bin: &GoBinary, role: ProbeRole, name: &str) -> Result<FunctionPr
 
 /// The gRPC part of a probe plan, or `None` (logged once per binary, since plans are
 /// cached) when the binary has no grpc-go or sonde cannot instrument the one it has.
+/// Whether any grpc-go function sonde probes is linked in (its layout may still be unknown).
+pub fn linked(bin: &GoBinary) -> bool {
+    [HANDLE_STREAM, INVOKE, NEW_STREAM]
+        .iter()
+        .any(|f| bin.find_function(f).is_some())
+}
+
 pub fn plan(bin: &GoBinary) -> Option<(GrpcPlan, Vec<FunctionProbe>)> {
     let path = bin.path.display().to_string();
     let mut probes = Vec::new();

@@ -17,6 +17,7 @@ pub mod grpc_offsets_table;
 pub mod offsets_table;
 pub mod pclntab;
 pub mod ret;
+pub mod source;
 pub mod symbols;
 pub mod typemeta;
 
@@ -171,6 +172,21 @@ pub struct ProbePlan {
     /// grpc-go, when the binary has it and sonde knows its layout (its probes are in
     /// `probes`).
     pub grpc: Option<grpc::GrpcPlan>,
+    /// What the binary can speak that only uprobes see (for `go_source=auto`).
+    pub speaks: Speaks,
+}
+
+/// Protocols a binary's code can serve that the syscall tracer cannot follow, known from the
+/// functions linked in. The linker drops unreachable code, so a plaintext-only net/http
+/// server has none of them; a binary that merely can (a `-tls` flag) counts as one that does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Speaks {
+    /// `crypto/tls`'s server handshake: TLS (and HTTP/2 over it) is served.
+    pub tls_server: bool,
+    /// grpc-go, server or client, whether or not sonde knows its layout.
+    pub grpc: bool,
+    /// `golang.org/x/net/http2/h2c`: HTTP/2 without TLS.
+    pub h2c: bool,
 }
 
 impl GoVersion {
@@ -299,6 +315,11 @@ pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 pub const ROUND_TRIP: &str = "net/http.(*Transport).RoundTrip";
 /// Where every goroutine is made: probed only when traces are exported.
 pub const NEWPROC1: &str = "runtime.newproc1";
+/// Reachable only through `tls.Server` (what `ServeTLS`, `tls.Listen` and `tls.NewListener`
+/// use): linked in exactly when the program can serve TLS.
+pub const TLS_SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
+/// x/net's h2c wrapper (plaintext HTTP/2).
+pub const H2C_HANDLER: &str = "golang.org/x/net/http2/h2c.h2cHandler.ServeHTTP";
 
 /// A parsed Go executable: owns the bytes, answers function and RET lookups.
 #[derive(Debug)]
@@ -592,6 +613,11 @@ impl GoBinary {
         let server = self.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP);
         let client = self.function_probe(ProbeRole::HttpClientRoundTrip, ROUND_TRIP);
         let grpc = grpc::plan(self);
+        let speaks = Speaks {
+            tls_server: self.find_function(TLS_SERVER_HANDSHAKE).is_some(),
+            grpc: grpc.is_some() || grpc::linked(self),
+            h2c: self.find_function(H2C_HANDLER).is_some(),
+        };
         let mut probes: Vec<FunctionProbe> = match (server, client) {
             (Err(e), Err(_)) if grpc.is_none() => return Err(e),
             (server, client) => server
@@ -621,6 +647,7 @@ impl GoBinary {
             modules_known: self.has_build_info(),
             probes,
             grpc,
+            speaks,
         })
     }
 }
@@ -687,6 +714,14 @@ pub(crate) fn check_budget() -> Result<(), InspectError> {
     budget::check().map_err(|_| InspectError::Timeout(std::time::Duration::ZERO))
 }
 
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
 /// Human-readable plan, for `sonde inspect`.
 pub fn render(plan: &ProbePlan) -> String {
     let mut s = String::new();
@@ -732,6 +767,14 @@ pub fn render(plan: &ProbePlan) -> String {
             }
         }
     }
+    let sp = &plan.speaks;
+    let _ = writeln!(
+        s,
+        "speaks:     TLS server {}, gRPC {}, h2c {}",
+        yes_no(sp.tls_server),
+        yes_no(sp.grpc),
+        yes_no(sp.h2c)
+    );
     match &plan.grpc {
         Some(g) => {
             let source = g.offsets_source.to_string();

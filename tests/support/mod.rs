@@ -100,6 +100,20 @@ pub fn go_targets() -> Vec<GoTarget> {
         .clone()
 }
 
+/// The test server built without its TLS code (`-tags notls`), with the oldest and the
+/// newest toolchain: what `go_source=auto` takes as plaintext HTTP/1.x only.
+pub fn plaintext_go_servers() -> Vec<PathBuf> {
+    let _ = go_targets();
+    let mut v: Vec<PathBuf> = std::fs::read_dir(repo().join("target/go-targets"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("plainhttp-"))
+        .map(|e| e.path())
+        .collect();
+    v.sort();
+    v
+}
+
 /// A child process killed (by its PID only) when the guard drops.
 pub struct ChildGuard {
     pub child: Child,

@@ -9,21 +9,15 @@
 //	                       given) and answers with its status, or 502 when the call failed;
 //	                       with go=1 the call is made on a goroutine the handler starts
 //
-// Builds with Go 1.19 to 1.27 and the standard library only.
+// Builds with Go 1.19 to 1.27 and the standard library only. `-tags notls` leaves the TLS
+// code out (tls.go): a plaintext-only server, as go_source=auto sees it.
 package main
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"flag"
 	"fmt"
 	"io"
 	"log"
-	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -90,26 +84,6 @@ func handle(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-func selfSigned() tls.Certificate {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		log.Fatal(err)
-	}
-	tmpl := x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: "localhost"},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(24 * time.Hour),
-		DNSNames:     []string{"localhost"},
-		IPAddresses:  []net.IP{net.ParseIP("127.0.0.1")},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, &tmpl, &tmpl, &key.PublicKey, key)
-	if err != nil {
-		log.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 func main() {
 	addr := flag.String("addr", "127.0.0.1:8080", "listen address")
 	useTLS := flag.Bool("tls", false, "serve TLS with a self-signed certificate (HTTP/2 via ALPN)")
@@ -122,8 +96,7 @@ func main() {
 	fmt.Printf("listening on %s\n", ln.Addr())
 	os.Stdout.Sync()
 	if *useTLS {
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{selfSigned()}, NextProtos: []string{"h2", "http/1.1"}}
-		log.Fatal(srv.ServeTLS(ln, "", ""))
+		log.Fatal(serveTLS(srv, ln))
 	}
 	log.Fatal(srv.Serve(ln))
 }
