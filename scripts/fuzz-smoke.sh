@@ -23,7 +23,8 @@ cd fuzz
 echo "== cargo fuzz build (sanitizer: $SANITIZER)"
 if ! cargo fuzz build -O --debug-assertions --sanitizer "$SANITIZER" 2>/tmp/sonde-fuzz-build.log; then
     if [ "$SANITIZER" = address ]; then
-        echo "ASan build failed (see /tmp/sonde-fuzz-build.log); retrying without a sanitizer"
+        echo "ASan build failed; retrying without a sanitizer. Its last lines:"
+        grep -E "^error" /tmp/sonde-fuzz-build.log | head -n 5 || tail -n 5 /tmp/sonde-fuzz-build.log
         SANITIZER=none
         cargo fuzz build -O --debug-assertions --sanitizer none
     else
