@@ -144,9 +144,12 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let started = Instant::now();
     let mut loader = crate::attach::loader();
+    // Every loader now (see `attach::loader`): the launch and exec watches start later.
+    let launch_loader = config.docker_enabled().then(crate::attach::loader);
+    let exec_loader = config.executable_name.is_some().then(crate::attach::loader);
     let mut attacher = Attacher::load(&mut loader)?;
     attacher.set_goroutine_probes(config.otlp.traces.is_some());
-    // Creating the loader parsed the kernel's BTF (megabytes, freed at once): return those
+    // Creating the loaders parsed the kernel's BTF (megabytes, freed at once): return those
     // pages.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -199,19 +202,14 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<(HostProcess, u32)>();
     // Files of `executable_name` seen running, to arm for their later runs.
     let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
-    // Loading the exec watcher parses the kernel's BTF again (tens of milliseconds, more under
-    // load): off the way to the first scan. Its handle lives in the thread's result, kept
-    // until the agent stops; files named by path are armed by the scans meanwhile.
+    // Loading the exec watcher's program takes tens of milliseconds (more under load): off the
+    // way to the first scan. Its handle lives in the thread's result, kept until the agent
+    // stops; files named by path are armed by the scans meanwhile.
     let _execs = {
         let re = config.executable_name.clone();
         std::thread::Builder::new()
             .name("sonde-execs".into())
-            .spawn(move || {
-                let watch = watch_execs(re, seen_tx);
-                // SAFETY: malloc_trim has no preconditions.
-                unsafe { libc::malloc_trim(0) };
-                watch
-            })?
+            .spawn(move || watch_execs(exec_loader, re, seen_tx))?
     };
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
@@ -234,10 +232,9 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             exporter: exporter.clone(),
         };
         _inits = watch_engine_inits(launcher.clone());
-        _launches = watch_launches(launcher);
-        // Loading the launch program parsed the kernel's BTF again: return those pages.
-        // SAFETY: malloc_trim has no preconditions.
-        unsafe { libc::malloc_trim(0) };
+        if let Some(loader) = launch_loader {
+            _launches = watch_launches(loader, launcher);
+        }
         let changed = {
             let wake = wake.clone();
             move || {
@@ -422,7 +419,7 @@ fn watch_engine_inits(launcher: Launcher) -> Option<crate::discover::runtime::In
 
 /// Reports container launches to discovery, when this kernel lets sonde see them; without
 /// it, containers are instrumented after they start (their first requests can be missed).
-fn watch_launches(launcher: Launcher) -> Option<LaunchWatch> {
+fn watch_launches(loader: aya::EbpfLoader<'static>, launcher: Launcher) -> Option<LaunchWatch> {
     // Tests turn runc's trigger off to run the engine's alone on runc.
     if std::env::var("SONDE_RUNC_RENAME").is_ok_and(|v| v == "false") {
         tracing::info!("SONDE_RUNC_RENAME=false: runc's init is not watched");
@@ -431,7 +428,9 @@ fn watch_launches(launcher: Launcher) -> Option<LaunchWatch> {
     if let Err(e) = crate::kernel::ensure_tracefs() {
         tracing::warn!("{e}");
     }
-    match LaunchWatch::start(move |pid, at| launcher.launch(pid, at, Trigger::RuncInit)) {
+    match LaunchWatch::start(loader, move |pid, at| {
+        launcher.launch(pid, at, Trigger::RuncInit)
+    }) {
         Ok(w) => {
             tracing::info!("watching container launches: containers are instrumented before their program runs");
             Some(w)
@@ -934,12 +933,13 @@ const ARM_RETRY: Duration = Duration::from_secs(10);
 /// Watches executions when `executable_name` is set, sending each selected host file seen
 /// running (once) to discovery, which arms it.
 fn watch_execs(
+    loader: Option<aya::EbpfLoader<'static>>,
     executable_name: Option<regex::Regex>,
     seen: std::sync::mpsc::Sender<std::path::PathBuf>,
 ) -> Option<crate::attach::launch::ExecWatch> {
-    let re = executable_name?;
+    let (loader, re) = (loader?, executable_name?);
     let mut sent = std::collections::HashSet::new();
-    let started = crate::attach::launch::ExecWatch::start(move |_pid, path| {
+    let started = crate::attach::launch::ExecWatch::start(loader, move |_pid, path| {
         // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
         let Ok(real) = std::fs::canonicalize(&path) else {
             return;

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
 use aya::programs::TracePoint;
-use aya::{Ebpf, EbpfLoader};
+use aya::Ebpf;
 use thiserror::Error;
 
 use crate::ebpf_abi::LaunchEvent;
@@ -60,10 +60,15 @@ pub struct LaunchWatch {
 impl LaunchWatch {
     /// Loads and attaches the program; `on_launch` is called with each init process's PID
     /// and when it was renamed (CLOCK_MONOTONIC ns), from the watch thread.
-    pub fn start(on_launch: impl Fn(u32, u64) + Send + 'static) -> Result<Self, LaunchError> {
+    /// `loader`: made by [`super::loader`] at the agent's start (see there).
+    pub fn start(
+        loader: aya::EbpfLoader<'static>,
+        on_launch: impl Fn(u32, u64) + Send + 'static,
+    ) -> Result<Self, LaunchError> {
         let format = std::fs::read_to_string(FORMAT).map_err(LaunchError::NoTracepoint)?;
         let newcomm = field_offset(&format, "newcomm").ok_or(LaunchError::Format("newcomm"))?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader: aya::EbpfLoader<'_> = loader;
+        let mut ebpf = loader
             .override_global("NEWCOMM_OFFSET", &newcomm, true)
             .load(LAUNCH_BPF)?;
         let program: &mut TracePoint = ebpf
@@ -136,12 +141,15 @@ pub struct ExecWatch {
 impl ExecWatch {
     /// `on_exec` is called, from the watch thread, with each execution's PID and the path
     /// given to exec, within `EXEC_DRAIN` of it.
+    /// `loader`: as for [`LaunchWatch::start`].
     pub fn start(
+        loader: aya::EbpfLoader<'static>,
         mut on_exec: impl FnMut(u32, std::path::PathBuf) + Send + 'static,
     ) -> Result<Self, LaunchError> {
         let format = std::fs::read_to_string(EXEC_FORMAT).map_err(LaunchError::NoTracepoint)?;
         let filename = field_offset(&format, "filename").ok_or(LaunchError::Format("filename"))?;
-        let mut ebpf = EbpfLoader::new()
+        let mut loader: aya::EbpfLoader<'_> = loader;
+        let mut ebpf = loader
             .override_global("FILENAME_OFFSET", &filename, true)
             .load(LAUNCH_BPF)?;
         let program: &mut TracePoint = ebpf

@@ -189,9 +189,11 @@ fn ring_buffer_size_override() -> Option<u32> {
     }
 }
 
-/// One loader for every object sonde loads: creating one parses the kernel's BTF (megabytes,
-/// ~100 ms here), which sonde's programs do not need (no CO-RE relocations), so it is
-/// parsed once and dropped at once.
+/// A loader that does not keep the kernel's BTF: sonde's programs do not need it (no CO-RE
+/// relocations). aya has no constructor that skips it, so making one still parses it: ~17 MB
+/// for ~30 ms, freed at once. The agent makes all of its loaders together at start, while it
+/// is small, so that this is its peak RSS once, not a spike over the rings and code later
+/// (peak RSS of an idle agent 37.6 → 26.5 MB measured; BENCHMARKS.md, issue 20).
 pub fn loader() -> aya::EbpfLoader<'static> {
     let mut loader = aya::EbpfLoader::new();
     loader.btf(None);
