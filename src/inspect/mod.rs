@@ -18,6 +18,7 @@ pub mod offsets_table;
 pub mod pclntab;
 pub mod ret;
 pub mod source;
+pub mod sparse;
 pub mod symbols;
 pub mod typemeta;
 
@@ -326,6 +327,11 @@ pub const H2C_HANDLER: &str = "golang.org/x/net/http2/h2c.h2cHandler.ServeHTTP";
 pub struct GoBinary {
     path: PathBuf,
     data: Vec<u8>,
+    /// The file, when `data` leaves out its code or DWARF (see [`sparse`]): those bytes are
+    /// read from it when needed.
+    left_out: Option<(std::fs::File, sparse::Skipped)>,
+    /// The whole file, read on first need of DWARF when `data` left it out.
+    whole: std::cell::OnceCell<Vec<u8>>,
     elf: ElfLayout,
     build: buildinfo::BuildInfo,
     index: FunctionIndex,
@@ -342,7 +348,6 @@ pub struct GoBinary {
 impl GoBinary {
     /// Reads and validates a Go executable (x86-64 ELF, Go ≥ 1.17, with a function index).
     pub fn open(path: &Path) -> Result<GoBinary, InspectError> {
-        use std::io::Read as _;
         let file = std::fs::File::open(path).map_err(|e| InspectError::io(path, &e))?;
         let size = file
             .metadata()
@@ -355,19 +360,11 @@ impl GoBinary {
                 limit: MAX_FILE_SIZE,
             });
         }
-        let mut data = Vec::with_capacity(size as usize);
-        // `take` guards against a file that grows while being read.
-        file.take(MAX_FILE_SIZE + 1)
-            .read_to_end(&mut data)
-            .map_err(|e| InspectError::io(path, &e))?;
-        if data.len() as u64 > MAX_FILE_SIZE {
-            return Err(InspectError::TooLarge {
-                path: path.display().to_string(),
-                size: data.len() as u64,
-                limit: MAX_FILE_SIZE,
-            });
-        }
-        GoBinary::from_bytes(path.to_path_buf(), data)
+        // A file that shrinks while being read fails here, one that grows is read as it was.
+        let read = sparse::read(&file, size).map_err(|e| InspectError::io(path, &e))?;
+        let mut bin = GoBinary::from_bytes(path.to_path_buf(), read.data)?;
+        bin.left_out = read.skipped.map(|s| (file, s));
+        Ok(bin)
     }
 
     /// As [`open`](Self::open), for bytes already in memory.
@@ -384,6 +381,8 @@ impl GoBinary {
         Ok(GoBinary {
             path,
             data,
+            left_out: None,
+            whole: std::cell::OnceCell::new(),
             elf,
             build,
             index,
@@ -434,9 +433,10 @@ impl GoBinary {
         &self.path
     }
 
+    /// Every byte of the file (tests check the inspector's answers against them).
     #[cfg(test)]
     pub fn data(&self) -> &[u8] {
-        &self.data
+        self.whole().expect("the file, read again")
     }
 
     #[cfg(test)]
@@ -459,7 +459,26 @@ impl GoBinary {
 
     /// A fresh `object` view of the bytes (for DWARF).
     pub fn object(&self) -> Result<object::File<'_>, InspectError> {
-        object::File::parse(&self.data[..]).map_err(|e| InspectError::NotElf(e.to_string()))
+        let data = match &self.left_out {
+            Some((_, skipped)) if skipped.debug => self.whole()?,
+            _ => &self.data,
+        };
+        object::File::parse(data).map_err(|e| InspectError::NotElf(e.to_string()))
+    }
+
+    /// Every byte of the file, read once when `data` left some out.
+    fn whole(&self) -> Result<&[u8], InspectError> {
+        let Some((file, _)) = &self.left_out else {
+            return Ok(&self.data);
+        };
+        if let Some(w) = self.whole.get() {
+            return Ok(w);
+        }
+        use std::os::unix::fs::FileExt as _;
+        let mut w = vec![0u8; self.data.len()];
+        file.read_exact_at(&mut w, 0)
+            .map_err(|e| InspectError::io(&self.path, &e))?;
+        Ok(self.whole.get_or_init(|| w))
     }
 
     /// Entry and end virtual address of a function by its full Go name
@@ -490,9 +509,22 @@ impl GoBinary {
             .ok_or_else(|| {
                 InspectError::Malformed(format!("bad function bounds {entry:#x}..{end:#x}"))
             })?;
-        let code = self.elf.bytes_at(&self.data, entry, len).ok_or_else(|| {
-            InspectError::Malformed(format!("function at {entry:#x} is outside the file"))
-        })?;
+        let outside =
+            || InspectError::Malformed(format!("function at {entry:#x} is outside the file"));
+        let code = self
+            .elf
+            .bytes_at(&self.data, entry, len)
+            .ok_or_else(outside)?;
+        if let Some((file, skipped)) = &self.left_out {
+            let offset = self.elf.vaddr_to_offset(entry).ok_or_else(outside)?;
+            if skipped.covers_code(offset, len) {
+                use std::os::unix::fs::FileExt as _;
+                let mut code = vec![0u8; code.len()];
+                file.read_exact_at(&mut code, offset)
+                    .map_err(|e| InspectError::io(&self.path, &e))?;
+                return Ok(ret::ret_sites(&code, entry));
+            }
+        }
         Ok(ret::ret_sites(code, entry))
     }
 
