@@ -296,40 +296,7 @@ def pctl(xs, p):
     return common.pctl(xs, p) if xs else None
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sonde", help="sonde binary (default: build a release one)")
-    ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--conns", type=int, default=8)
-    ap.add_argument("--starts", type=int, default=20)
-    ap.add_argument("--containers", type=int, default=20)
-    ap.add_argument("--out", help="append the Markdown section to this file")
-    args = ap.parse_args()
-    if os.geteuid() != 0:
-        sys.exit("bench: run as root")
-    sonde, server_path, _, go = common.build(args)
-    runs, exact = sources(sonde, server_path, args.rounds, args.seconds, args.conns)
-    alone = statistics.median(r["cpu_us"] for r in runs["alone"])
-    added = {m: statistics.median(r["cpu_us"] for r in runs[m]) - alone
-             for m in ("uprobes", "syscalls", "auto", "bystander")}
-    rps = {m: statistics.median(r["rps"] for r in runs[m]) for m in runs}
-    steady = {m: runs[m][-1]["rss"] for m in ("uprobes", "syscalls", "auto", "bystander")}
-    dd = bystander_syscalls(sonde, args.rounds + 2)
-    per_req = syscalls_per_request(server_path)
-    starts = {m: start_to_counted(sonde, server_path, args.starts, m)
-              for m in ("uprobes", "syscalls", "auto", "python")}
-    peak = peak_containers(sonde, server_path, args.containers)
-
-    lines = []
-    w = lines.append
-    m = common.machine()
-    w(f"## Sources, start and footprint (`bench/sources.sh`, issue 20)\n")
-    w(f"{m['date']}, kernel {m['kernel']}, {m['cores']} cores, load {m['load']}; Go server "
-      f"built with {go}, sonde `{os.path.relpath(sonde, common.REPO)}`; {args.rounds} interleaved "
-      f"rounds of {args.seconds} s, wrk -c{args.conns}, server pinned to core 0, wrk to core 1; "
-      f"medians.\n")
+def sources_table(w, runs, added, rps, exact, dd, per_req):
     w("| source on the same Go server (trivial handler) | server CPU/req | added µs/req | req/s |")
     w("|---|---|---|---|")
     for mode, label in (("alone", "alone"), ("uprobes", "`go_source=uprobes`"),
@@ -351,6 +318,49 @@ def main():
          if per_req else "") + "\n")
     w("Counts (wrk's completed responses → sonde's count, every run): " + "; ".join(
         f"{mode} {sent} → {got}" for mode, sent, got in exact) + ".\n")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sonde", help="sonde binary (default: build a release one)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--conns", type=int, default=8)
+    ap.add_argument("--starts", type=int, default=20)
+    ap.add_argument("--containers", type=int, default=20)
+    ap.add_argument("--out", help="append the Markdown section to this file")
+    ap.add_argument("--start-and-footprint", action="store_true",
+                    help="only start → counted and RSS (minutes, not half an hour)")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench: run as root")
+    sonde, server_path, _, go = common.build(args)
+    full = not args.start_and_footprint
+    if full:
+        runs, exact = sources(sonde, server_path, args.rounds, args.seconds, args.conns)
+        alone = statistics.median(r["cpu_us"] for r in runs["alone"])
+        added = {m: statistics.median(r["cpu_us"] for r in runs[m]) - alone
+                 for m in ("uprobes", "syscalls", "auto", "bystander")}
+        rps = {m: statistics.median(r["rps"] for r in runs[m]) for m in runs}
+        steady = {m: runs[m][-1]["rss"] for m in ("uprobes", "syscalls", "auto", "bystander")}
+        dd = bystander_syscalls(sonde, args.rounds + 2)
+        per_req = syscalls_per_request(server_path)
+    starts = {m: start_to_counted(sonde, server_path, args.starts, m)
+              for m in ("uprobes", "syscalls", "auto", "python")}
+    peak = peak_containers(sonde, server_path, args.containers)
+
+    lines = []
+    w = lines.append
+    m = common.machine()
+    w(f"## Sources, start and footprint (`bench/sources.sh`, issue 20)\n")
+    w(f"{m['date']}, kernel {m['kernel']}, {m['cores']} cores, load {m['load']}; Go server "
+      f"built with {go}, sonde `{os.path.relpath(sonde, common.REPO)}`; "
+      + (f"{args.rounds} interleaved rounds of {args.seconds} s, wrk -c{args.conns}, server "
+         f"pinned to core 0, wrk to core 1; medians.\n" if full
+         else "start → counted and footprint only (`--start-and-footprint`).\n"))
+    if full:
+        sources_table(w, runs, added, rps, exact, dd, per_req)
     w("| sonde start → first request counted (a request every 5 ms) | p50 | p99 | max | counted |")
     w("|---|---|---|---|---|")
     for mode, label in (("uprobes", "running Go server, uprobes"),
@@ -364,7 +374,7 @@ def main():
     w("")
     w("| sonde RSS (kB) | anonymous | file-backed | total | peak (VmHWM) |")
     w("|---|---|---|---|---|")
-    for mode in ("uprobes", "syscalls", "auto", "bystander"):
+    for mode in ("uprobes", "syscalls", "auto", "bystander") if full else ():
         r = steady[mode]
         w(f"| after the {mode} runs | {r['RssAnon']} | {r['RssFile']} | {r['VmRSS']} | "
           f"{r['VmHWM']} |")
