@@ -72,6 +72,8 @@ for t in $(cargo fuzz list); do
     mkdir -p "$work"
     seeds=("corpus/$t")
     [ -d "$RUNTIME/$t" ] && seeds+=("$RUNTIME/$t")
+    # Inputs that once crashed (each has a unit test too): mutations start from them again.
+    [ -d "regressions/$t" ] && seeds+=("regressions/$t")
     echo "== fuzz $t for ${SECONDS_EACH}s"
     # New inputs go to a scratch folder, so the committed corpus stays small; -max_len keeps
     # whole-binary mutations affordable; one input over 20 s is a hang.

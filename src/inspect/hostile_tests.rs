@@ -187,18 +187,9 @@ fn fuzz_seed_pclntab_is_a_valid_table() {
 /// both its members, so mutations start from a path that reaches the member decoding.
 #[test]
 fn fuzz_seed_dwarf_is_a_valid_unit() {
-    let data = include_bytes!("../../fuzz/corpus/dwarf/request-struct");
-    let len = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
-    let (abbrev_len, str_len) = (len(0), len(4));
-    let abbrev = &data[8..8 + abbrev_len];
-    let str = &data[8 + abbrev_len..8 + abbrev_len + str_len];
-    let info = &data[8 + abbrev_len + str_len..];
-    let r = dwarf::offsets_from_sections(&dwarf::RawSections {
-        info,
-        abbrev,
-        str,
-        ..Default::default()
-    });
+    let r = dwarf::offsets_from_sections(&dwarf_input(include_bytes!(
+        "../../fuzz/corpus/dwarf/request-struct"
+    )));
     // Method and URL were read; the first field the seed lacks is the next one asked for.
     match r {
         Err(dwarf::DwarfError::MissingField(f)) => {
@@ -206,4 +197,28 @@ fn fuzz_seed_dwarf_is_a_valid_unit() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+/// The `dwarf` fuzz target's input layout (see fuzz/fuzz_targets/dwarf.rs).
+fn dwarf_input(data: &[u8]) -> dwarf::RawSections<'_> {
+    let len = |at: usize| u32::from_le_bytes(data[at..at + 4].try_into().unwrap()) as usize;
+    let (abbrev_len, str_len) = (len(0), len(4));
+    dwarf::RawSections {
+        abbrev: &data[8..8 + abbrev_len],
+        str: &data[8 + abbrev_len..8 + abbrev_len + str_len],
+        info: &data[8 + abbrev_len + str_len..],
+        ..Default::default()
+    }
+}
+
+/// Found by the `dwarf` fuzz target in CI: a unit's name given as a `DW_FORM_strx` index so
+/// large that gimli 0.33 overflowed multiplying it by the offset size (a panic wherever
+/// overflow checks are on, as in the debug build the tests run as the agent). gimli 0.34
+/// checks it; an error, not a panic.
+#[test]
+fn fuzz_found_str_offsets_index_overflow_is_an_error() {
+    let r = dwarf::offsets_from_sections(&dwarf_input(include_bytes!(
+        "../../fuzz/regressions/dwarf/str-offsets-index-overflow"
+    )));
+    assert!(r.is_err(), "{r:?}");
 }
