@@ -16,8 +16,8 @@ use super::{lock, Instrumented, Shared};
 /// that had probes of its own on it may have exited).
 const ARM_RETRY: Duration = Duration::from_secs(10);
 
-/// Watches for files `executable_name` selects: bounded, a host running many distinct
-/// matching programs forgets old ones.
+/// Files seen running remembered at most (not to send one twice): a host running many
+/// distinct matching programs forgets old ones.
 const SENT_FILES: usize = 4096;
 
 /// Why a named file could not be armed: its mtime then, when, and the reason.

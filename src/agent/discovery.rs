@@ -41,6 +41,7 @@ enum Route {
     Uprobes,
 }
 
+/// `via_syscalls`: meant for the syscall tracer (a non-Go process, or `go_source` chose it).
 fn route<T>(via_syscalls: bool, tracer: &TracerState<T>) -> Route {
     match tracer {
         TracerState::Loading(_) if via_syscalls => Route::AwaitTracer,
@@ -49,6 +50,7 @@ fn route<T>(via_syscalls: bool, tracer: &TracerState<T>) -> Route {
     }
 }
 
+/// The discovery thread's state and what it shares with the rest of the agent.
 pub(super) struct Discovery {
     pub(super) shared: Shared,
     pub(super) selector: Selector,

@@ -22,6 +22,7 @@ use super::syscall_tracer::{wait_loaded, wait_syscalls, ReaderArrival};
 /// How often lost events are looked for (and reported).
 const LOST_CHECK: Duration = Duration::from_secs(1);
 
+/// What the event loop reads from and writes to.
 pub(super) struct Collector {
     pub(super) reader: Reader,
     /// The syscall tracer's reader, once loaded (`sys_loading` brings it).

@@ -18,6 +18,7 @@ pub(super) struct Candidate {
     pub(super) attempts: u32,
 }
 
+/// What discovery carries from one scan to the next for processes it has not instrumented.
 #[derive(Default)]
 pub(super) struct Pending {
     /// Processes whose attach failed, with the attempts made so far.
