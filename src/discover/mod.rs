@@ -66,7 +66,7 @@ fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
         // runc's own processes (`runc:[0:PARENT]`, `[1:CHILD]`, `[2:INIT]`) sit in a starting
         // container's cgroup, so container rules match them; they run runc, not the
         // container's program, and inspecting runc costs megabytes for a "no HTTP server"
-        // verdict. The init is adopted at its launch (agent.rs) or found once it has exec'd.
+        // verdict. The init is adopted at its launch (agent/launch.rs) or found once it has exec'd.
         if command_name(&stat).is_some_and(is_runtime_bootstrap) {
             continue;
         }
