@@ -150,20 +150,22 @@ impl SentFiles {
 /// Watches executions when `executable_name` is set, sending each selected host file seen
 /// running (once) to discovery, which arms it.
 pub(super) fn watch_execs(
-    loader: Option<aya::EbpfLoader<'static>>,
+    object: Option<Result<aya::Ebpf, crate::attach::launch::LaunchError>>,
     executable_name: Option<regex::Regex>,
     seen: std::sync::mpsc::Sender<PathBuf>,
 ) -> Option<crate::attach::launch::ExecWatch> {
-    let (loader, re) = (loader?, executable_name?);
+    let (object, re) = (object?, executable_name?);
     let mut sent = SentFiles::default();
-    let started = crate::attach::launch::ExecWatch::start(loader, move |_pid, path| {
-        // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
-        let Ok(real) = std::fs::canonicalize(&path) else {
-            return;
-        };
-        if re.is_match(&real.to_string_lossy()) && sent.first_time(&real) {
-            let _ = seen.send(real);
-        }
+    let started = object.and_then(|object| {
+        crate::attach::launch::ExecWatch::start(object, move |_pid, path| {
+            // The path given to exec: the file itself is what `/proc/<pid>/exe` will show.
+            let Ok(real) = std::fs::canonicalize(&path) else {
+                return;
+            };
+            if re.is_match(&real.to_string_lossy()) && sent.first_time(&real) {
+                let _ = seen.send(real);
+            }
+        })
     });
     match started {
         Ok(w) => {

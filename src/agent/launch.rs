@@ -139,7 +139,7 @@ pub(super) fn watch_engine_inits(
 /// Reports container launches to discovery, when this kernel lets sonde see them; without
 /// it, containers are instrumented after they start (their first requests can be missed).
 pub(super) fn watch_launches(
-    loader: aya::EbpfLoader<'static>,
+    object: Result<aya::Ebpf, crate::attach::launch::LaunchError>,
     launcher: Launcher,
 ) -> Option<LaunchWatch> {
     // Tests turn runc's trigger off to run the engine's alone on runc.
@@ -147,12 +147,12 @@ pub(super) fn watch_launches(
         tracing::info!("SONDE_RUNC_RENAME=false: runc's init is not watched");
         return None;
     }
-    if let Err(e) = crate::kernel::ensure_tracefs() {
-        tracing::warn!("{e}");
-    }
-    match LaunchWatch::start(loader, move |pid, at| {
-        launcher.launch(pid, at, Trigger::RuncInit)
-    }) {
+    let started = object.and_then(|object| {
+        LaunchWatch::start(object, move |pid, at| {
+            launcher.launch(pid, at, Trigger::RuncInit)
+        })
+    });
+    match started {
         Ok(w) => {
             tracing::info!("watching container launches: containers are instrumented before their program runs");
             Some(w)

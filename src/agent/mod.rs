@@ -23,6 +23,7 @@ use std::time::Instant;
 
 use thiserror::Error;
 
+use crate::attach::launch as launch_object;
 use crate::attach::{AttachError, Attacher};
 use crate::collect::reader::Reader;
 use crate::config::Config;
@@ -147,12 +148,22 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
 
     let started = Instant::now();
     let mut loader = crate::attach::loader();
-    // Every loader now (see `attach::loader`): the launch and exec watches start later.
-    let launch_loader = config.docker_enabled().then(crate::attach::loader);
-    let exec_loader = config.executable_name.is_some().then(crate::attach::loader);
     let mut attacher = Attacher::load(&mut loader)?;
     attacher.set_goroutine_probes(config.otlp.traces.is_some());
-    // Creating the loaders parsed the kernel's BTF (megabytes, freed at once): return those
+    // The launch and exec watches' objects, from the same loader (see `attach::loader`);
+    // their programs are verified and attached when the watches start.
+    let wants_launches = config.docker_enabled();
+    let wants_execs = config.executable_name.is_some();
+    if wants_launches || wants_execs {
+        if let Err(e) = crate::kernel::ensure_tracefs() {
+            tracing::warn!("{e}");
+        }
+    }
+    let launch_object = wants_launches
+        .then(|| launch_object::load_object(&mut loader, launch_object::Watch::Launch));
+    let exec_object =
+        wants_execs.then(|| launch_object::load_object(&mut loader, launch_object::Watch::Exec));
+    // Creating the loader parsed the kernel's BTF (megabytes, freed at once): return those
     // pages.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
@@ -211,7 +222,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
         let re = config.executable_name.clone();
         std::thread::Builder::new()
             .name("sonde-execs".into())
-            .spawn(move || arming::watch_execs(exec_loader, re, seen_tx))?
+            .spawn(move || arming::watch_execs(exec_object, re, seen_tx))?
     };
     let mut selector = Selector::new(&config);
     let containers = config.docker_enabled().then(Containers::default);
@@ -234,8 +245,8 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             exporter: exporter.clone(),
         };
         _inits = launch::watch_engine_inits(launcher.clone());
-        if let Some(loader) = launch_loader {
-            _launches = launch::watch_launches(loader, launcher);
+        if let Some(object) = launch_object {
+            _launches = launch::watch_launches(object, launcher);
         }
         launch::watch_containers(
             containers,

@@ -4,7 +4,7 @@
 
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
@@ -17,12 +17,68 @@ use crate::ebpf_abi::LaunchEvent;
 static LAUNCH_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/launch.bpf.o"));
 
 const FORMAT: &str = "/sys/kernel/tracing/events/task/task_rename/format";
+const EXEC_FORMAT: &str = "/sys/kernel/tracing/events/sched/sched_process_exec/format";
+
+/// Which watch of the launch object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Watch {
+    /// runc's init renamed (`task/task_rename`): [`LaunchWatch`].
+    Launch,
+    /// Every exec on the host (`sched/sched_process_exec`): [`ExecWatch`].
+    Exec,
+}
+
+impl Watch {
+    fn format(self) -> &'static str {
+        match self {
+            Watch::Launch => FORMAT,
+            Watch::Exec => EXEC_FORMAT,
+        }
+    }
+}
+
+/// The launch object for one watch: maps made and this kernel's record offsets written in,
+/// its program not yet verified ([`LaunchWatch::start`], [`ExecWatch::start`] do that).
+///
+/// `loader` is the agent's one loader, which then loads the other objects: another loader
+/// would parse the kernel's BTF again (~17 MB and ~30 ms, on the way to the first count).
+/// Hence `'static` offsets (a loader keeps references to them) and globals that need not
+/// exist (the other objects have neither; `launch_object_has_both_offsets` checks this one).
+pub fn load_object(
+    loader: &mut aya::EbpfLoader<'static>,
+    watch: Watch,
+) -> Result<Ebpf, LaunchError> {
+    static NEWCOMM: OnceLock<u32> = OnceLock::new();
+    static FILENAME: OnceLock<u32> = OnceLock::new();
+    let (cell, field, global) = match watch {
+        Watch::Launch => (&NEWCOMM, "newcomm", "NEWCOMM_OFFSET"),
+        Watch::Exec => (&FILENAME, "filename", "FILENAME_OFFSET"),
+    };
+    let offset = match cell.get() {
+        Some(v) => v,
+        None => {
+            let format =
+                std::fs::read_to_string(watch.format()).map_err(|e| LaunchError::NoTracepoint {
+                    format: watch.format(),
+                    source: e,
+                })?;
+            let v = field_offset(&format, field).ok_or(LaunchError::Format(field))?;
+            cell.get_or_init(|| v)
+        }
+    };
+    Ok(loader
+        .override_global(global, offset, false)
+        .load(LAUNCH_BPF)?)
+}
 
 #[derive(Debug, Error)]
 pub enum LaunchError {
-    #[error("tracepoint task/task_rename is not available ({FORMAT}: {0})")]
-    NoTracepoint(std::io::Error),
-    #[error("tracepoint task/task_rename has no field {0}")]
+    #[error("the tracepoint is not available ({format}: {source})")]
+    NoTracepoint {
+        format: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the tracepoint has no field {0}")]
     Format(&'static str),
     #[error("cannot load the launch program: {0}")]
     Load(#[from] aya::EbpfError),
@@ -58,19 +114,13 @@ pub struct LaunchWatch {
 }
 
 impl LaunchWatch {
-    /// Loads and attaches the program; `on_launch` is called with each init process's PID
-    /// and when it was renamed (CLOCK_MONOTONIC ns), from the watch thread.
-    /// `loader`: made by [`super::loader`] at the agent's start (see there).
+    /// Verifies and attaches the program of `ebpf` (from [`load_object`] with
+    /// [`Watch::Launch`]); `on_launch` is called with each init process's PID and when it
+    /// was renamed (CLOCK_MONOTONIC ns), from the watch thread.
     pub fn start(
-        loader: aya::EbpfLoader<'static>,
+        mut ebpf: Ebpf,
         on_launch: impl Fn(u32, u64) + Send + 'static,
     ) -> Result<Self, LaunchError> {
-        let format = std::fs::read_to_string(FORMAT).map_err(LaunchError::NoTracepoint)?;
-        let newcomm = field_offset(&format, "newcomm").ok_or(LaunchError::Format("newcomm"))?;
-        let mut loader: aya::EbpfLoader<'_> = loader;
-        let mut ebpf = loader
-            .override_global("NEWCOMM_OFFSET", &newcomm, true)
-            .load(LAUNCH_BPF)?;
         let program: &mut TracePoint = ebpf
             .program_mut("task_rename")
             .ok_or(LaunchError::Missing("task_rename"))?
@@ -129,8 +179,6 @@ fn watch(
     }
 }
 
-const EXEC_FORMAT: &str = "/sys/kernel/tracing/events/sched/sched_process_exec/format";
-
 /// Every program execution on the host (`sched/sched_process_exec`), for arming the files
 /// `executable_name` selects once they have been seen running; detached on drop.
 pub struct ExecWatch {
@@ -139,19 +187,13 @@ pub struct ExecWatch {
 }
 
 impl ExecWatch {
-    /// `on_exec` is called, from the watch thread, with each execution's PID and the path
-    /// given to exec, within `EXEC_DRAIN` of it.
-    /// `loader`: as for [`LaunchWatch::start`].
+    /// Verifies and attaches the program of `ebpf` (from [`load_object`] with
+    /// [`Watch::Exec`]); `on_exec` is called, from the watch thread, with each execution's
+    /// PID and the path given to exec, within `EXEC_DRAIN` of it.
     pub fn start(
-        loader: aya::EbpfLoader<'static>,
+        mut ebpf: Ebpf,
         mut on_exec: impl FnMut(u32, std::path::PathBuf) + Send + 'static,
     ) -> Result<Self, LaunchError> {
-        let format = std::fs::read_to_string(EXEC_FORMAT).map_err(LaunchError::NoTracepoint)?;
-        let filename = field_offset(&format, "filename").ok_or(LaunchError::Format("filename"))?;
-        let mut loader: aya::EbpfLoader<'_> = loader;
-        let mut ebpf = loader
-            .override_global("FILENAME_OFFSET", &filename, true)
-            .load(LAUNCH_BPF)?;
         let program: &mut TracePoint = ebpf
             .program_mut("process_exec")
             .ok_or(LaunchError::Missing("process_exec"))?
@@ -214,6 +256,20 @@ mod tests {
         let without_pid = "\tfield:char oldcomm[16];\toffset:8;\tsize:16;\tsigned:0;\n\tfield:char newcomm[16];\toffset:24;\tsize:16;\tsigned:0;\n";
         assert_eq!(field_offset(without_pid, "newcomm"), Some(24));
         assert_eq!(field_offset(without_pid, "pid"), None);
+    }
+
+    /// The offsets are written with `must_exist` off (see [`load_object`]): a renamed global
+    /// would silently stay 0, so its presence is checked here.
+    #[test]
+    fn launch_object_has_both_offsets() {
+        use object::{Object as _, ObjectSymbol as _};
+        let obj = object::File::parse(LAUNCH_BPF).expect("launch.bpf.o parses");
+        for global in ["NEWCOMM_OFFSET", "FILENAME_OFFSET"] {
+            assert!(
+                obj.symbols().any(|s| s.name() == Ok(global)),
+                "launch.bpf.o has no {global}"
+            );
+        }
     }
 
     #[test]

@@ -189,11 +189,11 @@ fn ring_buffer_size_override() -> Option<u32> {
     }
 }
 
-/// A loader that does not keep the kernel's BTF: sonde's programs do not need it (no CO-RE
-/// relocations). aya has no constructor that skips it, so making one still parses it: ~17 MB
-/// for ~30 ms, freed at once. The agent makes all of its loaders together at start, while it
-/// is small, so that this is its peak RSS once, not a spike over the rings and code later
-/// (peak RSS of an idle agent 37.6 → 26.5 MB measured; BENCHMARKS.md, issue 20).
+/// The agent's one loader, for every object it loads: sonde's programs need no kernel BTF
+/// (no CO-RE relocations), but aya has no constructor that skips it, so making a loader
+/// parses it (~17 MB for ~30 ms), freed here at once. A second loader made later cost a
+/// spike over the rings and code (peak RSS of an idle agent 37.6 MB, 26.5 MB with one) and
+/// ~25 ms on the way to the first count (BENCHMARKS.md, issue 20).
 pub fn loader() -> aya::EbpfLoader<'static> {
     let mut loader = aya::EbpfLoader::new();
     loader.btf(None);
