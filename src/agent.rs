@@ -696,7 +696,7 @@ fn armed_slot_for(
     process: &HostProcess,
     plan: &crate::inspect::ProbePlan,
 ) -> Option<u32> {
-    let exe = std::path::PathBuf::from(format!("/proc/{}/exe", process.pid));
+    let exe = crate::discover::proc::exe_path(process.pid);
     if let Some(slot) = guard.attacher.armed_slot(&exe) {
         return Some(slot);
     }
@@ -866,7 +866,8 @@ async fn wait_syscalls(reader: &mut Option<SyscallReader>) {
 
 /// An event from a PID we no longer know (should not happen): name it after its binary.
 fn fallback_identity(pid: u32) -> Arc<Identity> {
-    let name = std::fs::read_link(format!("/proc/{pid}/exe"))
+    let name = crate::discover::proc::Proc::open(pid)
+        .and_then(|p| p.exe())
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| format!("pid-{pid}"));
@@ -1154,7 +1155,7 @@ fn discovery_loop(
         for (process, identity, attempts) in candidates {
             let pid = process.pid;
             // Inspection can take tens of milliseconds: never while holding `shared`.
-            let inspected = plans.get_or_inspect(Path::new(&format!("/proc/{pid}/exe")));
+            let inspected = plans.get_or_inspect(&crate::discover::proc::exe_path(pid));
             if matches!(inspected, Ok((_, _, true))) {
                 // Inspection reads the whole binary and its DWARF (tens of MB, freed at once):
                 // hand those pages back instead of keeping them resident.

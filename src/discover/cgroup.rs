@@ -1,4 +1,5 @@
-//! Which container a process belongs to, from /proc/<pid>/cgroup. Pure parsing plus one read.
+//! Which container a process belongs to, from /proc/<pid>/cgroup (read by [`super::proc`]).
+//! Pure parsing plus one read.
 
 /// Prefixes of the cgroups of container *monitors* (Podman's conmon, CRI-O's): named after the
 /// container, but the process in them is not the container's.
@@ -12,12 +13,14 @@ const MONITOR_PREFIXES: &[&str] = &["libpod-conmon-", "crio-conmon-"];
 /// nested (`/kubepods/.../<id>`, docker-in-docker `/docker/<outer>/docker/<id>`: the innermost
 /// wins). Podman's conmon (`libpod-conmon-<id>`) is not in the container.
 pub fn container_id_from_cgroup(text: &str) -> Option<String> {
+    // hierarchy-id:controllers:path
+    container_id_in_paths(text.lines().filter_map(|line| line.splitn(3, ':').nth(2)))
+}
+
+/// [`container_id_from_cgroup`] over the path of each line, in the file's order.
+pub fn container_id_in_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut found = None;
-    for line in text.lines() {
-        // hierarchy-id:controllers:path
-        let Some(path) = line.splitn(3, ':').nth(2) else {
-            continue;
-        };
+    for path in paths {
         for segment in path.split('/') {
             if let Some(id) = id_of_segment(segment) {
                 found = Some(id.to_string());
@@ -41,8 +44,13 @@ fn id_of_segment(segment: &str) -> Option<&str> {
 }
 
 pub fn container_id_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    container_id_from_cgroup(&text)
+    container_id_in(&super::proc::Proc::open(pid).ok()?)
+}
+
+/// The container of an opened process.
+pub fn container_id_in(process: &super::proc::Proc) -> Option<String> {
+    let paths = process.cgroup_paths().ok()?;
+    container_id_in_paths(paths.iter().map(String::as_str))
 }
 
 #[cfg(test)]
