@@ -13,14 +13,12 @@ const MONITOR_PREFIXES: &[&str] = &["libpod-conmon-", "crio-conmon-"];
 /// nested (`/kubepods/.../<id>`, docker-in-docker `/docker/<outer>/docker/<id>`: the innermost
 /// wins). Podman's conmon (`libpod-conmon-<id>`) is not in the container.
 pub fn container_id_from_cgroup(text: &str) -> Option<String> {
-    // hierarchy-id:controllers:path
-    container_id_in_paths(text.lines().filter_map(|line| line.splitn(3, ':').nth(2)))
-}
-
-/// [`container_id_from_cgroup`] over the path of each line, in the file's order.
-pub fn container_id_in_paths<'a>(paths: impl IntoIterator<Item = &'a str>) -> Option<String> {
     let mut found = None;
-    for path in paths {
+    for line in text.lines() {
+        // hierarchy-id:controllers:path
+        let Some(path) = line.splitn(3, ':').nth(2) else {
+            continue;
+        };
         for segment in path.split('/') {
             if let Some(id) = id_of_segment(segment) {
                 found = Some(id.to_string());
@@ -49,8 +47,7 @@ pub fn container_id_of(pid: u32) -> Option<String> {
 
 /// The container of an opened process.
 pub fn container_id_in(process: &super::proc::Proc) -> Option<String> {
-    let paths = process.cgroup_paths().ok()?;
-    container_id_in_paths(paths.iter().map(String::as_str))
+    container_id_from_cgroup(&process.cgroup().ok()?)
 }
 
 #[cfg(test)]
