@@ -146,7 +146,7 @@ fn init_logging(default_level: &str) {
 
 fn inspect(target: &str, config: &Config) -> i32 {
     let path = match target.parse::<u32>() {
-        Ok(pid) => PathBuf::from(format!("/proc/{pid}/exe")),
+        Ok(pid) => crate::discover::proc::exe_path(pid),
         Err(_) => PathBuf::from(target),
     };
     match crate::inspect::inspect(&path) {

@@ -5,7 +5,6 @@
 //! can go under; bench/ compares sonde against it.
 
 use std::num::NonZeroU32;
-use std::path::PathBuf;
 
 use aya::maps::PerCpuArray;
 use aya::programs::uprobe::{UProbeAttachLocation, UProbeScope};
@@ -43,8 +42,8 @@ impl Floor {
     /// Attaches the counter to every entry and RET of the process's probe plan.
     pub fn attach(pid: u32) -> Result<Floor, FloorError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(FloorError::InvalidPid)?);
-        let target = format!("/proc/{pid}/exe");
-        let plan = crate::inspect::inspect(&PathBuf::from(&target))?;
+        let target = crate::discover::proc::exe_path(pid);
+        let plan = crate::inspect::inspect(&target)?;
         crate::kernel::raise_memlock();
         let mut ebpf = Ebpf::load(FLOOR_BPF)?;
         let program: &mut UProbe = ebpf

@@ -52,8 +52,7 @@ pub struct Feature {
 
 /// Kernel release, e.g. (6, 18, 44).
 pub fn kernel_version() -> Option<(u32, u32, u32)> {
-    let release = std::fs::read_to_string("/proc/sys/kernel/osrelease").ok()?;
-    parse_release(release.trim())
+    parse_release(&crate::discover::proc::kernel_setting("osrelease")?)
 }
 
 fn parse_release(release: &str) -> Option<(u32, u32, u32)> {
@@ -69,12 +68,7 @@ fn parse_release(release: &str) -> Option<(u32, u32, u32)> {
 }
 
 fn tracefs_mounted() -> bool {
-    std::fs::read_to_string("/proc/self/mounts")
-        .map(|m| {
-            m.lines()
-                .any(|l| l.split_whitespace().nth(2) == Some("tracefs"))
-        })
-        .unwrap_or(false)
+    crate::discover::proc::own_mounts_have("tracefs")
 }
 
 /// Mounts tracefs when it is not mounted yet; tracepoints need it.
@@ -104,15 +98,7 @@ pub fn ensure_tracefs() -> Result<bool, KernelError> {
 }
 
 fn effective_caps() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.split_whitespace().nth(1)?, 16).ok()
-}
-
-fn read_trimmed(path: &str) -> Option<String> {
-    std::fs::read_to_string(path)
-        .ok()
-        .map(|s| s.trim().to_string())
+    crate::discover::proc::own_cap_eff()
 }
 
 /// Everything `sonde check` reports, in order.
@@ -121,7 +107,7 @@ fn read_trimmed(path: &str) -> Option<String> {
 pub fn detect(kprobe_functions: &[&str]) -> Vec<Feature> {
     let mut out = Vec::new();
     let version = kernel_version();
-    let release = read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let release = crate::discover::proc::kernel_setting("osrelease").unwrap_or_default();
     out.push(Feature {
         name: "kernel",
         available: true,
@@ -164,13 +150,13 @@ pub fn detect(kprobe_functions: &[&str]) -> Vec<Feature> {
         },
     });
     out.push(syscall_source(kprobe_functions));
-    let paranoid = read_trimmed("/proc/sys/kernel/perf_event_paranoid").unwrap_or_default();
+    let paranoid = crate::discover::proc::kernel_setting("perf_event_paranoid").unwrap_or_default();
     out.push(Feature {
         name: "perf_event_paranoid",
         available: true,
         detail: paranoid,
     });
-    let stats = read_trimmed("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let stats = crate::discover::proc::kernel_setting("bpf_stats_enabled").unwrap_or_default();
     out.push(Feature {
         name: "bpf_stats_enabled",
         available: stats == "1",
@@ -214,8 +200,8 @@ pub fn kprobes_usable(functions: &[&str]) -> Result<(), String> {
                 .filter_map(|l| l.split_whitespace().next())
                 .map(str::to_string)
                 .collect(),
-            Err(_) => std::fs::read_to_string("/proc/kallsyms")
-                .map_err(|e| format!("cannot read /proc/kallsyms: {e}"))?
+            Err(_) => crate::discover::proc::kallsyms()
+                .map_err(|e| format!("cannot read {e}"))?
                 .lines()
                 .filter_map(|l| l.split_whitespace().nth(2))
                 .map(str::to_string)

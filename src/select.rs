@@ -686,8 +686,9 @@ impl Tracker {
 pub use crate::discover::runtime::RUNC_INIT_COMM;
 
 pub fn still_in_runtime(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .is_ok_and(|c| c.trim_end() == RUNC_INIT_COMM)
+    crate::discover::proc::Proc::open(pid)
+        .and_then(|p| p.stat())
+        .is_ok_and(|s| s.comm == RUNC_INIT_COMM)
 }
 
 #[cfg(test)]

@@ -18,11 +18,11 @@ fuzz_target!(|data: &[u8]| {
             let _ = discover::cgroup::container_id_from_cgroup(&text);
         }
         1 => {
-            let _ = discover::parse_start_time(&text);
+            let _ = discover::proc::parse_stat(rest);
         }
         2 => {
             let mut m = HashMap::new();
-            discover::parse_listening(&text, &mut m);
+            discover::proc::parse_listening(rest, &mut m);
         }
         3 => {
             let _ = discover::parse_otel_env(rest);

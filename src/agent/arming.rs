@@ -211,7 +211,7 @@ pub(super) fn armed_slot_for(
     process: &HostProcess,
     plan: &crate::inspect::ProbePlan,
 ) -> Option<u32> {
-    let exe = PathBuf::from(format!("/proc/{}/exe", process.pid));
+    let exe = crate::discover::proc::exe_path(process.pid);
     let how = arming(
         guard.attacher.armed_slot(&exe),
         process.container_id.is_some(),

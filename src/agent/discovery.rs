@@ -3,7 +3,7 @@
 //! selected processes — by uprobes, or through the syscall tracer for the others — and
 //! detaches those that exited.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
@@ -160,7 +160,7 @@ impl Discovery {
         // Inspection can take tens of milliseconds: never while holding `shared`.
         let inspected = self
             .plans
-            .get_or_inspect(Path::new(&format!("/proc/{pid}/exe")));
+            .get_or_inspect(&crate::discover::proc::exe_path(pid));
         if matches!(inspected, Ok((_, _, true))) {
             // Inspection reads the whole binary and its DWARF (tens of MB, freed at once):
             // hand those pages back instead of keeping them resident.

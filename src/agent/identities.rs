@@ -74,7 +74,8 @@ pub(super) fn register(
 
 /// An event from a PID we no longer know (should not happen): name it after its binary.
 pub(super) fn fallback_identity(pid: u32) -> Arc<Identity> {
-    let name = std::fs::read_link(format!("/proc/{pid}/exe"))
+    let name = crate::discover::proc::Proc::open(pid)
+        .and_then(|p| p.exe())
         .ok()
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| format!("pid-{pid}"));

@@ -444,7 +444,7 @@ impl Attacher {
             .map(|(pid, _)| *pid)
             .find(|pid| {
                 // Not by device: a container runs an image's file through its own overlay.
-                FileKey::of(Path::new(&format!("/proc/{pid}/exe"))).is_ok_and(|k| k.ino == key.ino)
+                FileKey::of(&crate::discover::proc::exe_path(*pid)).is_ok_and(|k| k.ino == key.ino)
             })
     }
 
@@ -509,7 +509,7 @@ impl Attacher {
     /// Attaches the plan's probes to one process. On error nothing stays attached.
     pub fn attach_process(&mut self, pid: u32, plan: &ProbePlan) -> Result<usize, AttachError> {
         // The kernel resolves the magic link to the binary's inode, across mount namespaces.
-        self.attach_process_to(pid, plan, std::path::Path::new(&format!("/proc/{pid}/exe")))
+        self.attach_process_to(pid, plan, &crate::discover::proc::exe_path(pid))
     }
 
     /// Attaches the plan's probes, set in the file at `binary`, to one process — which may

@@ -181,7 +181,7 @@ fn remove_stale_kretprobes() {
         else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if !crate::discover::proc::exists(pid) {
             if let Err(e) = write_kprobe_events(&format!("-:{event}")) {
                 tracing::debug!("removing the stale kretprobe {event}: {e}");
             }
@@ -394,17 +394,15 @@ where
 
 /// The mapped file of `pid` that is OpenSSL's libssl, as a path sonde can open.
 fn mapped_libssl(pid: u32) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let path = maps
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| {
-            Path::new(p)
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so"))
-        })?;
+    let maps = crate::discover::proc::Proc::open(pid)
+        .and_then(|p| p.mapped_files())
+        .ok()?;
+    let path = maps.iter().find(|p| {
+        p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("libssl.so"))
+    })?;
     // Through the process's root, so a container's own libssl is found.
-    Some(PathBuf::from(format!("/proc/{pid}/root{path}")))
+    Some(crate::discover::proc::in_root_of(pid, path))
 }
 
 /// File offsets of the OpenSSL functions `file` defines (empty when it has none).
@@ -728,7 +726,7 @@ impl SyscallTracer {
         }
         let mut links = Vec::new();
         let mut openssl = None;
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let exe = crate::discover::proc::exe_path(pid);
         for file in mapped_libssl(pid).into_iter().chain(std::iter::once(exe)) {
             let offsets = self.cached_ssl_offsets(&file);
             if offsets.is_empty() {

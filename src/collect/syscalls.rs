@@ -64,8 +64,7 @@ impl SyscallReader {
         }
         if self.last_prune.elapsed() >= PRUNE_INTERVAL {
             self.last_prune = Instant::now();
-            self.connections
-                .retain_pids(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            self.connections.retain_pids(crate::discover::proc::exists);
         }
         n
     }

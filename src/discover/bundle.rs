@@ -80,10 +80,11 @@ pub struct Launch {
 pub fn find_bundle(pid: u32, container_id: &str) -> Result<PathBuf, BundleError> {
     // Through the magic link, not its target: sonde may run in a container of its own,
     // where the host's /run is not mounted.
-    if let Some(ppid) = parent_of(pid) {
-        let cwd = PathBuf::from(format!("/proc/{ppid}/cwd"));
-        let named =
-            std::fs::read_link(&cwd).is_ok_and(|target| names_bundle(&target, container_id));
+    if let Some(parent) = parent_of(pid) {
+        let cwd = super::proc::cwd_path(parent.pid());
+        let named = parent
+            .cwd()
+            .is_ok_and(|target| names_bundle(&target, container_id));
         if named && cwd.join("config.json").is_file() {
             return Ok(cwd);
         }
@@ -118,21 +119,23 @@ pub fn on_host(path: impl AsRef<Path>) -> PathBuf {
     let path = path.as_ref();
     static OWN_MOUNTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let own = *OWN_MOUNTS.get_or_init(|| {
-        let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
-        let (me, init) = (ns("self"), ns("1"));
+        let ns = |p: Result<super::proc::Proc, _>| p.and_then(|p| p.mount_namespace()).ok();
+        let (me, init) = (
+            ns(super::proc::Proc::myself()),
+            ns(super::proc::Proc::open(1)),
+        );
         me.is_some() && init.is_some() && me != init
     });
     if own && path.is_absolute() {
-        Path::new("/proc/1/root").join(path.strip_prefix("/").unwrap_or(path))
+        super::proc::in_root_of(1, path)
     } else {
         path.to_path_buf()
     }
 }
 
-fn parent_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(1)?.parse().ok()
+fn parent_of(pid: u32) -> Option<super::proc::Proc> {
+    let ppid = super::proc::Proc::open(pid).ok()?.stat().ok()?.ppid;
+    super::proc::Proc::open(ppid).ok()
 }
 
 /// Reads the bundle's config and resolves its program inside the container's root.

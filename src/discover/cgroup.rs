@@ -1,4 +1,5 @@
-//! Which container a process belongs to, from /proc/<pid>/cgroup. Pure parsing plus one read.
+//! Which container a process belongs to, from /proc/<pid>/cgroup (read by [`super::proc`]).
+//! Pure parsing plus one read.
 
 /// Prefixes of the cgroups of container *monitors* (Podman's conmon, CRI-O's): named after the
 /// container, but the process in them is not the container's.
@@ -41,8 +42,12 @@ fn id_of_segment(segment: &str) -> Option<&str> {
 }
 
 pub fn container_id_of(pid: u32) -> Option<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    container_id_from_cgroup(&text)
+    container_id_in(&super::proc::Proc::open(pid).ok()?)
+}
+
+/// The container of an opened process.
+pub fn container_id_in(process: &super::proc::Proc) -> Option<String> {
+    container_id_from_cgroup(&process.cgroup().ok()?)
 }
 
 #[cfg(test)]

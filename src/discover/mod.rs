@@ -1,8 +1,10 @@
-//! Host processes, from /proc: executable, listening TCP ports, start time, container.
+//! Host processes, from /proc (read through [`proc`]): executable, listening TCP ports, start
+//! time, container.
 
 pub mod bundle;
 pub mod cgroup;
 pub mod docker;
+pub mod proc;
 pub mod runtime;
 
 use std::collections::{HashMap, HashSet};
@@ -39,51 +41,41 @@ pub fn scan_with(include_self: bool) -> Vec<HostProcess> {
 
 fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
     let me = std::process::id();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
     // LISTEN sockets (inode → port), read once per network namespace, not once per process.
     let mut listening_by_netns: HashMap<u64, HashMap<u64, u16>> = HashMap::new();
     let mut out = Vec::new();
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
+    // Each process is read through its own /proc/<pid> descriptor: a PID reused mid-scan
+    // fails the reads instead of mixing two processes' files.
+    for process in proc::all() {
+        let pid = process.pid();
         if pid == me && !include_self {
             continue;
         }
         // Kernel threads have no exe.
-        let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        let Ok(exe) = process.exe() else {
             continue;
         };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        let Ok(stat) = process.stat() else {
             continue;
         };
         // runc's own processes (`runc:[0:PARENT]`, `[1:CHILD]`, `[2:INIT]`) sit in a starting
         // container's cgroup, so container rules match them; they run runc, not the
         // container's program, and inspecting runc costs megabytes for a "no HTTP server"
         // verdict. The init is adopted at its launch (agent/launch.rs) or found once it has exec'd.
-        if command_name(&stat).is_some_and(is_runtime_bootstrap) {
+        if is_runtime_bootstrap(&stat.comm) {
             continue;
         }
-        let Some(start_time) = parse_start_time(&stat) else {
-            continue;
-        };
         let inodes = if ports {
-            socket_inodes(pid)
+            process.socket_inodes().unwrap_or_default()
         } else {
             HashSet::new()
         };
         let mut listen_ports = Vec::new();
         if !inodes.is_empty() {
-            if let Some(netns) = netns_inode(pid) {
+            if let Ok(netns) = process.net_namespace() {
                 let listening = listening_by_netns
                     .entry(netns)
-                    .or_insert_with(|| listening_sockets(pid));
+                    .or_insert_with(|| process.listening_sockets());
                 let mut ports: Vec<u16> = inodes
                     .iter()
                     .filter_map(|i| listening.get(i).copied())
@@ -96,21 +88,16 @@ fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
         out.push(HostProcess {
             pid,
             exe,
-            start_time,
+            start_time: stat.start_time,
             listen_ports,
-            container_id: cgroup::container_id_of(pid),
+            container_id: cgroup::container_id_in(&process),
         });
     }
     out
 }
 
 pub fn start_time(pid: u32) -> Option<u64> {
-    parse_start_time(&std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
-}
-
-/// Field 2 (the command name, `comm`) of a `/proc/<pid>/stat` line.
-pub fn command_name(stat: &str) -> Option<&str> {
-    stat.get(stat.find('(')? + 1..stat.rfind(')')?)
+    Some(proc::Proc::open(pid).ok()?.stat().ok()?.start_time)
 }
 
 /// A container runtime's process, before the container's program runs.
@@ -118,74 +105,11 @@ pub fn is_runtime_bootstrap(comm: &str) -> bool {
     comm.starts_with("runc:[")
 }
 
-/// Field 22 (start time) of a `/proc/<pid>/stat` line.
-pub fn parse_start_time(stat: &str) -> Option<u64> {
-    // The command name may contain spaces and parentheses: fields start after the last ')'.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_whitespace().nth(19)?.parse().ok()
-}
-
-fn netns_inode(pid: u32) -> Option<u64> {
-    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
-    let s = link.to_str()?;
-    s.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
-}
-
-fn socket_inodes(pid: u32) -> HashSet<u64> {
-    let mut set = HashSet::new();
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return set;
-    };
-    for fd in fds.flatten() {
-        if let Ok(target) = std::fs::read_link(fd.path()) {
-            if let Some(inode) = target
-                .to_str()
-                .and_then(|s| s.strip_prefix("socket:["))
-                .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse().ok())
-            {
-                set.insert(inode);
-            }
-        }
-    }
-    set
-}
-
-/// LISTEN sockets of the process's network namespace: inode → local port.
-fn listening_sockets(pid: u32) -> HashMap<u64, u16> {
-    let mut map = HashMap::new();
-    for file in ["tcp", "tcp6"] {
-        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) {
-            parse_listening(&text, &mut map);
-        }
-    }
-    map
-}
-
-/// Parses /proc/net/tcp{,6} lines; state 0A is LISTEN.
-pub fn parse_listening(text: &str, map: &mut HashMap<u64, u16>) {
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 10 || f[3] != "0A" {
-            continue;
-        }
-        let port = f[1]
-            .rsplit_once(':')
-            .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
-        if let (Some(port), Ok(inode)) = (port, f[9].parse::<u64>()) {
-            map.insert(inode, port);
-        }
-    }
-}
-
 /// `OTEL_SERVICE_NAME` / `OTEL_SERVICE_NAMESPACE` from the process's environment.
 pub fn otel_env(pid: u32) -> (Option<String>, Option<String>) {
-    use std::io::Read;
-    let mut buf = Vec::new();
-    if let Ok(f) = std::fs::File::open(format!("/proc/{pid}/environ")) {
-        // Bounded: an environment is small, a hostile one must not cost us memory.
-        let _ = f.take(256 * 1024).read_to_end(&mut buf);
-    }
+    let buf = proc::Proc::open(pid)
+        .and_then(|p| p.environ_bytes())
+        .unwrap_or_default();
     parse_otel_env(&buf)
 }
 
@@ -209,23 +133,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn parses_listen_lines_only() {
-        let text = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n\
-   0: 0100007F:1F90 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 12345 1 0 100 0 0 10 0\n\
-   1: 0100007F:1F91 0100007F:D431 01 00000000:00000000 00:00000000 00000000     0        0 999 1 0 100 0 0 10 0\n";
-        let mut m = HashMap::new();
-        parse_listening(text, &mut m);
-        assert_eq!(m.get(&12345), Some(&8080));
-        assert_eq!(m.get(&999), None);
-    }
-
-    #[test]
-    fn command_names_with_spaces_and_parentheses() {
-        let stat = "42 (runc:[2:INIT]) S 1 42 42 0 -1 4194560 0 0 0 0 0 0 0 0 20 0 1 0 777 0 0";
-        assert_eq!(command_name(stat), Some("runc:[2:INIT]"));
-        assert_eq!(parse_start_time(stat), Some(777));
-        assert_eq!(command_name("7 (a (b) c) R 1"), Some("a (b) c"));
-        assert_eq!(command_name("garbage"), None);
+    fn runtime_bootstrap_names() {
         assert!(is_runtime_bootstrap("runc:[1:CHILD]"));
         assert!(!is_runtime_bootstrap("runc"));
         assert!(!is_runtime_bootstrap("httpserver"));

@@ -124,9 +124,15 @@ pub fn before_exec(comm: &str, exe: Option<&Path>, program: &Path) -> bool {
 
 /// [`before_exec`] of a live process.
 pub fn waits_before_exec(pid: u32, program: &Path) -> bool {
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok();
-    before_exec(comm.trim_end(), exe.as_deref(), program)
+    // Both from one opened process: a reused PID cannot answer for half of them.
+    let process = super::proc::Proc::open(pid).ok();
+    let comm = process
+        .as_ref()
+        .and_then(|p| p.stat().ok())
+        .map(|s| s.comm)
+        .unwrap_or_default();
+    let exe = process.as_ref().and_then(|p| p.exe().ok());
+    before_exec(&comm, exe.as_deref(), program)
 }
 
 /// Podman's event log, read as it grows: each complete new line once.

@@ -57,11 +57,7 @@ fn mix() -> Vec<EnrichedRequest> {
 }
 
 fn rss_kib() -> u64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
-        .unwrap_or(0)
+    crate::discover::proc::own_rss_kib()
 }
 
 type Resources = Mutex<HashMap<u32, (Arc<Identity>, Arc<String>)>>;

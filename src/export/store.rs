@@ -425,7 +425,7 @@ fn same(a: &Arc<Identity>, b: &Arc<Identity>) -> bool {
 
 /// Whether a process still runs.
 pub fn pid_alive(pid: u32) -> bool {
-    std::path::Path::new(&format!("/proc/{pid}")).exists()
+    crate::discover::proc::exists(pid)
 }
 
 #[cfg(test)]

@@ -166,7 +166,7 @@ impl Otlp {
         // A PID is reused only after its process exited; forget the oldest resources first
         // so the cache stays bounded on hosts with many short-lived processes.
         if cache.len() >= 4096 {
-            cache.retain(|pid, _| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            cache.retain(|pid, _| crate::discover::proc::exists(*pid));
         }
         let container_id = identity
             .container_name

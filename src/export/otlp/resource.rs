@@ -26,9 +26,7 @@ pub fn kv_int(key: &str, v: i64) -> KeyValue {
 }
 
 pub fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_default()
+    crate::discover::proc::kernel_setting("hostname").unwrap_or_default()
 }
 
 /// The scope every metric and span is reported under.
