@@ -255,14 +255,8 @@ impl Discovery {
                 .attached(process.container_id.as_deref());
             match enrolled {
                 Ok(()) => {
-                    tracing::info!(
-                        "instrumented pid {pid} ({}, Go {}) as service \"{}\": its file is armed as a whole{launch_path}{}",
-                        process.exe.display(),
-                        plan.go_version,
-                        identity.service_name,
-                        uprobes_why.as_deref().unwrap_or_default()
-                    );
-                    register(&self.identities, &self.exporter, pid, identity);
+                    let how = format!("its file is armed as a whole{launch_path}");
+                    self.instrumented(&process, &plan, identity, &how, uprobes_why.as_deref());
                 }
                 Err(e) => {
                     tracing::warn!("cannot instrument pid {pid}: {e}");
@@ -283,14 +277,8 @@ impl Discovery {
                     .as_ref()
                     .map(|g| format!(", with grpc-go {}", g.version))
                     .unwrap_or_default();
-                tracing::info!(
-                    "instrumented pid {pid} ({}, Go {}) as service \"{}\": {n} uprobes{grpc}{launch_path}{}",
-                    process.exe.display(),
-                    plan.go_version,
-                    identity.service_name,
-                    uprobes_why.as_deref().unwrap_or_default()
-                );
-                register(&self.identities, &self.exporter, pid, identity);
+                let how = format!("{n} uprobes{grpc}{launch_path}");
+                self.instrumented(&process, &plan, identity, &how, uprobes_why.as_deref());
             }
             Err(e) => {
                 let attempt = attempts + 1;
@@ -309,6 +297,26 @@ impl Discovery {
                 }
             }
         }
+    }
+
+    /// Says how a process was instrumented and gives it its identity.
+    fn instrumented(
+        &self,
+        process: &HostProcess,
+        plan: &crate::inspect::ProbePlan,
+        identity: crate::select::Identity,
+        how: &str,
+        uprobes_why: Option<&str>,
+    ) {
+        let pid = process.pid;
+        tracing::info!(
+            "instrumented pid {pid} ({}, Go {}) as service \"{}\": {how}{}",
+            process.exe.display(),
+            plan.go_version,
+            identity.service_name,
+            uprobes_why.unwrap_or_default()
+        );
+        register(&self.identities, &self.exporter, pid, identity);
     }
 
     fn report_health(&self) {
