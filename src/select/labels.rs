@@ -1,0 +1,105 @@
+//! Container labels users put on their services (`sonde.enable`, `sonde.open_ports`, ...,
+//! and the compose ones identity falls back on), and the narrowing rules a container's
+//! `sonde.open_ports` / `sonde.exe` labels make, parsed once per registration of the container.
+
+use std::collections::HashMap;
+
+use super::Selector;
+use crate::config::PortSet;
+use crate::discover::docker::ContainerInfo;
+use crate::discover::HostProcess;
+
+pub const ENABLE: &str = "sonde.enable";
+pub const OPEN_PORTS: &str = "sonde.open_ports";
+pub const EXE: &str = "sonde.exe";
+pub const SERVICE_NAME: &str = "sonde.service.name";
+pub const SERVICE_NAMESPACE: &str = "sonde.service.namespace";
+pub const GO_SOURCE: &str = "sonde.go_source";
+pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+/// podman-compose sets the Docker ones too; older versions only these.
+pub const PODMAN_COMPOSE_SERVICE: &str = "io.podman.compose.service";
+pub const PODMAN_COMPOSE_PROJECT: &str = "io.podman.compose.project";
+
+/// Parsed narrowing labels by container id, with the registration they were parsed from: a
+/// container registered again (an engine event replacing what a launch learned) is parsed
+/// again, anything else never.
+pub(super) type RuleCache =
+    HashMap<String, (std::sync::Arc<ContainerInfo>, std::sync::Arc<LabelRules>)>;
+
+/// What a narrowing label allows.
+#[derive(Debug, Clone)]
+pub enum Narrow<T> {
+    /// No such label: every process of the container.
+    Any,
+    /// Only the processes this value matches.
+    Only(T),
+    /// The label cannot be parsed: none of the container's processes (reported once).
+    Invalid,
+}
+
+/// A container's `sonde.open_ports` and `sonde.exe` labels as rules.
+#[derive(Debug, Clone)]
+pub struct LabelRules {
+    pub open_ports: Narrow<PortSet>,
+    pub exe: Narrow<regex::Regex>,
+}
+
+impl LabelRules {
+    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`).
+    pub fn parse(c: &ContainerInfo) -> LabelRules {
+        fn narrow<T>(
+            c: &ContainerInfo,
+            label: &str,
+            parse: impl Fn(&str) -> Option<T>,
+        ) -> Narrow<T> {
+            let Some(v) = c.labels.get(label) else {
+                return Narrow::Any;
+            };
+            match parse(v) {
+                Some(t) => Narrow::Only(t),
+                None => {
+                    tracing::warn!("container {}: invalid {label} label {v:?}", c.name);
+                    Narrow::Invalid
+                }
+            }
+        }
+        LabelRules {
+            open_ports: narrow(c, OPEN_PORTS, PortSet::parse),
+            exe: narrow(c, EXE, |v| regex::Regex::new(v).ok()),
+        }
+    }
+
+    /// Whether the labels let this process of the container be measured.
+    pub(super) fn allow(&self, p: &HostProcess) -> bool {
+        let ports = match &self.open_ports {
+            Narrow::Any => true,
+            Narrow::Only(ports) => p.listen_ports.iter().any(|&port| ports.contains(port)),
+            Narrow::Invalid => false,
+        };
+        ports
+            && match &self.exe {
+                Narrow::Any => true,
+                Narrow::Only(re) => re.is_match(&p.exe.to_string_lossy()),
+                Narrow::Invalid => false,
+            }
+    }
+}
+
+impl Selector {
+    /// The container's narrowing labels as rules, parsed when this registration of it is
+    /// first seen. Entries of containers no longer registered are dropped then too.
+    pub fn label_rules(&self, c: &std::sync::Arc<ContainerInfo>) -> std::sync::Arc<LabelRules> {
+        let mut cache = self.label_rules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((info, rules)) = cache.get(&c.id) {
+            if std::sync::Arc::ptr_eq(info, c) {
+                return rules.clone();
+            }
+        }
+        // Only this cache still holds them: the registry dropped (or replaced) them.
+        cache.retain(|_, (info, _)| std::sync::Arc::strong_count(info) > 1);
+        let rules = std::sync::Arc::new(LabelRules::parse(c));
+        cache.insert(c.id.clone(), (c.clone(), rules.clone()));
+        rules
+    }
+}
