@@ -43,15 +43,7 @@ impl Selector {
                 }
             };
             for c in candidates {
-                let Ok(real) = std::fs::canonicalize(&c) else {
-                    continue;
-                };
-                use std::os::unix::fs::PermissionsExt;
-                let runnable = std::fs::metadata(&real)
-                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-                if runnable && re.is_match(&real.to_string_lossy()) && !out.contains(&real) {
-                    out.push(real);
-                }
+                push_runnable_match(re, &c, &mut out);
             }
         }
         out
@@ -119,18 +111,28 @@ fn matching_entries(re: &regex::Regex, dir: &std::path::Path) -> Vec<std::path::
         if !link && !re.is_match(&path.to_string_lossy()) {
             continue;
         }
-        let Ok(real) = std::fs::canonicalize(&path) else {
-            continue;
-        };
-        use std::os::unix::fs::PermissionsExt;
-        let runnable = std::fs::metadata(&real)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-        if runnable && re.is_match(&real.to_string_lossy()) && !out.contains(&real) {
-            out.push(real);
-        }
+        push_runnable_match(re, &path, &mut out);
     }
     out.sort();
     out
+}
+
+/// Adds `path`'s real path to `out` when it is a runnable regular file that `re` matches (the
+/// real path is what `/proc/<pid>/exe` will show) and is not there yet.
+fn push_runnable_match(
+    re: &regex::Regex,
+    path: &std::path::Path,
+    out: &mut Vec<std::path::PathBuf>,
+) {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(real) = std::fs::canonicalize(path) else {
+        return;
+    };
+    let runnable =
+        std::fs::metadata(&real).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+    if runnable && re.is_match(&real.to_string_lossy()) && !out.contains(&real) {
+        out.push(real);
+    }
 }
 
 /// The literal path each alternative of a regex starts with, when it starts with `/`, and
