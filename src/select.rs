@@ -73,19 +73,22 @@ pub enum Narrow<T> {
     Invalid,
 }
 
-/// A container's `sonde.open_ports` and `sonde.exe` labels as rules.
+/// A container's `sonde.open_ports`, `sonde.exe` and `sonde.go_source` labels as rules.
 #[derive(Debug, Clone)]
 pub struct LabelRules {
     pub open_ports: Narrow<PortSet>,
     pub exe: Narrow<regex::Regex>,
+    /// `None`: no label, or an invalid one (reported once): the `go_source` setting.
+    pub go_source: Option<crate::config::GoSource>,
 }
 
 impl LabelRules {
-    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`).
-    pub fn parse(c: &ContainerInfo) -> LabelRules {
+    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`);
+    /// `go_source`: the setting an invalid `sonde.go_source` label falls back to.
+    pub fn parse(c: &ContainerInfo, go_source: crate::config::GoSource) -> LabelRules {
         fn narrow<T>(
             c: &ContainerInfo,
-            label: &str,
+            label: &'static str,
             parse: impl Fn(&str) -> Option<T>,
         ) -> Narrow<T> {
             let Some(v) = c.labels.get(label) else {
@@ -94,7 +97,12 @@ impl LabelRules {
             match parse(v) {
                 Some(t) => Narrow::Only(t),
                 None => {
-                    tracing::warn!("container {}: invalid {label} label {v:?}", c.name);
+                    crate::internal_events::emit(crate::internal_events::LabelInvalid {
+                        container: &c.name,
+                        label,
+                        value: v,
+                        fallback: None,
+                    });
                     Narrow::Invalid
                 }
             }
@@ -102,6 +110,18 @@ impl LabelRules {
         LabelRules {
             open_ports: narrow(c, labels::OPEN_PORTS, PortSet::parse),
             exe: narrow(c, labels::EXE, |v| regex::Regex::new(v).ok()),
+            go_source: c.labels.get(labels::GO_SOURCE).and_then(|v| {
+                let parsed = crate::config::GoSource::parse(v);
+                if parsed.is_none() {
+                    crate::internal_events::emit(crate::internal_events::LabelInvalid {
+                        container: &c.name,
+                        label: labels::GO_SOURCE,
+                        value: v,
+                        fallback: Some(("auto, uprobes or syscalls", go_source.name())),
+                    });
+                }
+                parsed
+            }),
         }
     }
 
@@ -173,7 +193,7 @@ impl Selector {
         }
         // Only this cache still holds them: the registry dropped (or replaced) them.
         cache.retain(|_, (info, _)| std::sync::Arc::strong_count(info) > 1);
-        let rules = std::sync::Arc::new(LabelRules::parse(c));
+        let rules = std::sync::Arc::new(LabelRules::parse(c, self.go_source));
         cache.insert(c.id.clone(), (c.clone(), rules.clone()));
         rules
     }
@@ -406,18 +426,7 @@ impl Selector {
         let Some(c) = self.container_of(p) else {
             return self.go_source;
         };
-        match c.labels.get(labels::GO_SOURCE) {
-            None => self.go_source,
-            Some(v) => crate::config::GoSource::parse(v).unwrap_or_else(|| {
-                tracing::warn!(
-                    "container {}: invalid {} label {v:?} (auto, uprobes or syscalls): using {}",
-                    c.name,
-                    labels::GO_SOURCE,
-                    self.go_source.name()
-                );
-                self.go_source
-            }),
-        }
+        self.label_rules(&c).go_source.unwrap_or(self.go_source)
     }
 
     /// Whether traces are exported (a Go client's calls then carry trace context only uprobes
@@ -774,6 +783,27 @@ mod tests {
             &s.label_rules(&registered(&s))
         ));
         assert_eq!(s.label_rules.lock().unwrap().len(), 1);
+    }
+
+    /// Each invalid label is one event (one warning, one count), however often the scans ask.
+    #[test]
+    fn invalid_labels_are_counted_once_per_registration() {
+        use crate::internal_events::{read, scoped, Counter};
+        let _own = scoped(std::time::Duration::from_secs(30));
+        let s = with_container(
+            DockerSelect::Labelled,
+            &[
+                ("sonde.enable", "true"),
+                ("sonde.open_ports", "80-x"),
+                ("sonde.go_source", "ebpf"),
+            ],
+        );
+        for _ in 0..10 {
+            assert!(!s.matches(&container_proc(1, &[80], "c1")));
+            assert_eq!(s.go_source(&container_proc(1, &[80], "c1")), s.go_source);
+        }
+        assert_eq!(read(Counter::LabelInvalid, labels::OPEN_PORTS), 1);
+        assert_eq!(read(Counter::LabelInvalid, labels::GO_SOURCE), 1);
     }
 
     #[test]

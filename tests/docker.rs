@@ -565,6 +565,65 @@ fn two_hundred_container_cycles_leak_nothing() {
     );
 }
 
+/// An invalid `sonde.open_ports` label is one warning naming the container and the label, and
+/// one count in `sonde_label_invalid_total`, however many 250 ms scans meet the container (the
+/// labels are parsed once, when it is registered); the container is not measured.
+#[test]
+fn an_invalid_label_is_one_warning_and_one_count() {
+    if !require_docker_or_skip("an_invalid_label_is_one_warning_and_one_count") {
+        return;
+    }
+    test_image();
+    let (p_bad, p_good) = (free_port(), free_port());
+    let bad = Container::run(
+        &container_name("bad-ports"),
+        p_bad,
+        &[("sonde.enable", "true"), ("sonde.open_ports", "80-http")],
+    );
+    let _good = Container::run(&container_name("good"), p_good, &[("sonde.enable", "true")]);
+    for p in [p_bad, p_good] {
+        assert!(wait_for_port(p, Duration::from_secs(10)));
+    }
+    let (prom, sonde) = sonde_for_docker(&[]);
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            1.0,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+    // Twenty scans and more: each meets the labelled container again.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = sonde.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("invalid sonde.open_ports label"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    assert!(warned[0].contains(&bad.name), "{}", warned[0]);
+    assert!(warned[0].contains("\"80-http\""), "{}", warned[0]);
+    let text = scrape(prom);
+    assert_eq!(
+        metric_value(
+            &text,
+            "sonde_label_invalid_total",
+            &[("label", "sonde.open_ports")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "sonde_instrumented_processes", &[]),
+        Some(1.0),
+        "the container with the invalid label is not measured\n{text}"
+    );
+}
+
 /// A YAML-style rule selects an unlabelled container by its name, another excludes by image.
 #[test]
 fn rules_select_containers_without_labels() {
