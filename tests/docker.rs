@@ -21,6 +21,21 @@ fn sonde_for_docker(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
     (prom, sonde)
 }
 
+/// Waits (10 s at most) until `n` processes are instrumented; fails with sonde's log.
+fn wait_instrumented(prom: u16, n: f64, sonde: &SondeGuard) {
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            n,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+}
+
 fn count(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metric_value(text, "http_server_request_duration_seconds_count", labels)
 }
@@ -48,17 +63,7 @@ fn labelled_containers_only_with_container_identity() {
         assert!(wait_for_port(p, Duration::from_secs(10)));
     }
     let (prom, sonde) = sonde_for_docker(&[]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            2.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 2.0, &sonde);
     for p in [p_on, p_off, p_compose] {
         http("GET", &format!("http://127.0.0.1:{p}/status/200?size=3"), 0);
     }
@@ -132,17 +137,7 @@ fn select_all_except_opted_out() {
         wait_for_port(p_a, Duration::from_secs(10)) && wait_for_port(p_b, Duration::from_secs(10))
     );
     let (prom, sonde) = sonde_for_docker(&[("SONDE_DOCKER_SELECT", "all")]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            1.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 1.0, &sonde);
     http("POST", &format!("http://127.0.0.1:{p_a}/echo"), 10);
     http("POST", &format!("http://127.0.0.1:{p_b}/echo"), 10);
     assert!(wait_for_metric(
@@ -415,17 +410,7 @@ fn scaled_replicas_with_container_details() {
             (c, port)
         })
         .collect();
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            3.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 3.0, &sonde);
     for (_, port) in &replicas {
         assert!(wait_for_port(*port, Duration::from_secs(5)));
         http("GET", &format!("http://127.0.0.1:{port}/status/200"), 0);
@@ -585,17 +570,7 @@ fn an_invalid_label_is_one_warning_and_one_count() {
         assert!(wait_for_port(p, Duration::from_secs(10)));
     }
     let (prom, sonde) = sonde_for_docker(&[]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            1.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 1.0, &sonde);
     // Twenty scans and more: each meets the labelled container again.
     std::thread::sleep(Duration::from_secs(5));
     let log = sonde.log();
@@ -640,17 +615,7 @@ fn rules_select_containers_without_labels() {
     );
     let rules = format!(r#"[{{name: "sonde-test-rule-*", image: "{image}"}}]"#);
     let (prom, sonde) = sonde_for_docker(&[("SONDE_DOCKER_RULES", &rules)]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            1.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 1.0, &sonde);
     http("GET", &format!("http://127.0.0.1:{p_yes}/status/200"), 0);
     http("GET", &format!("http://127.0.0.1:{p_no}/status/200"), 0);
     assert!(wait_for_metric(
