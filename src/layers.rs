@@ -1,6 +1,7 @@
 //! The module graph, checked: no import circle at any level of `src/`, the pipeline's layers
 //! import only earlier ones (discover → select → inspect → attach → collect → enrich →
-//! export), and `ebpf_abi` imports nothing of sonde.
+//! export), `ebpf_abi` imports nothing of sonde, and `internal_events` nothing but `ebpf_abi`
+//! (every layer emits events, so they must not lead back into one).
 //!
 //! Imports are read from the source text (`crate::…` and `super::…` paths, `{…}` groups
 //! included); test modules are left out, as they may reach anywhere.
@@ -206,6 +207,9 @@ fn problems(all: &BTreeMap<Vec<String>, String>) -> Vec<String> {
             if from == "ebpf_abi" {
                 out.push(format!("ebpf_abi imports {to}: it must stay a leaf"));
             }
+            if from == "internal_events" && to != "ebpf_abi" {
+                out.push(format!("internal_events imports {to}: it must stay a leaf"));
+            }
         }
     }
     out
@@ -215,6 +219,7 @@ fn problems(all: &BTreeMap<Vec<String>, String>) -> Vec<String> {
 fn no_import_circles_and_layers_one_way() {
     let all = modules(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
     assert!(all.contains_key(&vec!["inspect".to_string(), "grpc".to_string()]));
+    assert!(all.contains_key(&vec!["internal_events".to_string(), "events".to_string()]));
     let found = problems(&all);
     assert!(found.is_empty(), "{}", found.join("\n"));
 }
@@ -264,6 +269,34 @@ fn the_check_sees_circles_groups_and_super() {
     assert!(
         !found.iter().any(|p| p.contains("ebpf_abi")),
         "comments are not imports"
+    );
+    // A leaf that emits into nothing: importing the ABI is fine, a layer is not.
+    all.insert(
+        vec!["internal_events".into()],
+        "use crate::ebpf_abi::X;".into(),
+    );
+    all.insert(vec!["ebpf_abi".into()], String::new());
+    assert!(!problems(&all).iter().any(|p| p.contains("internal_events")));
+    all.insert(
+        vec!["internal_events".into()],
+        "use crate::export::otlp::Signal;".into(),
+    );
+    all.insert(
+        vec!["export".into()],
+        "use crate::internal_events::emit;".into(),
+    );
+    let found = problems(&all);
+    assert!(
+        found
+            .iter()
+            .any(|p| p == "internal_events imports export: it must stay a leaf"),
+        "{found:?}"
+    );
+    assert!(
+        found
+            .iter()
+            .any(|p| p.contains("in crate: export -> internal_events -> export")),
+        "{found:?}"
     );
     all.insert(
         vec!["ebpf_abi".into()],

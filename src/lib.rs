@@ -15,6 +15,7 @@ pub mod enrich;
 pub mod export;
 pub mod floor;
 pub mod inspect;
+pub mod internal_events;
 pub mod kernel;
 pub mod privileges;
 pub mod select;

@@ -222,18 +222,7 @@ impl Selector {
         let Some(c) = self.container_of(p) else {
             return self.go_source;
         };
-        match c.labels.get(labels::GO_SOURCE) {
-            None => self.go_source,
-            Some(v) => crate::config::GoSource::parse(v).unwrap_or_else(|| {
-                tracing::warn!(
-                    "container {}: invalid {} label {v:?} (auto, uprobes or syscalls): using {}",
-                    c.name,
-                    labels::GO_SOURCE,
-                    self.go_source.name()
-                );
-                self.go_source
-            }),
-        }
+        self.label_rules(&c).go_source.unwrap_or(self.go_source)
     }
 
     /// Whether traces are exported (a Go client's calls then carry trace context only uprobes

@@ -21,6 +21,21 @@ fn sonde_for_docker(extra: &[(&str, &str)]) -> (u16, SondeGuard) {
     (prom, sonde)
 }
 
+/// Waits (10 s at most) until `n` processes are instrumented; fails with sonde's log.
+fn wait_instrumented(prom: u16, n: f64, sonde: &SondeGuard) {
+    assert!(
+        wait_for_metric(
+            prom,
+            "sonde_instrumented_processes",
+            &[],
+            n,
+            Duration::from_secs(10)
+        ),
+        "{}",
+        sonde.log()
+    );
+}
+
 fn count(text: &str, labels: &[(&str, &str)]) -> Option<f64> {
     metric_value(text, "http_server_request_duration_seconds_count", labels)
 }
@@ -48,17 +63,7 @@ fn labelled_containers_only_with_container_identity() {
         assert!(wait_for_port(p, Duration::from_secs(10)));
     }
     let (prom, sonde) = sonde_for_docker(&[]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            2.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 2.0, &sonde);
     for p in [p_on, p_off, p_compose] {
         http("GET", &format!("http://127.0.0.1:{p}/status/200?size=3"), 0);
     }
@@ -132,17 +137,7 @@ fn select_all_except_opted_out() {
         wait_for_port(p_a, Duration::from_secs(10)) && wait_for_port(p_b, Duration::from_secs(10))
     );
     let (prom, sonde) = sonde_for_docker(&[("SONDE_DOCKER_SELECT", "all")]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            1.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 1.0, &sonde);
     http("POST", &format!("http://127.0.0.1:{p_a}/echo"), 10);
     http("POST", &format!("http://127.0.0.1:{p_b}/echo"), 10);
     assert!(wait_for_metric(
@@ -415,17 +410,7 @@ fn scaled_replicas_with_container_details() {
             (c, port)
         })
         .collect();
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            3.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 3.0, &sonde);
     for (_, port) in &replicas {
         assert!(wait_for_port(*port, Duration::from_secs(5)));
         http("GET", &format!("http://127.0.0.1:{port}/status/200"), 0);
@@ -565,6 +550,55 @@ fn two_hundred_container_cycles_leak_nothing() {
     );
 }
 
+/// An invalid `sonde.open_ports` label is one warning naming the container and the label, and
+/// one count in `sonde_label_invalid_total`, however many 250 ms scans meet the container (the
+/// labels are parsed once, when it is registered); the container is not measured.
+#[test]
+fn an_invalid_label_is_one_warning_and_one_count() {
+    if !require_docker_or_skip("an_invalid_label_is_one_warning_and_one_count") {
+        return;
+    }
+    test_image();
+    let (p_bad, p_good) = (free_port(), free_port());
+    let bad = Container::run(
+        &container_name("bad-ports"),
+        p_bad,
+        &[("sonde.enable", "true"), ("sonde.open_ports", "80-http")],
+    );
+    let _good = Container::run(&container_name("good"), p_good, &[("sonde.enable", "true")]);
+    for p in [p_bad, p_good] {
+        assert!(wait_for_port(p, Duration::from_secs(10)));
+    }
+    let (prom, sonde) = sonde_for_docker(&[]);
+    wait_instrumented(prom, 1.0, &sonde);
+    // Twenty scans and more: each meets the labelled container again.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = sonde.log();
+    let warned: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("invalid sonde.open_ports label"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{log}");
+    assert!(warned[0].contains("WARN"), "{}", warned[0]);
+    assert!(warned[0].contains(&bad.name), "{}", warned[0]);
+    assert!(warned[0].contains("\"80-http\""), "{}", warned[0]);
+    let text = scrape(prom);
+    assert_eq!(
+        metric_value(
+            &text,
+            "sonde_label_invalid_total",
+            &[("label", "sonde.open_ports")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        metric_value(&text, "sonde_instrumented_processes", &[]),
+        Some(1.0),
+        "the container with the invalid label is not measured\n{text}"
+    );
+}
+
 /// A YAML-style rule selects an unlabelled container by its name, another excludes by image.
 #[test]
 fn rules_select_containers_without_labels() {
@@ -581,17 +615,7 @@ fn rules_select_containers_without_labels() {
     );
     let rules = format!(r#"[{{name: "sonde-test-rule-*", image: "{image}"}}]"#);
     let (prom, sonde) = sonde_for_docker(&[("SONDE_DOCKER_RULES", &rules)]);
-    assert!(
-        wait_for_metric(
-            prom,
-            "sonde_instrumented_processes",
-            &[],
-            1.0,
-            Duration::from_secs(10)
-        ),
-        "{}",
-        sonde.log()
-    );
+    wait_instrumented(prom, 1.0, &sonde);
     http("GET", &format!("http://127.0.0.1:{p_yes}/status/200"), 0);
     http("GET", &format!("http://127.0.0.1:{p_no}/status/200"), 0);
     assert!(wait_for_metric(

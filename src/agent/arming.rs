@@ -7,8 +7,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use crate::config::GoSource;
 use crate::discover::HostProcess;
-use crate::export::Exporter;
 use crate::inspect::cache::PlanCache;
+use crate::internal_events::{emit, NotArmed};
 
 use super::{lock, Instrumented, Shared};
 
@@ -71,7 +71,6 @@ impl ArmFailures {
 pub(super) fn arm_files(
     shared: &Shared,
     plans: &PlanCache,
-    exporter: &Exporter,
     files: impl Iterator<Item = PathBuf>,
     failed: &mut ArmFailures,
     tracer_exists: bool,
@@ -86,10 +85,11 @@ pub(super) fn arm_files(
         }
         let mut fail = |why: String, skipped: Option<&'static str>| {
             if failed.failed(&file, mtime, Instant::now(), why.clone()) {
-                tracing::info!("not arming {}: {why}", file.display());
-                if let Some(reason) = skipped {
-                    exporter.health().inc_skipped(reason);
-                }
+                emit(NotArmed {
+                    file: &file,
+                    why: &why,
+                    reason: skipped,
+                });
             }
         };
         // Never inspect while holding `shared`.

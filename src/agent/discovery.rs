@@ -15,6 +15,7 @@ use crate::config::GoSource;
 use crate::discover::HostProcess;
 use crate::export::Exporter;
 use crate::inspect::cache::PlanCache;
+use crate::internal_events::{emit, AttachFailed, Attached, AttachedVia, BinarySkipped, FailedVia};
 use crate::select::Selector;
 
 use super::arming::{self, ArmFailures};
@@ -97,7 +98,6 @@ impl Discovery {
         arming::arm_files(
             &shared,
             &self.plans,
-            &self.exporter,
             named.into_iter().chain(self.seen.try_iter()),
             arm_failures,
             self.tracer.exists(),
@@ -193,13 +193,14 @@ impl Discovery {
                 (None, Some("not Go".to_string()))
             }
             Ok((_, Err(e), inspected_now)) => {
-                // One line per binary, not per process running it.
-                if inspected_now {
-                    tracing::info!("skipping {} (pid {pid}): {e}", process.exe.display());
-                } else {
-                    tracing::debug!("skipping {} (pid {pid}): {e}", process.exe.display());
-                }
-                self.exporter.health().inc_skipped(e.reason());
+                emit(BinarySkipped {
+                    pid,
+                    exe: &process.exe,
+                    reason: e.reason(),
+                    error: &e,
+                    // One line per binary, not per process running it.
+                    first: inspected_now,
+                });
                 return;
             }
             Err(e) => {
@@ -258,10 +259,11 @@ impl Discovery {
                     let how = format!("its file is armed as a whole{launch_path}");
                     self.instrumented(&process, &plan, identity, &how, uprobes_why.as_deref());
                 }
-                Err(e) => {
-                    tracing::warn!("cannot instrument pid {pid}: {e}");
-                    self.exporter.health().inc_attach_errors();
-                }
+                Err(e) => emit(AttachFailed {
+                    pid,
+                    error: &e,
+                    via: FailedVia::Uprobes,
+                }),
             }
             return;
         }
@@ -290,10 +292,11 @@ impl Discovery {
                 if pending.attach_failed(candidate) {
                     tracing::debug!("attach attempt {attempt} for pid {pid} failed: {e}");
                 } else {
-                    tracing::warn!(
-                        "cannot instrument pid {pid} after {ATTACH_ATTEMPTS} attempts: {e}"
-                    );
-                    self.exporter.health().inc_attach_errors();
+                    emit(AttachFailed {
+                        pid,
+                        error: &e,
+                        via: FailedVia::UprobesAfter(ATTACH_ATTEMPTS),
+                    });
                 }
             }
         }
@@ -309,13 +312,16 @@ impl Discovery {
         uprobes_why: Option<&str>,
     ) {
         let pid = process.pid;
-        tracing::info!(
-            "instrumented pid {pid} ({}, Go {}) as service \"{}\": {how}{}",
-            process.exe.display(),
-            plan.go_version,
-            identity.service_name,
-            uprobes_why.unwrap_or_default()
-        );
+        emit(Attached {
+            pid,
+            exe: &process.exe,
+            service: &identity.service_name,
+            via: AttachedVia::Uprobes {
+                go_version: &plan.go_version,
+                how,
+                why: uprobes_why.unwrap_or_default(),
+            },
+        });
         register(&self.identities, &self.exporter, pid, identity);
     }
 

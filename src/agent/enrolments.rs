@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use crate::discover::HostProcess;
 use crate::export::Exporter;
+use crate::internal_events::{emit, Attached, AttachedVia};
 use crate::select::Selector;
 
 use super::identities::{self, register, Identities};
@@ -46,13 +47,14 @@ impl Enrolments {
                 container_id: crate::discover::cgroup::container_id_of(e.pid),
             };
             let identity = selector.identity(&process);
-            tracing::debug!(
-                "pid {} ({}) enrolled at its first probe hit, {:.1} ms ago, as service \"{}\"",
-                e.pid,
-                process.exe.display(),
-                monotonic_ns().saturating_sub(e.ktime_ns) as f64 / 1e6,
-                identity.service_name
-            );
+            emit(Attached {
+                pid: e.pid,
+                exe: &process.exe,
+                service: &identity.service_name,
+                via: AttachedVia::Enrolled {
+                    ms_ago: monotonic_ns().saturating_sub(e.ktime_ns) as f64 / 1e6,
+                },
+            });
             register(identities, exporter, e.pid, identity);
             let _ = discovery.send((process, e.slot));
         }

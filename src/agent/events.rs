@@ -12,6 +12,7 @@ use crate::enrich::routes::RouteMatcher;
 use crate::enrich::EnrichedRequest;
 use crate::export::otlp::Otlp;
 use crate::export::Exporter;
+use crate::internal_events::{emit, EventsLost};
 use crate::select::Selector;
 
 use super::enrolments::Enrolments;
@@ -42,7 +43,8 @@ pub(super) struct Collector {
 impl Collector {
     /// Until SIGINT or SIGTERM.
     pub(super) async fn run(mut self, signals: &mut Signals) {
-        let mut lost = LostEvents::default();
+        // Per ring, so the log says which one overflowed.
+        let (mut lost_uprobes, mut lost_syscalls) = (LostEvents::default(), LostEvents::default());
         let mut last_lost_check = Instant::now();
         loop {
             tokio::select! {
@@ -64,11 +66,18 @@ impl Collector {
             self.drain_requests();
             if last_lost_check.elapsed() >= LOST_CHECK {
                 last_lost_check = Instant::now();
-                let total = self.reader.lost_total()
-                    + self.sys_reader.as_ref().map_or(0, |s| s.lost_total());
-                if let Some(n) = lost.newly_lost(total) {
-                    tracing::warn!("{n} events lost: the ring buffer was full");
-                    self.exporter.health().add_events_lost(n);
+                if let Some(n) = lost_uprobes.newly_lost(self.reader.lost_total()) {
+                    emit(EventsLost {
+                        source: "uprobes",
+                        n,
+                    });
+                }
+                let sys_total = self.sys_reader.as_ref().map_or(0, |s| s.lost_total());
+                if let Some(n) = lost_syscalls.newly_lost(sys_total) {
+                    emit(EventsLost {
+                        source: "syscalls",
+                        n,
+                    });
                 }
             }
         }

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::discover::HostProcess;
 use crate::enrich::Identity;
 use crate::export::Exporter;
+use crate::internal_events::{emit, AttachFailed, Attached, AttachedVia, FailedVia};
 
 use super::identities::{register, Identities};
 
@@ -159,17 +160,19 @@ pub(super) fn trace(
                 Some(f) => format!(", OpenSSL {} ({} uprobes)", f.display(), traced.uprobes),
                 None => String::new(),
             };
-            tracing::info!(
-                "tracing pid {pid} ({}, {why}) through syscalls{tls} as service \"{}\"",
-                process.exe.display(),
-                identity.service_name
-            );
+            emit(Attached {
+                pid,
+                exe: &process.exe,
+                service: &identity.service_name,
+                via: AttachedVia::Syscalls { why, tls: &tls },
+            });
             register(identities, exporter, pid, identity);
         }
-        Err(e) => {
-            tracing::warn!("cannot trace pid {pid} through syscalls: {e}");
-            exporter.health().inc_attach_errors();
-        }
+        Err(e) => emit(AttachFailed {
+            pid,
+            error: &e,
+            via: FailedVia::Syscalls,
+        }),
     }
 }
 

@@ -152,14 +152,17 @@ pub async fn watch(
         )
         .await;
         let wait = reconnect.lost(unix_now());
-        match result {
-            Ok(()) => tracing::warn!("{socket}: event stream ended; reconnecting"),
-            // The first failure of a connection that worked is worth a warning; the retries
-            // while the engine is down are not.
-            Err(e) if reconnect.attempts == 1 => {
-                tracing::warn!("{e}; retrying every {wait:?} at most")
-            }
-            Err(e) => tracing::debug!("{e}; retrying in {wait:?}"),
+        // The first failure of a connection that worked is worth a warning; the retries
+        // while the engine is down are not (the event decides, from `attempts`).
+        {
+            // In a block: the error is not held across the sleep.
+            let error = result.err();
+            crate::internal_events::emit(crate::internal_events::EngineReconnect {
+                socket: &socket,
+                error: error.as_ref().map(|e| e as &dyn std::fmt::Display),
+                wait,
+                attempts: reconnect.attempts,
+            });
         }
         tokio::time::sleep(wait).await;
         if containers.read().is_ok_and(|c| !c.is_empty()) {

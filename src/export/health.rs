@@ -1,11 +1,10 @@
 //! Counters about sonde itself (`sonde_*`), rendered after the request families.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 
-use super::otlp;
+use crate::internal_events::{read, read_by_label, Counter};
+use crate::select::labels;
 
 /// The reasons `inspect` gives for not instrumenting a binary (`InspectError::reason`).
 const SKIP_REASONS: &[&str] = &[
@@ -21,19 +20,17 @@ const SKIP_REASONS: &[&str] = &[
     "timeout",
 ];
 
-/// Counters about sonde itself, shared by every stage.
+/// The labels `sonde_label_invalid_total` shows from the start (at 0).
+const LABELS: &[&str] = &[labels::OPEN_PORTS, labels::EXE, labels::GO_SOURCE];
+
+/// Gauges about sonde itself, set from the attacher's state; the counters of notable events
+/// are `internal_events`' (the only way to move them is to emit an event, which also logs).
 #[derive(Default)]
 pub struct Health {
     instrumented: AtomicU64,
     links: AtomicU64,
     armed_links: AtomicU64,
-    attach_errors: AtomicU64,
     pub(super) events: AtomicU64,
-    lost: AtomicU64,
-    skipped: Mutex<BTreeMap<&'static str, u64>>,
-    /// OTLP export attempts that failed, and data dropped: [metrics, traces].
-    otlp_errors: [AtomicU64; 2],
-    otlp_dropped: [AtomicU64; 2],
 }
 
 impl Health {
@@ -45,27 +42,6 @@ impl Health {
     }
     pub fn set_armed_uprobe_links(&self, n: u64) {
         self.armed_links.store(n, Ordering::Relaxed);
-    }
-    pub fn inc_attach_errors(&self) {
-        self.attach_errors.fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add_events_lost(&self, n: u64) {
-        self.lost.fetch_add(n, Ordering::Relaxed);
-    }
-    pub fn inc_skipped(&self, reason: &'static str) {
-        *self
-            .skipped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(reason)
-            .or_default() += 1;
-    }
-
-    pub fn inc_otlp_export_errors(&self, signal: otlp::Signal) {
-        self.otlp_errors[signal as usize].fetch_add(1, Ordering::Relaxed);
-    }
-    pub fn add_otlp_dropped(&self, signal: otlp::Signal, n: u64) {
-        self.otlp_dropped[signal as usize].fetch_add(n, Ordering::Relaxed);
     }
 
     pub(super) fn render(&self, out: &mut String, openmetrics: bool) {
@@ -112,7 +88,10 @@ impl Health {
             "sonde_attach_errors_total",
             "counter",
             "Processes sonde failed to attach probes to.",
-            format!("sonde_attach_errors_total {}", g(&self.attach_errors)),
+            format!(
+                "sonde_attach_errors_total {}",
+                read(Counter::AttachErrors, "")
+            ),
         );
         metric(
             "sonde_events_total",
@@ -124,12 +103,12 @@ impl Health {
             "sonde_events_lost_total",
             "counter",
             "Requests the kernel dropped because the ring buffer was full.",
-            format!("sonde_events_lost_total {}", g(&self.lost)),
+            format!("sonde_events_lost_total {}", read(Counter::EventsLost, "")),
         );
-        let by_signal = |name: &str, a: &[AtomicU64; 2]| {
-            [otlp::Signal::Metrics, otlp::Signal::Traces]
+        let by_signal = |name: &str, c: Counter| {
+            ["metrics", "traces"]
                 .iter()
-                .map(|s| format!("{name}{{signal=\"{}\"}} {}", s.name(), g(&a[*s as usize])))
+                .map(|s| format!("{name}{{signal=\"{s}\"}} {}", read(c, s)))
                 .collect::<Vec<_>>()
                 .join("\n")
         };
@@ -137,34 +116,68 @@ impl Health {
             "sonde_otlp_export_errors_total",
             "counter",
             "OTLP export attempts that failed (endpoint down, slow, or refusing).",
-            by_signal("sonde_otlp_export_errors_total", &self.otlp_errors),
+            by_signal("sonde_otlp_export_errors_total", Counter::OtlpExportErrors),
         );
         metric(
             "sonde_otlp_dropped_total",
             "counter",
             "OTLP data given up on: metric export requests, or spans.",
-            by_signal("sonde_otlp_dropped_total", &self.otlp_dropped),
+            by_signal("sonde_otlp_dropped_total", Counter::OtlpDropped),
         );
         // Every known reason from the start, at 0: `increase()` then sees the first skip, and
         // a dashboard panel on this family is never empty.
-        let mut skipped = self
-            .skipped
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        for r in SKIP_REASONS {
-            skipped.entry(r).or_default();
-        }
-        let body = skipped
-            .iter()
-            .map(|(r, n)| format!("sonde_skipped_binaries_total{{reason=\"{r}\"}} {n}"))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let by_label = |name: &str, label: &str, c: Counter, known: &[&'static str]| {
+            let mut counted = read_by_label(c);
+            for k in known {
+                counted.entry(*k).or_default();
+            }
+            let lines: Vec<String> = counted
+                .iter()
+                .map(|(v, n)| format!("{name}{{{label}=\"{v}\"}} {n}"))
+                .collect();
+            lines.join("\n")
+        };
         metric(
             "sonde_skipped_binaries_total",
             "counter",
             "Selected processes not instrumented, by reason.",
-            body,
+            by_label(
+                "sonde_skipped_binaries_total",
+                "reason",
+                Counter::SkippedBinaries,
+                SKIP_REASONS,
+            ),
+        );
+        metric(
+            "sonde_processes_instrumented_total",
+            "counter",
+            "Processes instrumented since sonde started, by how: uprobes, syscalls, or armed (enrolled by an armed file).",
+            by_label(
+                "sonde_processes_instrumented_total",
+                "via",
+                Counter::ProcessesInstrumented,
+                &["uprobes", "syscalls", "armed"],
+            ),
+        );
+        metric(
+            "sonde_label_invalid_total",
+            "counter",
+            "Container labels sonde could not parse, by label (logged with the container's name).",
+            by_label(
+                "sonde_label_invalid_total",
+                "label",
+                Counter::LabelInvalid,
+                LABELS,
+            ),
+        );
+        metric(
+            "sonde_engine_reconnects_total",
+            "counter",
+            "Times a container engine's events connection ended or failed (each retry while it is down counts).",
+            format!(
+                "sonde_engine_reconnects_total {}",
+                read(Counter::EngineReconnects, "")
+            ),
         );
     }
 }

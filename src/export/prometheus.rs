@@ -253,10 +253,23 @@ mod tests {
 
     #[test]
     fn health_counts_skips_by_reason() {
+        let _own = crate::internal_events::scoped(std::time::Duration::from_secs(30));
         let e = Exporter::with(MetricsNaming::BeylaV0, false, false);
-        e.health().inc_skipped("not_go");
-        e.health().inc_skipped("not_go");
-        e.health().add_events_lost(3);
+        let skip = || {
+            crate::internal_events::emit(crate::internal_events::BinarySkipped {
+                pid: 1,
+                exe: std::path::Path::new("/bin/true"),
+                reason: "not_go",
+                error: &"not a Go binary",
+                first: true,
+            })
+        };
+        skip();
+        skip();
+        crate::internal_events::emit(crate::internal_events::EventsLost {
+            source: "uprobes",
+            n: 3,
+        });
         let text = e.render();
         assert!(text.contains("sonde_skipped_binaries_total{reason=\"not_go\"} 2\n"));
         assert!(text.contains("sonde_skipped_binaries_total{reason=\"timeout\"} 0\n"));

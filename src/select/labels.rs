@@ -1,6 +1,6 @@
 //! Container labels users put on their services (`sonde.enable`, `sonde.open_ports`, ...,
 //! and the compose ones identity falls back on), and the narrowing rules a container's
-//! `sonde.open_ports` / `sonde.exe` labels make, parsed once per registration of the container.
+//! `sonde.open_ports` / `sonde.exe` / `sonde.go_source` labels make, parsed once per registration of the container.
 
 use std::collections::HashMap;
 
@@ -38,19 +38,22 @@ pub enum Narrow<T> {
     Invalid,
 }
 
-/// A container's `sonde.open_ports` and `sonde.exe` labels as rules.
+/// A container's `sonde.open_ports`, `sonde.exe` and `sonde.go_source` labels as rules.
 #[derive(Debug, Clone)]
 pub struct LabelRules {
     pub open_ports: Narrow<PortSet>,
     pub exe: Narrow<regex::Regex>,
+    /// `None`: no label, or an invalid one (reported once): the `go_source` setting.
+    pub go_source: Option<crate::config::GoSource>,
 }
 
 impl LabelRules {
-    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`).
-    pub fn parse(c: &ContainerInfo) -> LabelRules {
+    /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`);
+    /// `go_source`: the setting an invalid `sonde.go_source` label falls back to.
+    pub fn parse(c: &ContainerInfo, go_source: crate::config::GoSource) -> LabelRules {
         fn narrow<T>(
             c: &ContainerInfo,
-            label: &str,
+            label: &'static str,
             parse: impl Fn(&str) -> Option<T>,
         ) -> Narrow<T> {
             let Some(v) = c.labels.get(label) else {
@@ -59,7 +62,12 @@ impl LabelRules {
             match parse(v) {
                 Some(t) => Narrow::Only(t),
                 None => {
-                    tracing::warn!("container {}: invalid {label} label {v:?}", c.name);
+                    crate::internal_events::emit(crate::internal_events::LabelInvalid {
+                        container: &c.name,
+                        label,
+                        value: v,
+                        fallback: None,
+                    });
                     Narrow::Invalid
                 }
             }
@@ -67,6 +75,18 @@ impl LabelRules {
         LabelRules {
             open_ports: narrow(c, OPEN_PORTS, PortSet::parse),
             exe: narrow(c, EXE, |v| regex::Regex::new(v).ok()),
+            go_source: c.labels.get(GO_SOURCE).and_then(|v| {
+                let parsed = crate::config::GoSource::parse(v);
+                if parsed.is_none() {
+                    crate::internal_events::emit(crate::internal_events::LabelInvalid {
+                        container: &c.name,
+                        label: GO_SOURCE,
+                        value: v,
+                        fallback: Some(("auto, uprobes or syscalls", go_source.name())),
+                    });
+                }
+                parsed
+            }),
         }
     }
 
@@ -98,7 +118,7 @@ impl Selector {
         }
         // Only this cache still holds them: the registry dropped (or replaced) them.
         cache.retain(|_, (info, _)| std::sync::Arc::strong_count(info) > 1);
-        let rules = std::sync::Arc::new(LabelRules::parse(c));
+        let rules = std::sync::Arc::new(LabelRules::parse(c, self.go_source));
         cache.insert(c.id.clone(), (c.clone(), rules.clone()));
         rules
     }

@@ -84,6 +84,27 @@ fn narrowing_labels_are_parsed_once_per_registration() {
     assert_eq!(s.label_rules.lock().unwrap().len(), 1);
 }
 
+/// Each invalid label is one event (one warning, one count), however often the scans ask.
+#[test]
+fn invalid_labels_are_counted_once_per_registration() {
+    use crate::internal_events::{read, scoped, Counter};
+    let _own = scoped(std::time::Duration::from_secs(30));
+    let s = with_container(
+        DockerSelect::Labelled,
+        &[
+            ("sonde.enable", "true"),
+            ("sonde.open_ports", "80-x"),
+            ("sonde.go_source", "ebpf"),
+        ],
+    );
+    for _ in 0..10 {
+        assert!(!s.matches(&container_proc(1, &[80], "c1")));
+        assert_eq!(s.go_source(&container_proc(1, &[80], "c1")), s.go_source);
+    }
+    assert_eq!(read(Counter::LabelInvalid, labels::OPEN_PORTS), 1);
+    assert_eq!(read(Counter::LabelInvalid, labels::GO_SOURCE), 1);
+}
+
 #[test]
 fn container_labels_select_and_narrow() {
     let on = with_container(DockerSelect::Labelled, &[("sonde.enable", "true")]);

@@ -30,6 +30,7 @@ use transport::{Payload, Transport};
 
 use crate::enrich::EnrichedRequest;
 use crate::export::Exporter;
+use crate::internal_events::{emit, OtlpDropped};
 
 #[derive(Debug, thiserror::Error)]
 pub enum OtlpError {
@@ -130,7 +131,6 @@ impl Otlp {
                 t,
                 q.clone(),
                 retry(cumulative),
-                exporter.clone(),
             ));
             tokio::spawn(metrics_ticker(otlp.clone(), q, c.metric_interval));
         }
@@ -149,9 +149,8 @@ impl Otlp {
                 t,
                 q.clone(),
                 retry(false),
-                exporter.clone(),
             ));
-            tokio::spawn(span_batcher(buf.clone(), q, exporter));
+            tokio::spawn(span_batcher(buf.clone(), q));
         }
         Ok(otlp)
     }
@@ -215,7 +214,10 @@ impl Otlp {
         let mut spans = buf.spans.lock().unwrap_or_else(|p| p.into_inner());
         if spans.len() >= SPAN_BUFFER {
             spans.pop_front();
-            self.exporter.health().add_otlp_dropped(Signal::Traces, 1);
+            emit(OtlpDropped {
+                signal: Signal::Traces.name(),
+                n: 1,
+            });
         }
         spans.push_back((res, span));
         if spans.len() >= SPAN_BATCH {
@@ -239,14 +241,15 @@ async fn metrics_ticker(otlp: Arc<Otlp>, queue: Arc<BatchQueue>, interval: Durat
         );
         if let Some(req) = req {
             let dropped = queue.push(Payload::Metrics(req));
-            otlp.exporter
-                .health()
-                .add_otlp_dropped(Signal::Metrics, dropped as u64);
+            emit(OtlpDropped {
+                signal: Signal::Metrics.name(),
+                n: dropped as u64,
+            });
         }
     }
 }
 
-async fn span_batcher(buf: Arc<SpanBuffer>, queue: Arc<BatchQueue>, exporter: Arc<Exporter>) {
+async fn span_batcher(buf: Arc<SpanBuffer>, queue: Arc<BatchQueue>) {
     loop {
         tokio::select! {
             _ = tokio::time::sleep(SPAN_FLUSH) => {}
@@ -263,9 +266,10 @@ async fn span_batcher(buf: Arc<SpanBuffer>, queue: Arc<BatchQueue>, exporter: Ar
             }
             let more = batch.len() == SPAN_BATCH;
             let dropped = queue.push(Payload::Traces(group_spans(batch)));
-            exporter
-                .health()
-                .add_otlp_dropped(Signal::Traces, (dropped * SPAN_BATCH) as u64);
+            emit(OtlpDropped {
+                signal: Signal::Traces.name(),
+                n: (dropped * SPAN_BATCH) as u64,
+            });
             if !more {
                 break;
             }

@@ -9,7 +9,9 @@ use tokio::sync::Notify;
 
 use super::config::Signal;
 use super::transport::{Payload, SendError, Transport};
-use crate::export::Exporter;
+use crate::internal_events::{
+    emit, OtlpDropped, OtlpExportFailed, OtlpExportRecovered, OtlpFailure,
+};
 
 /// Export requests waiting to be sent, oldest first. Full → the oldest is dropped.
 pub struct BatchQueue {
@@ -92,12 +94,20 @@ pub async fn run_sender(
     transport: Transport,
     queue: Arc<BatchQueue>,
     retry: Retry,
-    exporter: Arc<Exporter>,
 ) {
-    let health = || exporter.health();
-    // Logged once per outage / per rejection, not per attempt.
+    let (name, endpoint) = (signal.name(), shown_endpoint.as_str());
+    let failed = |error: &dyn std::fmt::Display, kind| {
+        emit(OtlpExportFailed {
+            signal: name,
+            endpoint,
+            error,
+            kind,
+        })
+    };
+    let dropped = || emit(OtlpDropped { signal: name, n: 1 });
+    // Whether the last attempt failed: the first success after says so (and the next failure
+    // is logged at once). Repeats within an outage are rate-limited by the events.
     let mut failing = false;
-    let mut auth_logged = false;
     loop {
         let batch = queue.next().await;
         let mut attempt = 0;
@@ -105,59 +115,35 @@ pub async fn run_sender(
             match transport.send(&batch).await {
                 Ok(()) => {
                     if failing {
-                        tracing::info!(
-                            "OTLP {} export to {shown_endpoint} works again",
-                            signal.name()
-                        );
+                        emit(OtlpExportRecovered {
+                            signal: name,
+                            endpoint,
+                        });
                     }
                     failing = false;
-                    auth_logged = false;
                     break;
                 }
                 Err(SendError::Unauthorized(why)) => {
-                    health().inc_otlp_export_errors(signal);
-                    health().add_otlp_dropped(signal, 1);
-                    if !auth_logged {
-                        tracing::error!(
-                            "OTLP {} export to {shown_endpoint} was refused: {why}: check the \
-                             credentials in OTEL_EXPORTER_OTLP_HEADERS; data is dropped until \
-                             the endpoint accepts them",
-                            signal.name()
-                        );
-                        auth_logged = true;
-                    }
+                    failed(&why, OtlpFailure::Refused);
+                    dropped();
+                    failing = true;
                     break;
                 }
                 Err(SendError::Retryable(why)) => {
-                    health().inc_otlp_export_errors(signal);
-                    if !failing {
-                        tracing::warn!(
-                            "OTLP {} export to {shown_endpoint} failed: {why}; retrying with \
-                             back-off",
-                            signal.name()
-                        );
-                        failing = true;
-                    } else {
-                        tracing::debug!("OTLP {} export still failing: {why}", signal.name());
-                    }
+                    failed(&why, OtlpFailure::Retrying);
+                    failing = true;
                     attempt += 1;
                     if attempt >= retry.attempts || (retry.superseded_by_newer && !queue.is_empty())
                     {
-                        health().add_otlp_dropped(signal, 1);
+                        dropped();
                         break;
                     }
                     tokio::time::sleep(retry.delay(attempt - 1)).await;
                 }
                 Err(e @ (SendError::Permanent(_) | SendError::Setup(_))) => {
-                    health().inc_otlp_export_errors(signal);
-                    health().add_otlp_dropped(signal, 1);
-                    if !failing {
-                        tracing::error!(
-                            "OTLP {} export to {shown_endpoint} rejected a batch: {e}",
-                            signal.name()
-                        );
-                        failing = true;
-                    }
+                    failed(&e, OtlpFailure::Rejected);
+                    dropped();
+                    failing = true;
                     break;
                 }
             }
