@@ -18,6 +18,7 @@ pub mod inspect;
 pub mod kernel;
 pub mod privileges;
 pub mod select;
+pub mod worker;
 
 #[cfg(test)]
 mod layers;
