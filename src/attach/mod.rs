@@ -254,36 +254,22 @@ impl Attacher {
                     continue;
                 }
                 let (entry_prog, ret_prog) = role_programs(probe.role);
-                let failed = |offset| {
-                    move |source| AttachError::Uprobe {
+                // RETs first: an entry without a return would leave in-flight state behind.
+                let sites = probe
+                    .ret_offsets
+                    .iter()
+                    .map(|&off| (ret_prog, off))
+                    .chain(std::iter::once((entry_prog, probe.entry_offset)));
+                for (prog, offset) in sites {
+                    let failed = |source| AttachError::Uprobe {
                         pid,
                         symbol: probe.symbol.clone(),
                         offset,
                         source,
-                    }
-                };
-                // RETs first: an entry without a return would leave in-flight state behind.
-                for &off in &probe.ret_offsets {
-                    self.core.attach_uprobe(
-                        &mut links,
-                        ret_prog,
-                        binary,
-                        off,
-                        cookie,
-                        scope,
-                        failed(off),
-                    )?;
+                    };
+                    let core = &mut self.core;
+                    core.attach_uprobe(&mut links, prog, binary, offset, cookie, scope, failed)?;
                 }
-                let off = probe.entry_offset;
-                self.core.attach_uprobe(
-                    &mut links,
-                    entry_prog,
-                    binary,
-                    off,
-                    cookie,
-                    scope,
-                    failed(off),
-                )?;
             }
             Ok(())
         })();
