@@ -19,6 +19,7 @@ pub mod internal_events;
 pub mod kernel;
 pub mod privileges;
 pub mod select;
+pub mod worker;
 
 #[cfg(test)]
 mod layers;

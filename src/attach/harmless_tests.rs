@@ -5,24 +5,8 @@
 
 use object::{Object, ObjectSection, SectionKind};
 
-const OBJECTS: &[(&str, &[u8])] = &[
-    (
-        "sonde",
-        include_bytes!(concat!(env!("OUT_DIR"), "/sonde.bpf.o")),
-    ),
-    (
-        "launch",
-        include_bytes!(concat!(env!("OUT_DIR"), "/launch.bpf.o")),
-    ),
-    (
-        "floor",
-        include_bytes!(concat!(env!("OUT_DIR"), "/floor.bpf.o")),
-    ),
-    (
-        "syscalls",
-        include_bytes!(concat!(env!("OUT_DIR"), "/syscalls.bpf.o")),
-    ),
-];
+// The objects `build.rs` compiled, as sonde embeds them (sonde.bpf.o first).
+use super::verify::EMBEDDED as OBJECTS;
 
 /// bpf_probe_write_user, bpf_override_return, bpf_send_signal, bpf_send_signal_thread
 /// (ids from `bpf_helper_defs.h`).

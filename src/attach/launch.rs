@@ -3,8 +3,7 @@
 //! each PID to discovery at once.
 
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use aya::maps::{MapData, RingBuf};
@@ -13,6 +12,7 @@ use aya::Ebpf;
 use thiserror::Error;
 
 use crate::ebpf_abi::LaunchEvent;
+use crate::worker::{Stop, Worker};
 
 static LAUNCH_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/launch.bpf.o"));
 
@@ -107,10 +107,28 @@ pub fn field_offset(format: &str, field: &str) -> Option<u32> {
     })
 }
 
+/// Verifies `program` of `ebpf` and attaches it to the tracepoint `category/name`; its
+/// reports come on the ring buffer `ring`.
+fn attach_tracepoint(
+    ebpf: &mut Ebpf,
+    program: &'static str,
+    (category, name): (&str, &str),
+    ring: &'static str,
+) -> Result<RingBuf<MapData>, LaunchError> {
+    let tracepoint: &mut TracePoint = ebpf
+        .program_mut(program)
+        .ok_or(LaunchError::Missing(program))?
+        .try_into()?;
+    tracepoint.load()?;
+    tracepoint.attach(category, name)?;
+    Ok(RingBuf::try_from(
+        ebpf.take_map(ring).ok_or(LaunchError::Missing(ring))?,
+    )?)
+}
+
 /// The loaded, attached program and the thread that reads its reports; detached on drop.
 pub struct LaunchWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Worker,
 }
 
 impl LaunchWatch {
@@ -121,49 +139,24 @@ impl LaunchWatch {
         mut ebpf: Ebpf,
         on_launch: impl Fn(u32, u64) + Send + 'static,
     ) -> Result<Self, LaunchError> {
-        let program: &mut TracePoint = ebpf
-            .program_mut("task_rename")
-            .ok_or(LaunchError::Missing("task_rename"))?
-            .try_into()?;
-        program.load()?;
-        program.attach("task", "task_rename")?;
-        let ring = RingBuf::try_from(
-            ebpf.take_map("launches")
-                .ok_or(LaunchError::Missing("launches"))?,
+        let ring = attach_tracepoint(
+            &mut ebpf,
+            "task_rename",
+            ("task", "task_rename"),
+            "launches",
         )?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("sonde-launch".into())
-                .spawn(move || watch(ebpf, ring, stop, on_launch))
-                .map_err(LaunchError::Thread)?
-        };
-        Ok(LaunchWatch {
-            stop,
-            thread: Some(thread),
+        let thread = Worker::spawn("sonde-launch", move |stop| {
+            watch(ebpf, ring, stop, on_launch)
         })
-    }
-}
-
-impl Drop for LaunchWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        .map_err(LaunchError::Thread)?;
+        Ok(LaunchWatch { _thread: thread })
     }
 }
 
 /// Owns the program (so it stays attached) and reads reports until told to stop.
-fn watch(
-    _ebpf: Ebpf,
-    mut ring: RingBuf<MapData>,
-    stop: Arc<AtomicBool>,
-    on_launch: impl Fn(u32, u64),
-) {
+fn watch(_ebpf: Ebpf, mut ring: RingBuf<MapData>, stop: Stop, on_launch: impl Fn(u32, u64)) {
     let poll_ms = Duration::from_millis(200).as_millis() as i32;
-    while !stop.load(Ordering::Relaxed) {
+    while !stop.requested() {
         let mut pfd = libc::pollfd {
             fd: ring.as_raw_fd(),
             events: libc::POLLIN,
@@ -182,8 +175,7 @@ fn watch(
 /// Every program execution on the host (`sched/sched_process_exec`), for arming the files
 /// `executable_name` selects once they have been seen running; detached on drop.
 pub struct ExecWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Worker,
 }
 
 impl ExecWatch {
@@ -194,54 +186,32 @@ impl ExecWatch {
         mut ebpf: Ebpf,
         mut on_exec: impl FnMut(u32, std::path::PathBuf) + Send + 'static,
     ) -> Result<Self, LaunchError> {
-        let program: &mut TracePoint = ebpf
-            .program_mut("process_exec")
-            .ok_or(LaunchError::Missing("process_exec"))?
-            .try_into()?;
-        program.load()?;
-        program.attach("sched", "sched_process_exec")?;
-        let mut ring = RingBuf::try_from(
-            ebpf.take_map("execs")
-                .ok_or(LaunchError::Missing("execs"))?,
+        let mut ring = attach_tracepoint(
+            &mut ebpf,
+            "process_exec",
+            ("sched", "sched_process_exec"),
+            "execs",
         )?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("sonde-execs".into())
-                .spawn(move || {
-                    let _ebpf = ebpf;
-                    // Reports do not wake user space (one per exec on a busy host): drain on
-                    // a timer.
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(EXEC_DRAIN);
-                        while let Some(item) = ring.next() {
-                            if let Some(e) = crate::ebpf_abi::ExecEvent::from_bytes(&item) {
-                                on_exec(e.pid, e.path());
-                            }
-                        }
+        let thread = Worker::spawn("sonde-execs", move |stop| {
+            let _ebpf = ebpf;
+            // Reports do not wake user space (one per exec on a busy host): drain on a
+            // timer.
+            while !stop.requested() {
+                std::thread::sleep(EXEC_DRAIN);
+                while let Some(item) = ring.next() {
+                    if let Some(e) = crate::ebpf_abi::ExecEvent::from_bytes(&item) {
+                        on_exec(e.pid, e.path());
                     }
-                })
-                .map_err(LaunchError::Thread)?
-        };
-        Ok(ExecWatch {
-            stop,
-            thread: Some(thread),
+                }
+            }
         })
+        .map_err(LaunchError::Thread)?;
+        Ok(ExecWatch { _thread: thread })
     }
 }
 
 /// How often executions are read.
 const EXEC_DRAIN: Duration = Duration::from_millis(100);
-
-impl Drop for ExecWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

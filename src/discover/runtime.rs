@@ -11,10 +11,10 @@
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use serde::Deserialize;
+
+use crate::worker::Worker;
 
 /// runc's init before its exec of the container's program.
 pub const RUNC_INIT_COMM: &str = "runc:[2:INIT]";
@@ -208,8 +208,7 @@ impl LogTail {
 /// Follows Podman's event log and calls `on_init` with each created container's id, from
 /// its own thread, within a millisecond of the line being written (inotify); stops on drop.
 pub struct InitWatch {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _thread: Worker,
 }
 
 impl InitWatch {
@@ -244,54 +243,36 @@ impl InitWatch {
         if wd < 0 {
             return Err(watch_err(std::io::Error::last_os_error()));
         }
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::Builder::new()
-                .name("sonde-podman-init".into())
-                .spawn(move || {
-                    let mut tail = LogTail::at_end(&log);
-                    let mut events = [0u8; 4096];
-                    while !stop.load(Ordering::Relaxed) {
-                        let mut pfd = libc::pollfd {
-                            fd: fd.as_raw_fd(),
-                            events: libc::POLLIN,
-                            revents: 0,
-                        };
-                        // SAFETY: one valid pollfd for the duration of the call.
-                        let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
-                        if ready <= 0 {
-                            continue;
-                        }
-                        // Drain the notifications; which file changed does not matter.
-                        // SAFETY: reads into a buffer of the given length.
-                        while unsafe {
-                            libc::read(fd.as_raw_fd(), events.as_mut_ptr().cast(), events.len())
-                        } > 0
-                        {}
-                        for id in tail.read_new(&log) {
-                            on_init(id);
-                        }
-                    }
-                })
-                .map_err(|source| RuntimeError::Watch {
-                    path: dir.clone(),
-                    source,
-                })?
-        };
-        Ok(InitWatch {
-            stop,
-            thread: Some(thread),
+        let thread = Worker::spawn("sonde-podman-init", move |stop| {
+            let mut tail = LogTail::at_end(&log);
+            let mut events = [0u8; 4096];
+            while !stop.requested() {
+                let mut pfd = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd for the duration of the call.
+                let ready = unsafe { libc::poll(&mut pfd, 1, 200) };
+                if ready <= 0 {
+                    continue;
+                }
+                // Drain the notifications; which file changed does not matter.
+                // SAFETY: reads into a buffer of the given length.
+                while unsafe {
+                    libc::read(fd.as_raw_fd(), events.as_mut_ptr().cast(), events.len())
+                } > 0
+                {}
+                for id in tail.read_new(&log) {
+                    on_init(id);
+                }
+            }
         })
-    }
-}
-
-impl Drop for InitWatch {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        .map_err(|source| RuntimeError::Watch {
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(InitWatch { _thread: thread })
     }
 }
 
