@@ -7,14 +7,14 @@
 /// # Safety
 /// `#[repr(C)]`, made only of integers and arrays of them: every bit pattern, zeros included,
 /// is a valid value.
-pub unsafe trait Record: Copy {
+pub(crate) unsafe trait Record: Copy {
     /// The shortest record accepted; the bytes after it, when missing, read as zeros.
     const MIN_LEN: usize = std::mem::size_of::<Self>();
 }
 
 /// The one place a kernel record becomes a Rust value: `None` when `bytes` is shorter than
 /// `T::MIN_LEN`; bytes past `T`'s size are ignored.
-pub fn read_pod<T: Record>(bytes: &[u8]) -> Option<T> {
+pub(crate) fn read_pod<T: Record>(bytes: &[u8]) -> Option<T> {
     if bytes.len() < T::MIN_LEN {
         return None;
     }
@@ -28,30 +28,30 @@ pub fn read_pod<T: Record>(bytes: &[u8]) -> Option<T> {
     }
 }
 
-pub const METHOD_MAX: usize = 16;
-pub const PATH_MAX: usize = 128;
-pub const REMOTE_MAX: usize = 48;
+pub(crate) const METHOD_MAX: usize = 16;
+pub(crate) const PATH_MAX: usize = 128;
+pub(crate) const REMOTE_MAX: usize = 48;
 
-pub const EVENT_HTTP_SERVER: u8 = 1;
-pub const EVENT_HTTP_CLIENT: u8 = 2;
-pub const EVENT_RPC_SERVER: u8 = 3;
-pub const EVENT_RPC_CLIENT: u8 = 4;
-pub const RPC_METHOD_MAX: usize = 128;
-pub const RPC_REMOTE_MAX: usize = 64;
-pub const FLAG_PATH_TRUNCATED: u8 = 0x1;
-pub const FLAG_HTTP2: u8 = 0x2;
-pub const FLAG_ERROR: u8 = 0x4;
-pub const FLAG_HTTPS: u8 = 0x8;
-pub const FLAG_REMOTE_PARENT: u8 = 0x10;
-pub const MAP_BUCKETS: u32 = 0;
-pub const MAP_SWISS: u32 = 1;
+pub(crate) const EVENT_HTTP_SERVER: u8 = 1;
+pub(crate) const EVENT_HTTP_CLIENT: u8 = 2;
+pub(crate) const EVENT_RPC_SERVER: u8 = 3;
+pub(crate) const EVENT_RPC_CLIENT: u8 = 4;
+pub(crate) const RPC_METHOD_MAX: usize = 128;
+pub(crate) const RPC_REMOTE_MAX: usize = 64;
+pub(crate) const FLAG_PATH_TRUNCATED: u8 = 0x1;
+pub(crate) const FLAG_HTTP2: u8 = 0x2;
+pub(crate) const FLAG_ERROR: u8 = 0x4;
+pub(crate) const FLAG_HTTPS: u8 = 0x8;
+pub(crate) const FLAG_REMOTE_PARENT: u8 = 0x10;
+pub(crate) const MAP_BUCKETS: u32 = 0;
+pub(crate) const MAP_SWISS: u32 = 1;
 /// Traces are not exported: the kernel makes no span ids and reads no headers.
-pub const NO_TRACES: u32 = 2;
+pub(crate) const NO_TRACES: u32 = 2;
 
 /// `struct go_offsets`: the value of the PID filter map.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GoOffsetsAbi {
+pub(crate) struct GoOffsetsAbi {
     pub request_method: u32,
     pub request_url: u32,
     pub request_content_length: u32,
@@ -78,7 +78,7 @@ unsafe impl aya::Pod for GoOffsetsAbi {}
 /// `struct http_request_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct HttpRequestEvent {
+pub(crate) struct HttpRequestEvent {
     pub kind: u8,
     pub flags: u8,
     pub method_len: u8,
@@ -104,7 +104,7 @@ unsafe impl Record for HttpRequestEvent {}
 
 impl HttpRequestEvent {
     /// Reads an event from ring-buffer bytes; `None` when the record is too short.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         read_pod(bytes)
     }
 }
@@ -112,7 +112,7 @@ impl HttpRequestEvent {
 /// `struct launch_event`: a container's init process, before it execs the application.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct LaunchEvent {
+pub(crate) struct LaunchEvent {
     pub pid: u32,
     pub _pad: u32,
     pub ktime_ns: u64,
@@ -122,7 +122,7 @@ pub struct LaunchEvent {
 unsafe impl Record for LaunchEvent {}
 
 impl LaunchEvent {
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         read_pod(bytes)
     }
 }
@@ -130,7 +130,7 @@ impl LaunchEvent {
 /// `struct enrol_event`: a process the kernel enrolled at an armed file's probe.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EnrolEvent {
+pub(crate) struct EnrolEvent {
     pub pid: u32,
     pub slot: u32,
     pub ktime_ns: u64,
@@ -140,19 +140,19 @@ pub struct EnrolEvent {
 unsafe impl Record for EnrolEvent {}
 
 impl EnrolEvent {
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         read_pod(bytes)
     }
 }
 
-pub const EXEC_PATH_MAX: usize = 256;
+pub(crate) const EXEC_PATH_MAX: usize = 256;
 /// A uprobe cookie with this bit names an armed file's slot.
-pub const ARMED_FILE: u64 = 1 << 32;
+pub(crate) const ARMED_FILE: u64 = 1 << 32;
 
 /// `struct exec_event`: a program execution and the path given to exec.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct ExecEvent {
+pub(crate) struct ExecEvent {
     pub pid: u32,
     pub len: u32,
     pub filename: [u8; EXEC_PATH_MAX],
@@ -162,12 +162,12 @@ pub struct ExecEvent {
 unsafe impl Record for ExecEvent {}
 
 impl ExecEvent {
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         read_pod(bytes)
     }
 
     /// The path given to exec (truncated at EXEC_PATH_MAX - 1 bytes).
-    pub fn path(&self) -> std::path::PathBuf {
+    pub(crate) fn path(&self) -> std::path::PathBuf {
         use std::os::unix::ffi::OsStrExt;
         let n = (self.len as usize).min(EXEC_PATH_MAX);
         std::ffi::OsStr::from_bytes(&self.filename[..n]).into()
@@ -177,7 +177,7 @@ impl ExecEvent {
 /// `struct grpc_offsets`: the value of the `pid_grpc_offsets` map.
 #[repr(C)]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct GrpcOffsetsAbi {
+pub(crate) struct GrpcOffsetsAbi {
     pub stream_method: u32,
     pub stream_status: u32,
     pub status_proto: u32,
@@ -195,7 +195,7 @@ unsafe impl aya::Pod for GrpcOffsetsAbi {}
 /// `struct rpc_request_event`.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct RpcRequestEvent {
+pub(crate) struct RpcRequestEvent {
     pub kind: u8,
     pub flags: u8,
     pub method_len: u16,
@@ -215,28 +215,28 @@ unsafe impl Record for RpcRequestEvent {}
 
 impl RpcRequestEvent {
     /// Reads an event from ring-buffer bytes; `None` when the record is too short.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Self> {
         read_pod(bytes)
     }
 }
 
-pub const SYS_DATA_MAX: usize = 1024;
-pub const SYS_OPEN: u8 = 1;
-pub const SYS_DATA: u8 = 2;
-pub const SYS_CLOSE: u8 = 3;
-pub const SYS_BIND: u8 = 4;
-pub const SYS_ORPHAN: u8 = 5;
-pub const SYS_ROLE_SERVER: u8 = 1;
-pub const SYS_ROLE_CLIENT: u8 = 2;
-pub const SYS_DIR_IN: u8 = 1;
-pub const SYS_DIR_OUT: u8 = 2;
-pub const SYS_FLAG_TLS: u8 = 0x1;
-pub const SYS_FLAG_UNBOUND: u8 = 0x2;
+pub(crate) const SYS_DATA_MAX: usize = 1024;
+pub(crate) const SYS_OPEN: u8 = 1;
+pub(crate) const SYS_DATA: u8 = 2;
+pub(crate) const SYS_CLOSE: u8 = 3;
+pub(crate) const SYS_BIND: u8 = 4;
+pub(crate) const SYS_ORPHAN: u8 = 5;
+pub(crate) const SYS_ROLE_SERVER: u8 = 1;
+pub(crate) const SYS_ROLE_CLIENT: u8 = 2;
+pub(crate) const SYS_DIR_IN: u8 = 1;
+pub(crate) const SYS_DIR_OUT: u8 = 2;
+pub(crate) const SYS_FLAG_TLS: u8 = 0x1;
+pub(crate) const SYS_FLAG_UNBOUND: u8 = 0x2;
 
 /// `struct sys_event`: one record of the syscall/OpenSSL tracer.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct SysEvent {
+pub(crate) struct SysEvent {
     pub kind: u8,
     pub role: u8,
     pub direction: u8,
@@ -254,7 +254,7 @@ pub struct SysEvent {
 }
 
 /// The fixed part of a `SysEvent`, before `data`.
-pub const SYS_EVENT_HEADER: usize = std::mem::offset_of!(SysEvent, data);
+pub(crate) const SYS_EVENT_HEADER: usize = std::mem::offset_of!(SysEvent, data);
 
 // SAFETY: repr(C), integers and byte arrays only. A record carries only the bytes of `data`
 // that were copied.

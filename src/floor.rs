@@ -17,7 +17,7 @@ const PROGRAM: &str = "floor_hit";
 const COUNTER: &str = "floor_hits";
 
 #[derive(Debug, Error)]
-pub enum FloorError {
+pub(crate) enum FloorError {
     #[error("pid 0 cannot be probed")]
     InvalidPid,
     #[error(transparent)]
@@ -33,14 +33,14 @@ pub enum FloorError {
 }
 
 /// The loaded floor program with its links to one process (they close when it is dropped).
-pub struct Floor {
+pub(crate) struct Floor {
     ebpf: Ebpf,
     uprobes: usize,
 }
 
 impl Floor {
     /// Attaches the counter to every entry and RET of the process's probe plan.
-    pub fn attach(pid: u32) -> Result<Floor, FloorError> {
+    pub(crate) fn attach(pid: u32) -> Result<Floor, FloorError> {
         let scope = UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(FloorError::InvalidPid)?);
         let target = crate::discover::proc::exe_path(pid);
         let plan = crate::inspect::inspect(&target)?;
@@ -66,12 +66,12 @@ impl Floor {
         Ok(Floor { ebpf, uprobes })
     }
 
-    pub fn uprobes(&self) -> usize {
+    pub(crate) fn uprobes(&self) -> usize {
         self.uprobes
     }
 
     /// Hits so far, summed over CPUs.
-    pub fn hits(&self) -> Result<u64, FloorError> {
+    pub(crate) fn hits(&self) -> Result<u64, FloorError> {
         let map = self.ebpf.map(COUNTER).ok_or(FloorError::Missing(COUNTER))?;
         let counter: PerCpuArray<_, u64> = PerCpuArray::try_from(map)?;
         Ok(counter.get(&0, 0)?.iter().sum())
@@ -79,7 +79,7 @@ impl Floor {
 }
 
 /// Attaches, says so on standard output, waits for SIGINT or SIGTERM, prints `hits N`.
-pub fn run(pid: u32) -> i32 {
+pub(crate) fn run(pid: u32) -> i32 {
     let floor = match Floor::attach(pid) {
         Ok(f) => f,
         Err(e) => {

@@ -6,7 +6,7 @@ use std::path::Path;
 use thiserror::Error;
 
 #[derive(Debug, Error)]
-pub enum KernelError {
+pub(crate) enum KernelError {
     #[error("cannot mount tracefs at {path}: {source}")]
     MountTracefs {
         path: &'static str,
@@ -14,7 +14,7 @@ pub enum KernelError {
     },
 }
 
-pub const TRACEFS: &str = "/sys/kernel/tracing";
+pub(crate) const TRACEFS: &str = "/sys/kernel/tracing";
 
 /// Capabilities sonde cares about, with their bit numbers from linux/capability.h.
 const CAPS: &[(&str, u32, &str)] = &[
@@ -44,14 +44,14 @@ const CAPS: &[(&str, u32, &str)] = &[
 
 /// One line of `sonde check`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Feature {
+pub(crate) struct Feature {
     pub name: &'static str,
     pub available: bool,
     pub detail: String,
 }
 
 /// Kernel release, e.g. (6, 18, 44).
-pub fn kernel_version() -> Option<(u32, u32, u32)> {
+pub(crate) fn kernel_version() -> Option<(u32, u32, u32)> {
     parse_release(&crate::discover::proc::kernel_setting("osrelease")?)
 }
 
@@ -72,7 +72,7 @@ fn tracefs_mounted() -> bool {
 }
 
 /// Mounts tracefs when it is not mounted yet; tracepoints need it.
-pub fn ensure_tracefs() -> Result<bool, KernelError> {
+pub(crate) fn ensure_tracefs() -> Result<bool, KernelError> {
     if tracefs_mounted() {
         return Ok(false);
     }
@@ -104,7 +104,7 @@ fn effective_caps() -> Option<u64> {
 /// Everything `sonde check` reports, in order.
 /// `kprobe_functions`: the kernel functions the syscall tracer would probe (the attach layer
 /// knows them; this module only asks the kernel).
-pub fn detect(kprobe_functions: &[&str]) -> Vec<Feature> {
+pub(crate) fn detect(kprobe_functions: &[&str]) -> Vec<Feature> {
     let mut out = Vec::new();
     let version = kernel_version();
     let release = crate::discover::proc::kernel_setting("osrelease").unwrap_or_default();
@@ -174,7 +174,7 @@ pub fn detect(kprobe_functions: &[&str]) -> Vec<Feature> {
 }
 
 /// Whether tracefs lists the tracepoint `category/name`.
-pub fn tracepoint_exists(category: &str, name: &str) -> bool {
+pub(crate) fn tracepoint_exists(category: &str, name: &str) -> bool {
     Path::new(TRACEFS)
         .join("events")
         .join(category)
@@ -186,7 +186,7 @@ pub fn tracepoint_exists(category: &str, name: &str) -> bool {
 /// Whether kprobes can be put on every one of `functions`; if not, why. Asks the kernel (the
 /// kprobe PMU or tracefs's kprobe_events, and the functions it lists as traceable), never
 /// assumes from the version.
-pub fn kprobes_usable(functions: &[&str]) -> Result<(), String> {
+pub(crate) fn kprobes_usable(functions: &[&str]) -> Result<(), String> {
     let pmu = Path::new("/sys/bus/event_source/devices/kprobe").exists();
     if !pmu && !Path::new(TRACEFS).join("kprobe_events").exists() {
         return Err("absent (CONFIG_KPROBES off)".into());
@@ -215,7 +215,7 @@ pub fn kprobes_usable(functions: &[&str]) -> Result<(), String> {
 
 /// What this kernel offers the syscall tracer (non-Go processes), and which source
 /// `syscall_source: auto` picks; the tracer's own line in `sonde check` says what it chose.
-pub fn syscall_source(kprobe_functions: &[&str]) -> Feature {
+pub(crate) fn syscall_source(kprobe_functions: &[&str]) -> Feature {
     let kprobes = kprobes_usable(kprobe_functions);
     let events = Path::new(TRACEFS).join("events/syscalls");
     let (tracepoints, state) = if !tracefs_mounted() {
@@ -242,7 +242,7 @@ pub fn syscall_source(kprobe_functions: &[&str]) -> Feature {
 }
 
 /// Whether sonde can run its Go probes here, and if not, why.
-pub fn can_run_go_probes(features: &[Feature]) -> Result<(), String> {
+pub(crate) fn can_run_go_probes(features: &[Feature]) -> Result<(), String> {
     let has = |n: &str| features.iter().any(|f| f.name == n && f.available);
     if !has("uprobes") {
         return Err("this kernel has no uprobe support".into());
@@ -257,7 +257,7 @@ pub fn can_run_go_probes(features: &[Feature]) -> Result<(), String> {
     Ok(())
 }
 
-pub fn render(features: &[Feature]) -> String {
+pub(crate) fn render(features: &[Feature]) -> String {
     let mut s = String::new();
     for f in features {
         let mark = if f.available { "yes" } else { "no " };
@@ -267,7 +267,7 @@ pub fn render(features: &[Feature]) -> String {
 }
 
 /// Lifts RLIMIT_MEMLOCK; kernels before 5.11 charge BPF maps to it. Best effort.
-pub fn raise_memlock() {
+pub(crate) fn raise_memlock() {
     let lim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 
 /// One Linux capability, with its bit number from linux/capability.h.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capability {
+pub(crate) struct Capability {
     pub name: &'static str,
     pub bit: u32,
     /// What sonde does with it.
@@ -17,7 +17,7 @@ pub struct Capability {
 
 /// The minimal set, measured on kernel 6.18 by running sonde under `setpriv` with each one
 /// removed in turn (tests/privileges.rs runs it with exactly this set).
-pub const REQUIRED: &[Capability] = &[
+pub(crate) const REQUIRED: &[Capability] = &[
     Capability {
         name: "CAP_BPF",
         bit: 39,
@@ -55,7 +55,7 @@ pub const REQUIRED: &[Capability] = &[
 ];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PrivilegeError {
+pub(crate) enum PrivilegeError {
     #[error(
         "missing capability {}: needed to {}; without it {}. Run as root, or grant {} \
          (see README, Install)",
@@ -71,7 +71,7 @@ fn names(caps: &[Capability]) -> String {
 }
 
 /// This process's effective capabilities.
-pub fn effective() -> Option<u64> {
+pub(crate) fn effective() -> Option<u64> {
     crate::discover::proc::own_cap_eff()
 }
 
@@ -85,7 +85,7 @@ fn holds(caps: u64, c: &Capability) -> bool {
 }
 
 /// The required capabilities absent from `caps`, in the order of [`REQUIRED`].
-pub fn missing(caps: u64) -> Vec<Capability> {
+pub(crate) fn missing(caps: u64) -> Vec<Capability> {
     REQUIRED
         .iter()
         .filter(|c| !holds(caps, c))
@@ -94,7 +94,7 @@ pub fn missing(caps: u64) -> Vec<Capability> {
 }
 
 /// `Ok` when every required capability is effective; else the first missing one.
-pub fn require() -> Result<(), PrivilegeError> {
+pub(crate) fn require() -> Result<(), PrivilegeError> {
     let caps = effective().ok_or(PrivilegeError::Unreadable)?;
     match missing(caps).first() {
         Some(c) => Err(PrivilegeError::Missing(*c)),
@@ -104,7 +104,7 @@ pub fn require() -> Result<(), PrivilegeError> {
 
 /// The `sonde check` section: each required capability, present or not, and what a missing
 /// one disables.
-pub fn report(caps: u64) -> String {
+pub(crate) fn report(caps: u64) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "capabilities (CapEff {caps:#018x}):");
     for c in REQUIRED {

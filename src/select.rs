@@ -5,7 +5,7 @@
 //! ([`named_files`]), and the selected set between scans ([`tracker`]).
 
 mod identity;
-pub mod labels;
+pub(crate) mod labels;
 mod named_files;
 mod tracker;
 
@@ -14,18 +14,16 @@ use crate::discover::docker::{ContainerInfo, Containers};
 use crate::discover::HostProcess;
 
 use identity::metric_label_name;
-pub use identity::Identity;
+pub(crate) use identity::Identity;
 use labels::RuleCache;
-pub use labels::{LabelRules, Narrow};
 use named_files::DirListings;
-pub use named_files::{literal_path_prefixes, search_path};
-pub use tracker::{still_in_runtime, Changes, Tracker, RUNC_INIT_COMM};
+pub(crate) use tracker::Tracker;
 
 /// The selection rules of the configuration. A host process is selected when it listens on
 /// one of `open_port` **or** its executable path matches `executable_name` (as Beyla does).
 /// A process in a container is selected by those rules too, or by its container's labels.
 #[derive(Clone)]
-pub struct Selector {
+pub(crate) struct Selector {
     ports: Option<PortSet>,
     exe: Option<regex::Regex>,
     service_name: Option<String>,
@@ -46,7 +44,7 @@ pub struct Selector {
 }
 
 impl Selector {
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Selector {
             ports: config.open_port.clone(),
             exe: config.executable_name.clone(),
@@ -69,14 +67,14 @@ impl Selector {
     }
 
     /// Select containers by their labels, from this registry of running containers.
-    pub fn with_containers(mut self, containers: Containers) -> Self {
+    pub(crate) fn with_containers(mut self, containers: Containers) -> Self {
         self.containers = Some(containers);
         self
     }
 
     /// Whether any rule looks at listening ports (`open_port`, a `sonde.open_ports` label):
     /// when none does, discovery skips reading them, by far the costliest part of a scan.
-    pub fn needs_listen_ports(&self) -> bool {
+    pub(crate) fn needs_listen_ports(&self) -> bool {
         if self.ports.is_some() {
             return true;
         }
@@ -89,7 +87,7 @@ impl Selector {
     }
 
     /// Whether the container `id` is known (created, not destroyed).
-    pub fn knows_container(&self, id: &str) -> bool {
+    pub(crate) fn knows_container(&self, id: &str) -> bool {
         self.containers
             .as_ref()
             .is_some_and(|c| c.read().unwrap_or_else(|e| e.into_inner()).contains_key(id))
@@ -97,7 +95,7 @@ impl Selector {
 
     /// Learns a container ahead of its engine's event (see `instrument_launch`); the event,
     /// when it comes, replaces it.
-    pub fn learn_container(&self, info: ContainerInfo) {
+    pub(crate) fn learn_container(&self, info: ContainerInfo) {
         if let Some(c) = &self.containers {
             c.write()
                 .unwrap_or_else(|e| e.into_inner())
@@ -138,7 +136,7 @@ impl Selector {
         }
     }
 
-    pub fn matches(&self, p: &HostProcess) -> bool {
+    pub(crate) fn matches(&self, p: &HostProcess) -> bool {
         if let Some(c) = self.container_of(p) {
             if self.container_selects(&c, p) {
                 return true;
@@ -149,7 +147,7 @@ impl Selector {
 
     /// A host process (not in a container) that `executable_name` selects: its file may be
     /// armed as a whole (every process running it is selected the same way).
-    pub fn selects_by_executable(&self, p: &HostProcess) -> bool {
+    pub(crate) fn selects_by_executable(&self, p: &HostProcess) -> bool {
         p.container_id.is_none()
             && self
                 .exe
@@ -171,7 +169,7 @@ impl Selector {
 
     /// Whether a container's process that is about to exec `exe` is selected, decided before
     /// the exec. `None` when that cannot be known yet: the rules need its listening ports.
-    pub fn selects_before_exec(&self, p: &HostProcess) -> Option<bool> {
+    pub(crate) fn selects_before_exec(&self, p: &HostProcess) -> Option<bool> {
         let c = self.container_of(p)?;
         if c.labels.contains_key(labels::OPEN_PORTS) {
             return None;
@@ -188,7 +186,7 @@ impl Selector {
 
     /// Whether a container could be selected at all, ignoring which of its processes: worth
     /// reading its program ahead.
-    pub fn may_select_container(&self, c: &ContainerInfo) -> bool {
+    pub(crate) fn may_select_container(&self, c: &ContainerInfo) -> bool {
         let mut unlabelled = c.clone();
         // Its sonde.exe / sonde.open_ports labels narrow to processes, not to the container.
         unlabelled.labels.remove(labels::EXE);
@@ -199,7 +197,11 @@ impl Selector {
     /// Whether a created container's program `exe` is worth arming in its image (see
     /// `Attacher::arm_image`): the container's labels and rules select it before it runs, and
     /// uprobes (not syscalls) would measure it.
-    pub fn arms_image(&self, c: &std::sync::Arc<ContainerInfo>, exe: &std::path::Path) -> bool {
+    pub(crate) fn arms_image(
+        &self,
+        c: &std::sync::Arc<ContainerInfo>,
+        exe: &std::path::Path,
+    ) -> bool {
         let probe = HostProcess {
             pid: 0,
             exe: exe.to_path_buf(),
@@ -218,7 +220,7 @@ impl Selector {
 
     /// What measures this Go process: its container's `sonde.go_source` label, else the
     /// `go_source` setting. An invalid label is reported and ignored.
-    pub fn go_source(&self, p: &HostProcess) -> crate::config::GoSource {
+    pub(crate) fn go_source(&self, p: &HostProcess) -> crate::config::GoSource {
         let Some(c) = self.container_of(p) else {
             return self.go_source;
         };
@@ -227,12 +229,12 @@ impl Selector {
 
     /// Whether traces are exported (a Go client's calls then carry trace context only uprobes
     /// propagate: see `inspect::source::choose`).
-    pub fn traces(&self) -> bool {
+    pub(crate) fn traces(&self) -> bool {
         self.traces
     }
 
     /// The `go_source` setting of host files (no container label applies).
-    pub fn host_go_source(&self) -> crate::config::GoSource {
+    pub(crate) fn host_go_source(&self) -> crate::config::GoSource {
         self.go_source
     }
 }

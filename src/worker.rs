@@ -7,23 +7,26 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 /// Whether the thread's owner asked it to stop.
-pub struct Stop(Arc<AtomicBool>);
+pub(crate) struct Stop(Arc<AtomicBool>);
 
 impl Stop {
-    pub fn requested(&self) -> bool {
+    pub(crate) fn requested(&self) -> bool {
         self.0.load(Ordering::Relaxed)
     }
 }
 
 /// The thread, stopped and joined on drop.
-pub struct Worker {
+pub(crate) struct Worker {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Worker {
     /// Starts `run` on a thread named `name`; `run` returns once [`Stop::requested`].
-    pub fn spawn(name: &str, run: impl FnOnce(Stop) + Send + 'static) -> std::io::Result<Self> {
+    pub(crate) fn spawn(
+        name: &str,
+        run: impl FnOnce(Stop) + Send + 'static,
+    ) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = Stop(stop.clone());
         let thread = std::thread::Builder::new()

@@ -2,8 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde::inspect::buildinfo;
-use sonde::inspect::elf::{ElfLayout, Segment};
+use sonde::fuzzing::{ElfLayout, Segment};
 
 fuzz_target!(|data: &[u8]| {
     let elf = ElfLayout {
@@ -17,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
         }],
         ..ElfLayout::default()
     };
-    let _ = buildinfo::read(data, &elf);
+    let _ = sonde::fuzzing::read_buildinfo(data, &elf);
 });
 
 mod object_flags {

@@ -13,10 +13,10 @@ fuzz_target!(|data: &[u8]| {
     match which % 3 {
         0 => {
             if let Ok(c) = serde_json::from_slice::<ContainerInspectResponse>(json) {
-                let info = sonde::discover::docker::container_info(c, "fuzz");
+                let info = sonde::fuzzing::container_info(c, "fuzz");
                 // What discovery does with it: the cgroup-id match and the label lookups.
-                let _ = sonde::discover::cgroup::container_id_from_cgroup(&info.id);
-                let _ = sonde::config::glob(&info.name, &info.image);
+                let _ = sonde::fuzzing::container_id_from_cgroup(&info.id);
+                let _ = sonde::fuzzing::glob(&info.name, &info.image);
             }
         }
         1 => {

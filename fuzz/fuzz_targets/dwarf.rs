@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde::inspect::dwarf::{offsets_from_sections, RawSections};
+use sonde::fuzzing::{offsets_from_sections, RawSections};
 
 fn split(data: &[u8]) -> Option<RawSections<'_>> {
     let len = |at: usize| -> Option<usize> {

@@ -6,5 +6,5 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = sonde::inspect::inspect_bytes("fuzz".into(), data.to_vec(), Duration::from_secs(5));
+    let _ = sonde::fuzzing::inspect_bytes("fuzz".into(), data.to_vec(), Duration::from_secs(5));
 });

@@ -5,8 +5,8 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(request) = sonde::collect::event::decode(data) {
-        let routes = sonde::enrich::routes::RouteMatcher::new(
+    if let Ok(request) = sonde::fuzzing::decode_event(data) {
+        let routes = sonde::fuzzing::RouteMatcher::new(
             &["/users/{id}".to_string(), "/static/*".to_string()],
             "/**",
         )

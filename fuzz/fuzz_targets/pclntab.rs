@@ -3,8 +3,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sonde::inspect::elf::{ElfLayout, Segment};
-use sonde::inspect::pclntab::Pclntab;
+use sonde::fuzzing::{ElfLayout, Segment};
+use sonde::fuzzing::Pclntab;
 
 const VADDR: u64 = 0x80_0000;
 
@@ -21,7 +21,7 @@ fuzz_target!(|data: &[u8]| {
         ..ElfLayout::default()
     };
     if let Ok(t) = Pclntab::at(data, &elf, 0, data.len() as u64, VADDR) {
-        let _ = t.find_function(data, &elf, sonde::inspect::SERVE_HTTP);
+        let _ = t.find_function(data, &elf, sonde::fuzzing::SERVE_HTTP);
     }
     // The section-less scan too (what stripped, externally linked binaries need).
     let _ = Pclntab::find(data, &elf);

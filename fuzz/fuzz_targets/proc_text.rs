@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use libfuzzer_sys::fuzz_target;
-use sonde::discover;
+use sonde::fuzzing;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
@@ -15,24 +15,24 @@ fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(rest);
     match which % 6 {
         0 => {
-            let _ = discover::cgroup::container_id_from_cgroup(&text);
+            let _ = fuzzing::container_id_from_cgroup(&text);
         }
         1 => {
-            let _ = discover::proc::parse_stat(rest);
+            let _ = fuzzing::parse_stat(rest);
         }
         2 => {
             let mut m = HashMap::new();
-            discover::proc::parse_listening(rest, &mut m);
+            fuzzing::parse_listening(rest, &mut m);
         }
         3 => {
-            let _ = discover::parse_otel_env(rest);
+            let _ = fuzzing::parse_otel_env(rest);
         }
         4 => {
-            let _ = sonde::config::PortSet::parse(&text);
+            let _ = fuzzing::PortSet::parse(&text);
         }
         _ => {
             let (pattern, subject) = text.split_once('\n').unwrap_or((&text, ""));
-            let _ = sonde::config::glob(pattern, subject);
+            let _ = fuzzing::glob(pattern, subject);
         }
     }
 });

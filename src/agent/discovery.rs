@@ -62,7 +62,7 @@ pub(super) struct Discovery {
     pub(super) stop: Arc<AtomicBool>,
     /// Docker events, container launches and the syscall tracer's arrival: scan now.
     pub(super) woken: Receiver<()>,
-    pub(super) enrolled: Receiver<(HostProcess, u32)>,
+    pub(super) enrolled: Receiver<HostProcess>,
     /// Files of `executable_name` seen running, to arm for their later runs.
     pub(super) seen: Receiver<PathBuf>,
     /// How long a stopped container's series stay.

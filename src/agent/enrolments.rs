@@ -26,7 +26,7 @@ impl Enrolments {
         selector: &Selector,
         identities: &RwLock<Identities>,
         exporter: &Exporter,
-        discovery: &Sender<(HostProcess, u32)>,
+        discovery: &Sender<HostProcess>,
     ) {
         while let Some(item) = self.ring.next() {
             let Some(e) = crate::ebpf_abi::EnrolEvent::from_bytes(&item) else {
@@ -56,7 +56,7 @@ impl Enrolments {
                 },
             });
             register(identities, exporter, e.pid, identity);
-            let _ = discovery.send((process, e.slot));
+            let _ = discovery.send(process);
         }
     }
 }
@@ -86,15 +86,15 @@ fn fate(alive: bool, selected: impl FnOnce() -> bool) -> Fate {
 /// ones (their filter entries go when they exit); those gone already are forgotten now.
 pub(super) fn adopt(
     shared: &Shared,
-    enrolled: &Receiver<(HostProcess, u32)>,
+    enrolled: &Receiver<HostProcess>,
     identities: &RwLock<Identities>,
 ) {
-    for (p, slot) in enrolled.try_iter() {
+    for p in enrolled.try_iter() {
         let mut guard = lock(shared);
         let alive = p.start_time != 0 && crate::discover::start_time(p.pid) == Some(p.start_time);
         match fate(alive, || guard.tracker.is_selected(p.pid)) {
             Fate::Adopt => {
-                guard.attacher.adopt_enrolled(p.pid, slot);
+                guard.attacher.adopt_enrolled(p.pid);
                 guard.tracker.adopt(p.pid, p.start_time, p.exe);
             }
             Fate::Forget => {

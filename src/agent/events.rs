@@ -37,7 +37,7 @@ pub(super) struct Collector {
     pub(super) routes: RouteMatcher,
     pub(super) print_traces: bool,
     /// Enrolled processes, to discovery.
-    pub(super) enrolled: Sender<(HostProcess, u32)>,
+    pub(super) enrolled: Sender<HostProcess>,
 }
 
 impl Collector {

@@ -43,7 +43,7 @@ use shutdown::Signals;
 use syscall_tracer::TracerState;
 
 #[derive(Debug, Error)]
-pub enum AgentError {
+pub(crate) enum AgentError {
     #[error(
         "nothing to instrument: set SONDE_OPEN_PORT (e.g. 8080) or SONDE_EXECUTABLE_NAME, \
          or run Docker (containers labelled sonde.enable=true are selected)"
@@ -74,7 +74,7 @@ impl AgentError {
     }
 }
 
-pub fn run(config: Config) -> i32 {
+pub(crate) fn run(config: Config) -> i32 {
     // Threads that inspect binaries and close links would each get a malloc arena of their
     // own and keep its pages: two arenas bound sonde's resident memory.
     // SAFETY: mallopt has no preconditions; called before any other thread exists.
@@ -212,7 +212,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     let plans = Arc::new(PlanCache::new());
     // Processes the kernel enrolled at an armed file's probe, named at once by the collector
     // and handed to discovery, which owns their filter entries.
-    let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<(HostProcess, u32)>();
+    let (enrolled_tx, enrolled) = std::sync::mpsc::channel::<HostProcess>();
     // Files of `executable_name` seen running, to arm for their later runs.
     let (seen_tx, seen) = std::sync::mpsc::channel::<std::path::PathBuf>();
     // Loading the exec watcher's program takes tens of milliseconds (more under load): off the

@@ -19,7 +19,7 @@ use crate::inspect::ProbePlan;
 const MAX_ARMED_FILES: usize = 256;
 
 /// The path of each armed file by slot, for naming the processes the kernel enrols.
-pub type ArmedSlots = Arc<RwLock<HashMap<u32, PathBuf>>>;
+pub(crate) type ArmedSlots = Arc<RwLock<HashMap<u32, PathBuf>>>;
 
 /// Identifies a file's content: a file rewritten in place keeps its inode, not its mtime.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -57,7 +57,7 @@ pub(super) struct ArmedFile {
 
 impl Attacher {
     /// Armed files' paths by slot, kept up to date.
-    pub fn armed_slots(&self) -> ArmedSlots {
+    pub(crate) fn armed_slots(&self) -> ArmedSlots {
         self.slots.clone()
     }
 
@@ -65,7 +65,7 @@ impl Attacher {
     /// image's file is armed in its layer and run through each container's overlay mount,
     /// which has a device of its own but shows the layer file's inode and mtime: those two
     /// name it.
-    pub fn armed_slot(&self, path: &Path) -> Option<u32> {
+    pub(crate) fn armed_slot(&self, path: &Path) -> Option<u32> {
         let key = FileKey::of(path).ok()?;
         if let Some(a) = self.armed.get(&key) {
             return Some(a.slot);
@@ -80,40 +80,19 @@ impl Attacher {
     /// every process that runs it, long before a container starts, but measure only the
     /// processes sonde enrols ([`Attacher::enrol`], at a selected container's launch): the
     /// launch then costs two map writes instead of registering uprobes.
-    pub fn arm_image(&mut self, path: &Path, plan: &ProbePlan) -> Result<(u32, bool), AttachError> {
+    pub(crate) fn arm_image(
+        &mut self,
+        path: &Path,
+        plan: &ProbePlan,
+    ) -> Result<(u32, bool), AttachError> {
         self.arm(path, path, plan, false)
-    }
-
-    /// Whether a process enrolled in `slot` is still known.
-    fn slot_in_use(&self, slot: u32) -> bool {
-        self.core.processes().any(|(_, p)| p.tag == Some(slot))
-    }
-
-    /// Disarms an image's file armed in `slot` when no enrolled process runs it; whether it
-    /// was.
-    pub fn disarm_image(&mut self, slot: u32) -> bool {
-        if self.slot_in_use(slot) {
-            return false;
-        }
-        let key = self
-            .armed
-            .iter()
-            .find(|(_, a)| a.slot == slot && !a.auto_enrol)
-            .map(|(k, _)| *k);
-        match key {
-            Some(k) => {
-                self.disarm(k);
-                true
-            }
-            None => false,
-        }
     }
 
     /// Arms `path` as a whole: its plan's probes fire for every process running it, each
     /// process being enrolled by the kernel at its first hit. `name` is the path processes
     /// will show as their executable. Returns the slot, and whether it was armed just now.
     /// A file rewritten since it was armed is disarmed and armed again.
-    pub fn arm_file(
+    pub(crate) fn arm_file(
         &mut self,
         path: &Path,
         name: &Path,
@@ -199,7 +178,7 @@ impl Attacher {
 
     /// Enrols a process that runs the armed file in `slot`, as the kernel does at its first
     /// probe hit (found by a scan before it hit one); no links of its own.
-    pub fn enrol(&mut self, pid: u32, slot: u32) -> Result<(), AttachError> {
+    pub(crate) fn enrol(&mut self, pid: u32, slot: u32) -> Result<(), AttachError> {
         let (offsets, grpc) = self
             .armed
             .values()
@@ -210,24 +189,20 @@ impl Attacher {
             self.core.insert("pid_grpc_offsets", pid, g)?;
         }
         self.core.insert("pid_offsets", pid, offsets)?;
-        self.core.insert_process(pid, Vec::new(), Some(slot));
+        self.core.insert_process(pid, Vec::new());
         Ok(())
     }
 
     /// Records a process the kernel enrolled: its filter entries are sonde's to remove.
-    pub fn adopt_enrolled(&mut self, pid: u32, slot: u32) {
-        self.core.adopt_process(pid, Some(slot));
-    }
-
-    pub fn armed_count(&self) -> usize {
-        self.armed.len()
+    pub(crate) fn adopt_enrolled(&mut self, pid: u32) {
+        self.core.adopt_process(pid);
     }
 
     /// A process with links of its own that runs the file `key`.
     fn attached_running(&self, key: FileKey) -> Option<u32> {
         self.core
             .processes()
-            .filter(|(_, p)| !p.links.is_empty())
+            .filter(|(_, links)| !links.is_empty())
             .map(|(pid, _)| pid)
             .find(|pid| {
                 // Not by device: a container runs an image's file through its own overlay.
@@ -253,7 +228,7 @@ impl Attacher {
     }
 
     /// Links of armed files (part of [`Attacher::link_count`]).
-    pub fn armed_link_count(&self) -> usize {
+    pub(crate) fn armed_link_count(&self) -> usize {
         self.armed.values().map(|a| a.links.len()).sum()
     }
 }

@@ -21,7 +21,7 @@ const EXEC_FORMAT: &str = "/sys/kernel/tracing/events/sched/sched_process_exec/f
 
 /// Which watch of the launch object.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Watch {
+pub(crate) enum Watch {
     /// runc's init renamed (`task/task_rename`): [`LaunchWatch`].
     Launch,
     /// Every exec on the host (`sched/sched_process_exec`): [`ExecWatch`].
@@ -44,7 +44,7 @@ impl Watch {
 /// would parse the kernel's BTF again (~17 MB and ~30 ms, on the way to the first count).
 /// Hence `'static` offsets (a loader keeps references to them) and globals that need not
 /// exist (the other objects have neither; `launch_object_has_both_offsets` checks this one).
-pub fn load_object(
+pub(crate) fn load_object(
     loader: &mut aya::EbpfLoader<'static>,
     watch: Watch,
 ) -> Result<Ebpf, LaunchError> {
@@ -72,7 +72,7 @@ pub fn load_object(
 }
 
 #[derive(Debug, Error)]
-pub enum LaunchError {
+pub(crate) enum LaunchError {
     #[error("the tracepoint is not available ({format}: {source})")]
     NoTracepoint {
         format: &'static str,
@@ -93,7 +93,7 @@ pub enum LaunchError {
 }
 
 /// The byte offset of `field` in a tracepoint record, from its format file.
-pub fn field_offset(format: &str, field: &str) -> Option<u32> {
+pub(crate) fn field_offset(format: &str, field: &str) -> Option<u32> {
     format.lines().find_map(|line| {
         let line = line.trim();
         let decl = line.strip_prefix("field:")?.split(';').next()?;
@@ -127,7 +127,7 @@ fn attach_tracepoint(
 }
 
 /// The loaded, attached program and the thread that reads its reports; detached on drop.
-pub struct LaunchWatch {
+pub(crate) struct LaunchWatch {
     _thread: Worker,
 }
 
@@ -135,7 +135,7 @@ impl LaunchWatch {
     /// Verifies and attaches the program of `ebpf` (from [`load_object`] with
     /// [`Watch::Launch`]); `on_launch` is called with each init process's PID and when it
     /// was renamed (CLOCK_MONOTONIC ns), from the watch thread.
-    pub fn start(
+    pub(crate) fn start(
         mut ebpf: Ebpf,
         on_launch: impl Fn(u32, u64) + Send + 'static,
     ) -> Result<Self, LaunchError> {
@@ -174,7 +174,7 @@ fn watch(_ebpf: Ebpf, mut ring: RingBuf<MapData>, stop: Stop, on_launch: impl Fn
 
 /// Every program execution on the host (`sched/sched_process_exec`), for arming the files
 /// `executable_name` selects once they have been seen running; detached on drop.
-pub struct ExecWatch {
+pub(crate) struct ExecWatch {
     _thread: Worker,
 }
 
@@ -182,7 +182,7 @@ impl ExecWatch {
     /// Verifies and attaches the program of `ebpf` (from [`load_object`] with
     /// [`Watch::Exec`]); `on_exec` is called, from the watch thread, with each execution's
     /// PID and the path given to exec, within `EXEC_DRAIN` of it.
-    pub fn start(
+    pub(crate) fn start(
         mut ebpf: Ebpf,
         mut on_exec: impl FnMut(u32, std::path::PathBuf) + Send + 'static,
     ) -> Result<Self, LaunchError> {

@@ -16,11 +16,11 @@ use thiserror::Error;
 use super::reaper::{Activity, Reaper};
 
 /// Uprobe links, each with the name of its program (a link is taken back through it).
-pub type Links = Vec<(&'static str, UProbeLinkId)>;
+pub(super) type Links = Vec<(&'static str, UProbeLinkId)>;
 
 /// A program or map of the object that cannot be had.
 #[derive(Debug, Error)]
-pub enum ObjectError {
+pub(crate) enum ObjectError {
     #[error("BPF program {name}: {source}")]
     Program { name: String, source: ProgramError },
     #[error("BPF map {name}: {source}")]
@@ -33,7 +33,7 @@ pub enum ObjectError {
 }
 
 /// A kind of program that loads with no more than its code.
-pub trait Load {
+pub(super) trait Load {
     fn load_code(&mut self) -> Result<(), ProgramError>;
 }
 
@@ -55,24 +55,18 @@ impl Load for TracePoint {
     }
 }
 
-/// One instrumented process: its links, and what its owner keeps with them.
-pub struct Process<T> {
-    pub links: Links,
-    pub tag: T,
-}
-
 /// A loaded BPF object and the uprobe links of each process it instruments.
-pub struct Core<T> {
+pub(super) struct Core {
     // Declared first so it is dropped first: it closes the links in parallel while the
     // programs they point at are still loaded.
     reaper: Reaper,
     ebpf: Ebpf,
-    processes: HashMap<u32, Process<T>>,
+    processes: HashMap<u32, Links>,
 }
 
-impl<T> Core<T> {
+impl Core {
     /// `activity`: shared by every reaper, since any close holds up any attach.
-    pub fn new(ebpf: Ebpf, activity: Activity) -> std::io::Result<Self> {
+    pub(super) fn new(ebpf: Ebpf, activity: Activity) -> std::io::Result<Self> {
         Ok(Core {
             reaper: Reaper::new(activity)?,
             ebpf,
@@ -81,7 +75,7 @@ impl<T> Core<T> {
     }
 
     /// The program `name`, as the kind it is (`UProbe`, `TracePoint`, `KProbe`…).
-    pub fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, ObjectError>
+    pub(super) fn program<'a, P>(&'a mut self, name: &'static str) -> Result<&'a mut P, ObjectError>
     where
         &'a mut P: TryFrom<&'a mut Program, Error = ProgramError>,
     {
@@ -96,7 +90,7 @@ impl<T> Core<T> {
     }
 
     /// Loads the programs `names`, of kind `P`, into the kernel (verifier included).
-    pub fn load<P: Load>(
+    pub(super) fn load<P: Load>(
         &mut self,
         names: impl IntoIterator<Item = &'static str>,
     ) -> Result<(), ObjectError>
@@ -115,7 +109,7 @@ impl<T> Core<T> {
     }
 
     /// The map `name`, as the kind it is, borrowed.
-    pub fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M, ObjectError>
+    pub(super) fn map<'a, M>(&'a mut self, name: &'static str) -> Result<M, ObjectError>
     where
         M: TryFrom<&'a mut Map, Error = MapError>,
     {
@@ -128,7 +122,7 @@ impl<T> Core<T> {
 
     /// The map `name` (a ring buffer, a lost-record counter), as the kind it is, taken out
     /// of the object; can be taken once.
-    pub fn take_map<M>(&mut self, name: &'static str) -> Result<M, ObjectError>
+    pub(super) fn take_map<M>(&mut self, name: &'static str) -> Result<M, ObjectError>
     where
         M: TryFrom<Map, Error = MapError>,
     {
@@ -140,7 +134,7 @@ impl<T> Core<T> {
     }
 
     /// Sets `key` to `value` in the hash map `name`.
-    pub fn insert<V: Pod>(
+    pub(super) fn insert<V: Pod>(
         &mut self,
         name: &'static str,
         key: u32,
@@ -152,7 +146,7 @@ impl<T> Core<T> {
     }
 
     /// Removes `key` from the hash map `name` of `V` values; absent already is fine.
-    pub fn remove<V: Pod>(&mut self, name: &'static str, key: u32) {
+    pub(super) fn remove<V: Pod>(&mut self, name: &'static str, key: u32) {
         if let Ok(mut map) = self.map::<BpfHashMap<&mut MapData, u32, V>>(name) {
             let _ = map.remove(&key);
         }
@@ -162,7 +156,7 @@ impl<T> Core<T> {
     /// and records its link in `links`. A failed attach is the caller's error (`attach_error`);
     /// a program that cannot be had is the object's.
     #[allow(clippy::too_many_arguments)]
-    pub fn attach_uprobe<E: From<ObjectError>>(
+    pub(super) fn attach_uprobe<E: From<ObjectError>>(
         &mut self,
         links: &mut Links,
         name: &'static str,
@@ -185,7 +179,7 @@ impl<T> Core<T> {
     }
 
     /// Hands the links to the reaper, which closes them in parallel (see reaper.rs).
-    pub fn detach(&mut self, links: Links) {
+    pub(super) fn detach(&mut self, links: Links) {
         let mut owned = Vec::with_capacity(links.len());
         for (name, id) in links {
             if let Ok(p) = self.program::<UProbe>(name) {
@@ -199,56 +193,53 @@ impl<T> Core<T> {
     }
 
     /// Records an instrumented process and its links.
-    pub fn insert_process(&mut self, pid: u32, links: Links, tag: T) {
-        self.processes.insert(pid, Process { links, tag });
+    pub(super) fn insert_process(&mut self, pid: u32, links: Links) {
+        self.processes.insert(pid, links);
     }
 
     /// Records a process with no links of its own, unless it is known already.
-    pub fn adopt_process(&mut self, pid: u32, tag: T) {
-        self.processes.entry(pid).or_insert(Process {
-            links: Vec::new(),
-            tag,
-        });
+    pub(super) fn adopt_process(&mut self, pid: u32) {
+        self.processes.entry(pid).or_default();
     }
 
     /// Forgets a process and detaches its links; whether it was known.
-    pub fn detach_process(&mut self, pid: u32) -> bool {
+    pub(super) fn detach_process(&mut self, pid: u32) -> bool {
         match self.processes.remove(&pid) {
-            Some(p) => {
-                self.detach(p.links);
+            Some(links) => {
+                self.detach(links);
                 true
             }
             None => false,
         }
     }
 
-    pub fn contains(&self, pid: u32) -> bool {
+    pub(super) fn contains(&self, pid: u32) -> bool {
         self.processes.contains_key(&pid)
     }
 
-    pub fn process_count(&self) -> usize {
+    pub(super) fn process_count(&self) -> usize {
         self.processes.len()
     }
 
-    pub fn pids(&self) -> Vec<u32> {
+    pub(super) fn pids(&self) -> Vec<u32> {
         self.processes.keys().copied().collect()
     }
 
-    pub fn processes(&self) -> impl Iterator<Item = (u32, &Process<T>)> {
+    pub(super) fn processes(&self) -> impl Iterator<Item = (u32, &Links)> {
         self.processes.iter().map(|(pid, p)| (*pid, p))
     }
 
     /// Links of the processes plus detached ones still being closed.
-    pub fn link_count(&self) -> usize {
+    pub(super) fn link_count(&self) -> usize {
         self.processes
             .values()
-            .map(|p| p.links.len())
+            .map(|links| links.len())
             .sum::<usize>()
             + self.reaper.pending()
     }
 
     /// Where attaches say they happen, so link closing, which holds them up, waits.
-    pub fn activity(&self) -> &Activity {
+    pub(super) fn activity(&self) -> &Activity {
         self.reaper.activity()
     }
 }

@@ -23,14 +23,14 @@ mod abi;
 mod armed;
 #[cfg(test)]
 mod harmless_tests;
-pub mod launch;
+pub(crate) mod launch;
 mod links;
 mod reaper;
-pub use armed::ArmedSlots;
-pub use links::ObjectError;
-pub use reaper::Activity;
-pub mod syscalls;
-pub mod verify;
+pub(crate) use armed::ArmedSlots;
+pub(crate) use links::ObjectError;
+pub(crate) use reaper::Activity;
+pub(crate) mod syscalls;
+pub(crate) mod verify;
 
 use crate::ebpf_abi::{GoOffsetsAbi, GrpcOffsetsAbi};
 use crate::inspect::{ProbePlan, ProbeRole};
@@ -72,7 +72,7 @@ const PROGRAMS: [&str; 14] = [
 ];
 
 #[derive(Debug, Error)]
-pub enum AttachError {
+pub(crate) enum AttachError {
     #[error("cannot load the BPF programs: {0}")]
     Load(#[from] aya::EbpfError),
     #[error(transparent)]
@@ -101,10 +101,9 @@ pub enum AttachError {
     NoSlot(u32),
 }
 
-pub struct Attacher {
-    /// The programs, maps and per-process links; a process's tag is the armed file's slot
-    /// of an enrolled process (no links of its own).
-    core: Core<Option<u32>>,
+pub(crate) struct Attacher {
+    /// The programs, maps and per-process links (an enrolled process has none of its own).
+    core: Core,
     /// Probe goroutine starts (two hits per `go` statement): only worth it for traces.
     goroutine_probes: bool,
     armed: HashMap<FileKey, ArmedFile>,
@@ -130,7 +129,7 @@ fn ring_buffer_size_override() -> Option<u32> {
 /// parses it (~17 MB for ~30 ms), freed here at once. A second loader made later cost a
 /// spike over the rings and code (peak RSS of an idle agent 37.6 MB, 26.5 MB with one) and
 /// ~25 ms on the way to the first count (BENCHMARKS.md, issue 20).
-pub fn loader() -> aya::EbpfLoader<'static> {
+pub(crate) fn loader() -> aya::EbpfLoader<'static> {
     let mut loader = aya::EbpfLoader::new();
     loader.btf(None);
     loader
@@ -154,7 +153,7 @@ fn role_programs(role: ProbeRole) -> (&'static str, &'static str) {
 impl Attacher {
     /// Loads the programs into the kernel (verifier included); attaches nothing yet.
     /// `loader`: see [`loader`].
-    pub fn load(loader: &mut aya::EbpfLoader<'_>) -> Result<Self, AttachError> {
+    pub(crate) fn load(loader: &mut aya::EbpfLoader<'_>) -> Result<Self, AttachError> {
         crate::kernel::raise_memlock();
         if let Some(size) = ring_buffer_size_override() {
             loader.map_max_entries("events", size);
@@ -173,43 +172,47 @@ impl Attacher {
 
     /// The reports of processes the kernel enrolled at an armed file's probe; can be taken
     /// once.
-    pub fn take_enrolments(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+    pub(crate) fn take_enrolments(&mut self) -> Result<RingBuf<MapData>, AttachError> {
         Ok(self.core.take_map("enrolments")?)
     }
 
     /// The event ring buffer; can be taken once.
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
+    pub(crate) fn take_events(&mut self) -> Result<RingBuf<MapData>, AttachError> {
         Ok(self.core.take_map("events")?)
     }
 
     /// The per-CPU counter of events the kernel dropped because the ring buffer was full.
-    pub fn take_lost_counter(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
+    pub(crate) fn take_lost_counter(&mut self) -> Result<PerCpuArray<MapData, u64>, AttachError> {
         Ok(self.core.take_map("lost_events")?)
     }
 
     /// Also attach `runtime.newproc1` probes, so calls made on goroutines a handler started
     /// are children of its request. Applies to processes attached from now on.
-    pub fn set_goroutine_probes(&mut self, on: bool) {
+    pub(crate) fn set_goroutine_probes(&mut self, on: bool) {
         self.goroutine_probes = on;
     }
 
-    pub fn is_attached(&self, pid: u32) -> bool {
+    pub(crate) fn is_attached(&self, pid: u32) -> bool {
         self.core.contains(pid)
     }
 
-    pub fn attached_count(&self) -> usize {
+    pub(crate) fn attached_count(&self) -> usize {
         self.core.process_count()
     }
 
     /// Attaches the plan's probes to one process. On error nothing stays attached.
-    pub fn attach_process(&mut self, pid: u32, plan: &ProbePlan) -> Result<usize, AttachError> {
+    pub(crate) fn attach_process(
+        &mut self,
+        pid: u32,
+        plan: &ProbePlan,
+    ) -> Result<usize, AttachError> {
         // The kernel resolves the magic link to the binary's inode, across mount namespaces.
         self.attach_process_to(pid, plan, &crate::discover::proc::exe_path(pid))
     }
 
     /// Attaches the plan's probes, set in the file at `binary`, to one process — which may
     /// not run that file yet: the kernel arms them when the process maps it (its exec).
-    pub fn attach_process_to(
+    pub(crate) fn attach_process_to(
         &mut self,
         pid: u32,
         plan: &ProbePlan,
@@ -232,7 +235,7 @@ impl Attacher {
             self.core.detach(links);
             return Err(e.into());
         }
-        self.core.insert_process(pid, links, None);
+        self.core.insert_process(pid, links);
         Ok(count)
     }
 
@@ -295,7 +298,7 @@ impl Attacher {
     }
 
     /// Removes a process from the filter and detaches its links. Unknown PIDs are ignored.
-    pub fn detach_process(&mut self, pid: u32) {
+    pub(crate) fn detach_process(&mut self, pid: u32) {
         // Absent already is fine: the process may never have been fully attached.
         self.core.remove::<GoOffsetsAbi>("pid_offsets", pid);
         self.core.remove::<GrpcOffsetsAbi>("pid_grpc_offsets", pid);
@@ -304,16 +307,16 @@ impl Attacher {
 
     /// Where to say that attaches are coming (a container was created), so link closing,
     /// which holds attaches up, waits.
-    pub fn activity(&self) -> Activity {
+    pub(crate) fn activity(&self) -> Activity {
         self.core.activity().clone()
     }
 
     /// Uprobe links sonde holds: attached ones plus detached ones still being closed.
-    pub fn link_count(&self) -> usize {
+    pub(crate) fn link_count(&self) -> usize {
         self.core.link_count() + self.armed_link_count()
     }
 
-    pub fn attached_pids(&self) -> Vec<u32> {
+    pub(crate) fn attached_pids(&self) -> Vec<u32> {
         self.core.pids()
     }
 }

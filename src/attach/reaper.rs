@@ -44,7 +44,7 @@ const LAUNCH_EXPECTED_WITHIN: Duration = Duration::from_secs(10);
 /// When sonde last attached, or expects to attach soon (a container was created), as
 /// milliseconds since the reaper started. Shared with whoever knows.
 #[derive(Clone)]
-pub struct Activity {
+pub(crate) struct Activity {
     epoch: Instant,
     last_ms: Arc<AtomicU64>,
     launches: Arc<Mutex<Launches>>,
@@ -59,7 +59,7 @@ impl Default for Activity {
 }
 
 impl Activity {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Activity {
             epoch: Instant::now(),
             last_ms: Arc::new(AtomicU64::new(0)),
@@ -72,12 +72,12 @@ impl Activity {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    pub fn touch(&self) {
+    pub(crate) fn touch(&self) {
         self.last_ms.store(self.now_ms(), Ordering::Relaxed);
     }
 
     /// A container that may be selected was created: its attach is coming.
-    pub fn expect_launch(&self, container_id: &str) {
+    pub(crate) fn expect_launch(&self, container_id: &str) {
         let now = self.now_ms();
         self.last_ms.store(now, Ordering::Relaxed);
         let mut l = self.launches.lock().unwrap_or_else(|p| p.into_inner());
@@ -91,7 +91,7 @@ impl Activity {
     /// An attach ended (done or failed), of a container's process or not. With no created
     /// container left waiting, the next launch is as far away as it gets: a good moment to
     /// close links.
-    pub fn attached(&self, container_id: Option<&str>) {
+    pub(crate) fn attached(&self, container_id: Option<&str>) {
         let now = self.now_ms();
         let mut l = self.launches.lock().unwrap_or_else(|p| p.into_inner());
         l.prune(now);
@@ -149,7 +149,7 @@ fn due(w: &Waiting, quiet: Duration, calm: bool) -> bool {
             || w.oldest >= MAX_WAIT)
 }
 
-pub struct Reaper {
+pub(super) struct Reaper {
     tx: Option<mpsc::Sender<Vec<UProbeLink>>>,
     thread: Option<JoinHandle<()>>,
     /// Links handed over and not closed yet.
@@ -159,7 +159,7 @@ pub struct Reaper {
 
 impl Reaper {
     /// `activity`: shared by every reaper, since any close holds up any attach.
-    pub fn new(activity: Activity) -> std::io::Result<Self> {
+    pub(super) fn new(activity: Activity) -> std::io::Result<Self> {
         let (tx, rx) = mpsc::channel::<Vec<UProbeLink>>();
         let pending = Arc::new(AtomicUsize::new(0));
         let counter = pending.clone();
@@ -175,7 +175,7 @@ impl Reaper {
         })
     }
 
-    pub fn reap(&self, links: Vec<UProbeLink>) {
+    pub(super) fn reap(&self, links: Vec<UProbeLink>) {
         if links.is_empty() {
             return;
         }
@@ -190,11 +190,11 @@ impl Reaper {
     }
 
     /// Links handed over that are still being closed.
-    pub fn pending(&self) -> usize {
+    pub(super) fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
     }
 
-    pub fn activity(&self) -> &Activity {
+    pub(super) fn activity(&self) -> &Activity {
         &self.activity
     }
 }

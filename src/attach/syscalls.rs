@@ -32,15 +32,15 @@ mod tracefs;
 
 use super::links::{Core, ObjectError};
 use super::reaper::Activity;
-pub use crate::config::SyscallSource;
+pub(crate) use crate::config::SyscallSource;
 use hooks::Hooks;
-pub use hooks::{kprobe_functions, Mode};
+pub(crate) use hooks::{kprobe_functions, Mode};
 use openssl::SslOffsetCache;
 
 static SYSCALLS_BPF: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/syscalls.bpf.o"));
 
 #[derive(Debug, Error)]
-pub enum SyscallTraceError {
+pub(crate) enum SyscallTraceError {
     #[error(transparent)]
     Tracefs(#[from] crate::kernel::KernelError),
     #[error("cannot load the syscall BPF programs: {0}")]
@@ -62,15 +62,15 @@ pub enum SyscallTraceError {
 
 /// What a traced process got.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Traced {
+pub(crate) struct Traced {
     /// The file whose SSL_read/SSL_write are probed, if any.
     pub openssl: Option<PathBuf>,
     pub uprobes: usize,
 }
 
-pub struct SyscallTracer {
+pub(crate) struct SyscallTracer {
     /// The programs, maps and each traced process's OpenSSL links.
-    core: Core<()>,
+    core: Core,
     /// The syscall hooks, attached while at least one process is traced.
     hooks: Hooks,
     ssl_offsets: SslOffsetCache,
@@ -83,7 +83,7 @@ impl SyscallTracer {
     /// Go attacher's, so closing OpenSSL links waits for calm moments too.
     ///
     /// `loader`: the one the Go programs were loaded with, so the kernel's BTF is parsed once.
-    pub fn load(
+    pub(crate) fn load(
         loader: &mut aya::EbpfLoader<'_>,
         activity: Activity,
         wanted: SyscallSource,
@@ -105,53 +105,55 @@ impl SyscallTracer {
     }
 
     /// The source the syscall programs run from.
-    pub fn mode(&self) -> Mode {
+    pub(crate) fn mode(&self) -> Mode {
         self.hooks.mode()
     }
 
     /// The source, for the log and `sonde check`.
-    pub fn source(&self) -> String {
+    pub(crate) fn source(&self) -> String {
         self.hooks.source()
     }
 
     /// Whether the syscall hooks are attached now.
-    pub fn source_attached(&self) -> bool {
+    pub(crate) fn source_attached(&self) -> bool {
         self.hooks.attached()
     }
 
     /// Attaches every kprobe and detaches them again: `sonde check` proves kprobes work
     /// (ones that fail to attach, with `auto`, turn into tracepoints). Tracepoints are not
     /// tried: their existence was checked at load, and closing them takes ~2 s here.
-    pub fn try_attach(&mut self) -> Result<(), SyscallTraceError> {
+    pub(crate) fn try_attach(&mut self) -> Result<(), SyscallTraceError> {
         self.hooks.try_attach(&mut self.core)
     }
 
-    pub fn take_events(&mut self) -> Result<RingBuf<MapData>, SyscallTraceError> {
+    pub(crate) fn take_events(&mut self) -> Result<RingBuf<MapData>, SyscallTraceError> {
         Ok(self.core.take_map("sys_events")?)
     }
 
-    pub fn take_lost_counter(&mut self) -> Result<PerCpuArray<MapData, u64>, SyscallTraceError> {
+    pub(crate) fn take_lost_counter(
+        &mut self,
+    ) -> Result<PerCpuArray<MapData, u64>, SyscallTraceError> {
         Ok(self.core.take_map("sys_lost")?)
     }
 
-    pub fn is_traced(&self, pid: u32) -> bool {
+    pub(crate) fn is_traced(&self, pid: u32) -> bool {
         self.core.contains(pid)
     }
 
-    pub fn traced_count(&self) -> usize {
+    pub(crate) fn traced_count(&self) -> usize {
         self.core.process_count()
     }
 
-    pub fn link_count(&self) -> usize {
+    pub(crate) fn link_count(&self) -> usize {
         self.core.link_count()
     }
 
-    pub fn traced_pids(&self) -> Vec<u32> {
+    pub(crate) fn traced_pids(&self) -> Vec<u32> {
         self.core.pids()
     }
 
     /// Starts tracing one process. A failed OpenSSL attach leaves plain syscall tracing on.
-    pub fn trace_process(&mut self, pid: u32) -> Result<Traced, SyscallTraceError> {
+    pub(crate) fn trace_process(&mut self, pid: u32) -> Result<Traced, SyscallTraceError> {
         let scope =
             UProbeScope::OneProcess(NonZeroU32::new(pid).ok_or(SyscallTraceError::InvalidPid)?);
         if !self.source_attached() {
@@ -191,7 +193,7 @@ impl SyscallTracer {
             }
             return Err(e);
         }
-        self.core.insert_process(pid, links, ());
+        self.core.insert_process(pid, links);
         Ok(Traced {
             openssl: ssl,
             uprobes,
@@ -199,7 +201,7 @@ impl SyscallTracer {
     }
 
     /// Stops tracing a process. Unknown PIDs are ignored.
-    pub fn untrace_process(&mut self, pid: u32) {
+    pub(crate) fn untrace_process(&mut self, pid: u32) {
         if let Err(e) = self.set_traced(pid, false) {
             tracing::debug!("pid {pid}: clearing its traced bit: {e}");
         }

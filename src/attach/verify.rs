@@ -10,7 +10,7 @@ use aya::{Ebpf, EbpfLoader};
 use thiserror::Error;
 
 /// The objects `build.rs` compiled, as embedded in the binary.
-pub const EMBEDDED: &[(&str, &[u8])] = &[
+pub(crate) const EMBEDDED: &[(&str, &[u8])] = &[
     (
         "sonde.bpf.o",
         include_bytes!(concat!(env!("OUT_DIR"), "/sonde.bpf.o")),
@@ -30,7 +30,7 @@ pub const EMBEDDED: &[(&str, &[u8])] = &[
 ];
 
 #[derive(Debug, Error)]
-pub enum VerifyError {
+pub(crate) enum VerifyError {
     #[error("cannot read {path}: {source}")]
     Read {
         path: String,
@@ -46,7 +46,7 @@ pub enum VerifyError {
 
 /// What happened to one program (or to a whole object, with `program` "*").
 #[derive(Debug)]
-pub struct Outcome {
+pub(crate) struct Outcome {
     pub object: String,
     pub program: String,
     pub result: Result<(), VerifyError>,
@@ -85,7 +85,7 @@ fn load_program(program: &mut Program) -> Result<(), VerifyError> {
 }
 
 /// Loads every program of one object; the programs unload when this returns.
-pub fn load_object(name: &str, data: &[u8]) -> Vec<Outcome> {
+pub(crate) fn load_object(name: &str, data: &[u8]) -> Vec<Outcome> {
     crate::kernel::raise_memlock();
     let mut ebpf: Ebpf = match EbpfLoader::new().load(data) {
         Ok(e) => e,
@@ -110,7 +110,7 @@ pub fn load_object(name: &str, data: &[u8]) -> Vec<Outcome> {
 }
 
 /// Every embedded object, then each file in `extra`.
-pub fn load_all(extra: &[impl AsRef<Path>]) -> Vec<Outcome> {
+pub(crate) fn load_all(extra: &[impl AsRef<Path>]) -> Vec<Outcome> {
     let mut out = Vec::new();
     for (name, data) in EMBEDDED {
         out.extend(load_object(name, data));
@@ -120,7 +120,7 @@ pub fn load_all(extra: &[impl AsRef<Path>]) -> Vec<Outcome> {
 }
 
 /// Every program of each object file.
-pub fn load_files(files: &[impl AsRef<Path>]) -> Vec<Outcome> {
+pub(crate) fn load_files(files: &[impl AsRef<Path>]) -> Vec<Outcome> {
     let mut out = Vec::new();
     for path in files {
         let path = path.as_ref();
@@ -144,7 +144,7 @@ pub fn load_files(files: &[impl AsRef<Path>]) -> Vec<Outcome> {
 }
 
 /// One line per program: `loaded OBJ/PROG` or `OBJ/PROG: rejected: why`.
-pub fn render(outcomes: &[Outcome]) -> String {
+pub(crate) fn render(outcomes: &[Outcome]) -> String {
     let mut s = String::new();
     for o in outcomes {
         match &o.result {

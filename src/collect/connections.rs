@@ -11,14 +11,14 @@ use super::{Request, RequestKind};
 use crate::ebpf_abi::{self, SysEvent, SYS_EVENT_HEADER};
 
 /// Connections tracked at once; past it the least recently used are dropped.
-pub const MAX_CONNECTIONS: usize = 16384;
+pub(crate) const MAX_CONNECTIONS: usize = 16384;
 /// TLS plaintext waiting for its socket (see `SysRecord::Bind`): SSL objects, and chunks each.
 const MAX_UNBOUND: usize = 1024;
 const MAX_UNBOUND_CHUNKS: usize = 16;
 
 /// A kernel record, decoded.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SysRecord<'a> {
+pub(crate) enum SysRecord<'a> {
     Open {
         pid: u32,
         fd: i32,
@@ -58,7 +58,7 @@ pub enum SysRecord<'a> {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum SysDecodeError {
+pub(crate) enum SysDecodeError {
     #[error("record of {0} bytes is shorter than a syscall event")]
     Short(usize),
     #[error("unknown syscall event kind {0}")]
@@ -94,7 +94,7 @@ fn ssl_of(addr: &[u8; 16]) -> u64 {
 }
 
 /// Decodes one ring-buffer record (the data may be shorter than the fixed struct).
-pub fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
+pub(crate) fn decode_sys(bytes: &[u8]) -> Result<SysRecord<'_>, SysDecodeError> {
     let e: SysEvent = ebpf_abi::read_pod(bytes).ok_or(SysDecodeError::Short(bytes.len()))?;
     match e.kind {
         ebpf_abi::SYS_OPEN => Ok(SysRecord::Open {
@@ -176,7 +176,7 @@ struct Unbound {
 
 /// Every traced connection.
 #[derive(Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     conns: HashMap<(u32, i32), Conn>,
     clock: u64,
     exchanges: Vec<Exchange>,
@@ -185,16 +185,18 @@ pub struct Connections {
 }
 
 impl Connections {
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.conns.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    #[cfg(test)]
+    pub(crate) fn is_empty(&self) -> bool {
         self.conns.is_empty()
     }
 
     /// Applies one record; finished requests go to `sink`.
-    pub fn handle(&mut self, record: SysRecord<'_>, sink: &mut impl FnMut(Request)) {
+    pub(crate) fn handle(&mut self, record: SysRecord<'_>, sink: &mut impl FnMut(Request)) {
         self.clock += 1;
         match record {
             SysRecord::Open {
@@ -294,7 +296,7 @@ impl Connections {
     }
 
     /// Drops the connections of processes for which `alive` says no.
-    pub fn retain_pids(&mut self, mut alive: impl FnMut(u32) -> bool) {
+    pub(crate) fn retain_pids(&mut self, mut alive: impl FnMut(u32) -> bool) {
         let mut verdict: HashMap<u32, bool> = HashMap::new();
         self.conns
             .retain(|&(pid, _), _| *verdict.entry(pid).or_insert_with(|| alive(pid)));

@@ -19,7 +19,7 @@ fn text(bytes: &[u8], len: usize) -> String {
 }
 
 /// Go's `Request.RemoteAddr` is "ip:port" or "[ipv6]:port".
-pub fn parse_peer(remote: &str) -> Option<IpAddr> {
+pub(crate) fn parse_peer(remote: &str) -> Option<IpAddr> {
     remote
         .parse::<SocketAddr>()
         .map(|s| s.ip())
@@ -28,7 +28,7 @@ pub fn parse_peer(remote: &str) -> Option<IpAddr> {
 }
 
 /// `host:port`, `[v6]:port` or a bare host (port from the scheme).
-pub fn split_host(host: &str, https: bool) -> (String, u16) {
+pub(crate) fn split_host(host: &str, https: bool) -> (String, u16) {
     let default = if https { 443 } else { 80 };
     if let Some(rest) = host.strip_prefix('[') {
         if let Some((ip, port)) = rest.split_once(']') {
@@ -106,7 +106,7 @@ pub fn decode(bytes: &[u8]) -> Result<Request, DecodeError> {
 
 /// A dial target (`host:port`, `dns:///host:port`, `passthrough:///host:port`) → server.
 /// Without a port grpc-go dials 443, as HTTPS does.
-pub fn split_target(target: &str) -> (String, u16) {
+pub(crate) fn split_target(target: &str) -> (String, u16) {
     let endpoint = match target.split_once("://") {
         Some((_, rest)) => rest.rsplit('/').next().unwrap_or(rest),
         None => target,

@@ -19,15 +19,15 @@ use body::{Body, Chunked, Step};
 use head::{parse_head, plausible_start, Head, StartLine};
 
 /// Longest request or response head kept while waiting for its end.
-pub const HEAD_MAX: usize = 8192;
+pub(crate) const HEAD_MAX: usize = 8192;
 /// Requests read but not answered yet (pipelining) kept per connection.
-pub const PENDING_MAX: usize = 64;
+pub(crate) const PENDING_MAX: usize = 64;
 /// Longest path kept; longer ones are truncated and flagged.
-pub const PATH_MAX: usize = 128;
+pub(crate) const PATH_MAX: usize = 128;
 
 /// Which end of the connection the traced process is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
+pub(crate) enum Role {
     /// It accepted the connection: it reads requests and writes responses.
     Server,
     /// It connected: it writes requests and reads responses.
@@ -36,7 +36,7 @@ pub enum Role {
 
 /// Whether the traced process read or wrote the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Direction {
+pub(crate) enum Direction {
     In,
     Out,
 }
@@ -113,7 +113,7 @@ struct Response {
 
 /// One connection's parser. Feed it every chunk in the order the process saw them.
 #[derive(Debug)]
-pub struct Http1Parser {
+pub(crate) struct Http1Parser {
     role: Role,
     requests: Side,
     responses: Side,
@@ -124,7 +124,7 @@ pub struct Http1Parser {
 }
 
 impl Http1Parser {
-    pub fn new(role: Role) -> Self {
+    pub(crate) fn new(role: Role) -> Self {
         Http1Parser {
             role,
             requests: Side::new(),
@@ -136,13 +136,14 @@ impl Http1Parser {
     }
 
     /// Requests read and not answered yet.
-    pub fn pending(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn pending(&self) -> usize {
         self.pending.len()
     }
 
     /// Feeds one chunk: `len` bytes of which the first `data.len()` are known (`len` smaller
     /// than `data.len()` is read as `data.len()`). Finished exchanges are appended to `out`.
-    pub fn feed(
+    pub(crate) fn feed(
         &mut self,
         direction: Direction,
         data: &[u8],
@@ -187,7 +188,7 @@ impl Http1Parser {
     }
 
     /// The connection closed: a response read until close is complete now.
-    pub fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
+    pub(crate) fn close(&mut self, ts_ns: u64, out: &mut Vec<Exchange>) {
         if !self.done && matches!(self.responses.state, State::Body(Body::UntilClose)) {
             self.finish_response(ts_ns, out);
         }

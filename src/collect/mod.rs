@@ -64,8 +64,8 @@ impl Request {
     }
 }
 
-pub mod connections;
-pub mod event;
-pub mod http1;
-pub mod reader;
-pub mod syscalls;
+pub(crate) mod connections;
+pub(crate) mod event;
+pub(crate) mod http1;
+pub(crate) mod reader;
+pub(crate) mod syscalls;

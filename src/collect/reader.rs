@@ -14,10 +14,10 @@ use super::event::decode;
 use super::Request;
 
 /// How often the buffer is drained when the kernel has not asked for it.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
+pub(crate) const DRAIN_INTERVAL: Duration = Duration::from_millis(50);
 
 /// What a reader does with its ring's records.
-pub trait Decode {
+pub(crate) trait Decode {
     /// Turns one record into the requests it finishes, each handed to `sink`.
     fn record(&mut self, bytes: &[u8], sink: &mut impl FnMut(Request));
 
@@ -27,14 +27,17 @@ pub trait Decode {
 
 /// A ring buffer, the per-CPU counter of what the kernel could not put in it, and the decode
 /// step of its records.
-pub struct RingReader<D> {
+pub(crate) struct RingReader<D> {
     ring: AsyncFd<RingBuf<MapData>>,
     lost: PerCpuArray<MapData, u64>,
     decode: D,
 }
 
 impl<D: Decode + Default> RingReader<D> {
-    pub fn new(ring: RingBuf<MapData>, lost: PerCpuArray<MapData, u64>) -> std::io::Result<Self> {
+    pub(crate) fn new(
+        ring: RingBuf<MapData>,
+        lost: PerCpuArray<MapData, u64>,
+    ) -> std::io::Result<Self> {
         // SAFETY: the ring buffer owns its map fd; it stays open, and the same, for as long
         // as the AsyncFd owns the ring buffer.
         let ring = unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }?;
@@ -48,7 +51,7 @@ impl<D: Decode + Default> RingReader<D> {
 
 impl<D: Decode> RingReader<D> {
     /// Waits until the kernel wakes us or the drain interval passes.
-    pub async fn wait(&mut self) {
+    pub(crate) async fn wait(&mut self) {
         tokio::select! {
             guard = self.ring.readable_mut() => {
                 if let Ok(mut g) = guard { g.clear_ready(); }
@@ -58,7 +61,7 @@ impl<D: Decode> RingReader<D> {
     }
 
     /// Decodes every waiting record; finished requests go to `sink`. Returns records read.
-    pub fn drain(&mut self, mut sink: impl FnMut(Request)) -> usize {
+    pub(crate) fn drain(&mut self, mut sink: impl FnMut(Request)) -> usize {
         let ring = self.ring.get_mut();
         let mut n = 0;
         while let Some(item) = ring.next() {
@@ -70,7 +73,7 @@ impl<D: Decode> RingReader<D> {
     }
 
     /// Records the kernel dropped because the buffer was full, since load.
-    pub fn lost_total(&self) -> u64 {
+    pub(crate) fn lost_total(&self) -> u64 {
         self.lost
             .get(&0, 0)
             .map(|per_cpu| per_cpu.iter().sum())
@@ -80,7 +83,7 @@ impl<D: Decode> RingReader<D> {
 
 /// The Go probes' events: one record, one request.
 #[derive(Default)]
-pub struct GoEvents;
+pub(crate) struct GoEvents;
 
 impl Decode for GoEvents {
     fn record(&mut self, bytes: &[u8], sink: &mut impl FnMut(Request)) {
@@ -93,4 +96,4 @@ impl Decode for GoEvents {
 }
 
 /// The Go probes' event ring.
-pub type Reader = RingReader<GoEvents>;
+pub(crate) type Reader = RingReader<GoEvents>;

@@ -12,7 +12,7 @@ use super::Request;
 const PRUNE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The connections the syscall records build up.
-pub struct SyscallRecords {
+pub(crate) struct SyscallRecords {
     connections: Connections,
     last_prune: Instant,
 }
@@ -49,4 +49,4 @@ impl Decode for SyscallRecords {
 }
 
 /// The syscall tracer's ring.
-pub type SyscallReader = RingReader<SyscallRecords>;
+pub(crate) type SyscallReader = RingReader<SyscallRecords>;

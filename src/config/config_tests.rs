@@ -1,6 +1,7 @@
 //! Loading and layering checked: Beyla's names, precedence, every key's parsing and errors,
 //! the README's key tables against the table.
 
+use super::keys::KEYS;
 use super::*;
 use std::collections::HashMap;
 

@@ -6,7 +6,7 @@ use super::{Config, DockerRules, LogFilter, Pattern, Port, RoutePatterns, Ttl, U
 
 /// One configuration key: its YAML name (environment: `SONDE_<UPPER>`, `BEYLA_<UPPER>`), its
 /// default and meaning as `--help` shows them, and how a value is applied.
-pub struct Key {
+pub(crate) struct Key {
     pub name: &'static str,
     pub default: &'static str,
     pub meaning: &'static str,
@@ -24,7 +24,7 @@ macro_rules! keys {
         /// environment's text, so both give the same messages.
         #[derive(Debug, Default, serde::Deserialize)]
         #[serde(deny_unknown_fields)]
-        pub struct FileConfig {
+        pub(crate) struct FileConfig {
             $(
                 #[serde(default, deserialize_with = "present")]
                 $name: Option<serde_json::Value>,
@@ -44,7 +44,7 @@ macro_rules! keys {
             }
         }
 
-        pub const KEYS: &[Key] = &[
+        pub(crate) const KEYS: &[Key] = &[
             $(Key { name: stringify!($name), default: $default, meaning: $meaning, set: $set },)*
         ];
     };
@@ -118,7 +118,7 @@ keys! {
 pub(super) const BARE_ALIASES: &[&str] = &["open_port", "executable_name", "print_traces"];
 
 /// The keys as `--help` lists them.
-pub fn keys_help() -> String {
+pub(crate) fn keys_help() -> String {
     let width = KEYS.iter().map(|k| k.name.len()).max().unwrap_or(0);
     let mut out = String::new();
     for k in KEYS {

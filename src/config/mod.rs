@@ -7,13 +7,13 @@
 
 mod keys;
 mod load;
-pub mod otlp;
+pub(crate) mod otlp;
 mod values;
 
 use std::path::PathBuf;
 
-pub use keys::{keys_help, FileConfig, Key, KEYS};
-pub use values::{DockerRules, LogFilter, Pattern, Port, RoutePatterns, Ttl, UrlPath};
+pub(crate) use keys::keys_help;
+pub(crate) use values::{DockerRules, LogFilter, Pattern, Port, RoutePatterns, Ttl, UrlPath};
 
 /// Exit code for bad configuration or usage, before anything is attached.
 pub const EXIT_CONFIG: i32 = 2;

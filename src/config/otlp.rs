@@ -289,7 +289,7 @@ fn valid_url(url: &str) -> bool {
 }
 
 /// `a=b,c=d%20e` → [("a","b"), ("c","d e")]; `None` when malformed.
-pub fn parse_headers(text: &str) -> Option<Vec<(String, String)>> {
+pub(crate) fn parse_headers(text: &str) -> Option<Vec<(String, String)>> {
     let mut out = Vec::new();
     for pair in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=')?;
@@ -324,7 +324,7 @@ fn percent_decode(s: &str) -> Option<String> {
 }
 
 /// `https://user:pw@host/x` → `https://host/x`.
-pub fn redact_userinfo(url: &str) -> String {
+pub(crate) fn redact_userinfo(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };

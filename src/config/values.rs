@@ -34,7 +34,7 @@ pub(super) fn comma_list(v: &str) -> Vec<String> {
 
 /// A listening port, 1 to 65535.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Port(pub u16);
+pub(crate) struct Port(pub u16);
 
 impl FromStr for Port {
     type Err = &'static str;
@@ -56,7 +56,7 @@ impl FromStr for PortSet {
 
 /// An absolute URL path (`/metrics`).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UrlPath(pub String);
+pub(crate) struct UrlPath(pub String);
 
 impl FromStr for UrlPath {
     type Err = &'static str;
@@ -71,7 +71,7 @@ impl FromStr for UrlPath {
 
 /// A regular expression (compiled once, here).
 #[derive(Debug, Clone)]
-pub struct Pattern(pub regex::Regex);
+pub(crate) struct Pattern(pub regex::Regex);
 
 impl FromStr for Pattern {
     type Err = &'static str;
@@ -84,7 +84,7 @@ impl FromStr for Pattern {
 
 /// `300`, `300s`, `5m`, `1h` (seconds when no unit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ttl(pub Duration);
+pub(crate) struct Ttl(pub Duration);
 
 impl FromStr for Ttl {
     type Err = &'static str;
@@ -97,7 +97,7 @@ impl FromStr for Ttl {
 
 /// Route patterns, each starting with `/`: a comma list (or a YAML list).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RoutePatterns(pub Vec<String>);
+pub(crate) struct RoutePatterns(pub Vec<String>);
 
 impl FromStr for RoutePatterns {
     type Err = &'static str;
@@ -112,7 +112,7 @@ impl FromStr for RoutePatterns {
 
 /// A level, or `RUST_LOG`-style directives, lower-cased.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogFilter(pub String);
+pub(crate) struct LogFilter(pub String);
 
 impl FromStr for LogFilter {
     type Err = &'static str;
@@ -129,7 +129,7 @@ impl FromStr for LogFilter {
 
 /// `docker_rules`: a YAML (flow or block) list of rules, each naming something to match.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DockerRules(pub Vec<DockerRule>);
+pub(crate) struct DockerRules(pub Vec<DockerRule>);
 
 impl FromStr for DockerRules {
     type Err = &'static str;

@@ -25,7 +25,7 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 const MAX_SYMLINKS: usize = 40;
 
 #[derive(Debug, thiserror::Error)]
-pub enum BundleError {
+pub(crate) enum BundleError {
     #[error("no OCI bundle found for container {0}")]
     NotFound(String),
     #[error("{path}: {source}")]
@@ -66,7 +66,7 @@ struct OciProcess {
 
 /// The program a container will exec, as the host and the container see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Launch {
+pub(crate) struct Launch {
     /// The file on the host (inside the root's mount), to inspect and attach to.
     pub host_path: PathBuf,
     /// The path `/proc/<pid>/exe` will show once the process runs it.
@@ -77,7 +77,7 @@ pub struct Launch {
 
 /// The bundle directory of a container: its runtime's working directory (runc runs in the
 /// bundle) or one of the well-known places.
-pub fn find_bundle(pid: u32, container_id: &str) -> Result<PathBuf, BundleError> {
+pub(crate) fn find_bundle(pid: u32, container_id: &str) -> Result<PathBuf, BundleError> {
     // Through the magic link, not its target: sonde may run in a container of its own,
     // where the host's /run is not mounted.
     if let Some(parent) = parent_of(pid) {
@@ -104,7 +104,7 @@ fn names_bundle(dir: &Path, container_id: &str) -> bool {
 }
 
 /// The well-known bundle directories of a container, in the order they are tried.
-pub fn bundle_candidates(container_id: &str) -> Vec<PathBuf> {
+pub(crate) fn bundle_candidates(container_id: &str) -> Vec<PathBuf> {
     BUNDLE_ROOTS
         .iter()
         .map(|(root, tail)| Path::new(root).join(container_id).join(tail))
@@ -115,7 +115,7 @@ pub fn bundle_candidates(container_id: &str) -> Vec<PathBuf> {
 /// A path of the host's file system as this process can open it: through `/proc/1/root`
 /// when sonde runs in a mount namespace of its own (a container with the host's PID
 /// namespace), as is otherwise.
-pub fn on_host(path: impl AsRef<Path>) -> PathBuf {
+pub(crate) fn on_host(path: impl AsRef<Path>) -> PathBuf {
     let path = path.as_ref();
     static OWN_MOUNTS: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let own = *OWN_MOUNTS.get_or_init(|| {
@@ -139,7 +139,7 @@ fn parent_of(pid: u32) -> Option<super::proc::Proc> {
 }
 
 /// Reads the bundle's config and resolves its program inside the container's root.
-pub fn launch_of(bundle: &Path) -> Result<Launch, BundleError> {
+pub(crate) fn launch_of(bundle: &Path) -> Result<Launch, BundleError> {
     use std::io::Read;
     let path = bundle.join("config.json");
     let mut text = Vec::new();
@@ -177,7 +177,12 @@ pub fn launch_of(bundle: &Path) -> Result<Launch, BundleError> {
 
 /// `program` as execvp would find it (a name is looked up in PATH), resolved to the real
 /// file inside `root`. Returns the path inside the container.
-pub fn find_program(root: &Path, program: &str, path_env: &str, cwd: &str) -> Option<PathBuf> {
+pub(crate) fn find_program(
+    root: &Path,
+    program: &str,
+    path_env: &str,
+    cwd: &str,
+) -> Option<PathBuf> {
     let candidates: Vec<String> = if program.contains('/') {
         let p = if program.starts_with('/') {
             program.to_string()
@@ -201,7 +206,7 @@ pub fn find_program(root: &Path, program: &str, path_env: &str, cwd: &str) -> Op
 }
 
 /// Resolves `path` as if `root` were `/`: symlinks (absolute ones too) never leave it.
-pub fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
+pub(crate) fn resolve_in_root(root: &Path, path: &Path) -> Option<PathBuf> {
     let mut pending: Vec<std::ffi::OsString> = path
         .components()
         .rev()

@@ -41,12 +41,12 @@ fn id_of_segment(segment: &str) -> Option<&str> {
     (id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
 }
 
-pub fn container_id_of(pid: u32) -> Option<String> {
+pub(crate) fn container_id_of(pid: u32) -> Option<String> {
     container_id_in(&super::proc::Proc::open(pid).ok()?)
 }
 
 /// The container of an opened process.
-pub fn container_id_in(process: &super::proc::Proc) -> Option<String> {
+pub(crate) fn container_id_in(process: &super::proc::Proc) -> Option<String> {
     container_id_from_cgroup(&process.cgroup().ok()?)
 }
 

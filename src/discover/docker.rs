@@ -13,7 +13,7 @@
 //! container's events and inspect answers map to is in [`info`]; Podman's event log in
 //! [`podman_log`].
 
-mod info;
+pub(crate) mod info;
 mod podman_log;
 
 use std::collections::{HashMap, HashSet};
@@ -24,14 +24,12 @@ use bollard::query_parameters::{EventsOptions, ListContainersOptions};
 use bollard::Docker;
 use futures_util::StreamExt;
 
-pub use info::{
-    container_info, info_from_event, overlay_layers, ContainerInfo, Containers, ProgramHint,
-};
+pub(crate) use info::{container_info, info_from_event, ContainerInfo, Containers, ProgramHint};
 use info::{program_parts, ProgramParts};
-pub use podman_log::{container_from_event_log, podman_container_from_log, PODMAN_EVENTS_LOG};
+pub(crate) use podman_log::{podman_container_from_log, PODMAN_EVENTS_LOG};
 
 #[derive(Debug, thiserror::Error)]
-pub enum DockerError {
+pub(crate) enum DockerError {
     #[error("cannot connect to Docker at {socket}: {source}")]
     Connect {
         socket: String,
@@ -44,7 +42,7 @@ pub enum DockerError {
 /// The engine sockets to watch: `DOCKER_HOST` (unix://…) or /var/run/docker.sock, Podman's
 /// rootful /run/podman/podman.sock and rootless `$XDG_RUNTIME_DIR/podman/podman.sock` — those
 /// that exist, each file once; Docker's when none exists (it is retried until it answers).
-pub fn socket_paths() -> Vec<String> {
+pub(crate) fn socket_paths() -> Vec<String> {
     let candidates = candidate_sockets(
         std::env::var("DOCKER_HOST").ok(),
         std::env::var("XDG_RUNTIME_DIR").ok(),
@@ -66,7 +64,10 @@ pub fn socket_paths() -> Vec<String> {
 }
 
 /// Every socket an engine may listen on, Docker's first.
-pub fn candidate_sockets(docker_host: Option<String>, xdg_runtime: Option<String>) -> Vec<String> {
+pub(crate) fn candidate_sockets(
+    docker_host: Option<String>,
+    xdg_runtime: Option<String>,
+) -> Vec<String> {
     let mut out = vec![docker_host
         .filter(|h| h.starts_with("unix://"))
         .unwrap_or_else(|| "unix:///var/run/docker.sock".to_string())];
@@ -108,7 +109,7 @@ async fn engine_name(docker: &Docker) -> &'static str {
 
 /// Replaces one engine's containers in the shared map by what it listed, leaving the other
 /// engines' alone.
-pub fn resync(
+pub(crate) fn resync(
     map: &mut HashMap<String, Arc<ContainerInfo>>,
     own: &mut HashSet<String>,
     fresh: HashMap<String, Arc<ContainerInfo>>,
@@ -132,7 +133,7 @@ async fn inspect(docker: &Docker, id: &str) -> Result<(ContainerInfo, ProgramPar
 /// engines' entries), calling `changed` after every change and `created` with where a new
 /// container's program can be read ahead, until the process ends. Never returns: a lost
 /// daemon is retried with back-off.
-pub async fn watch(
+pub(crate) async fn watch(
     containers: Containers,
     socket: String,
     changed: impl Fn() + Send + 'static,

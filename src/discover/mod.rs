@@ -1,18 +1,18 @@
 //! Host processes, from /proc (read through [`proc`]): executable, listening TCP ports, start
 //! time, container.
 
-pub mod bundle;
-pub mod cgroup;
-pub mod docker;
-pub mod proc;
-pub mod runtime;
+pub(crate) mod bundle;
+pub(crate) mod cgroup;
+pub(crate) mod docker;
+pub(crate) mod proc;
+pub(crate) mod runtime;
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 
 /// A process on this host as discovery sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostProcess {
+pub(crate) struct HostProcess {
     pub pid: u32,
     /// Target of /proc/<pid>/exe.
     pub exe: PathBuf,
@@ -24,18 +24,18 @@ pub struct HostProcess {
 }
 
 /// Every user-space process except sonde itself. Processes that vanish mid-scan are skipped.
-pub fn scan() -> Vec<HostProcess> {
+pub(crate) fn scan() -> Vec<HostProcess> {
     scan_with(false)
 }
 
 /// The same without listening ports (`listen_ports` left empty), for when no rule uses them:
 /// reading /proc/<pid>/net/tcp walks the kernel's whole TCP hash table, which made the
 /// 250 ms scan cost ~10 % of a core on an idle host (bench/NOTES.md).
-pub fn scan_without_ports() -> Vec<HostProcess> {
+pub(crate) fn scan_without_ports() -> Vec<HostProcess> {
     scan_processes(false, false)
 }
 
-pub fn scan_with(include_self: bool) -> Vec<HostProcess> {
+pub(crate) fn scan_with(include_self: bool) -> Vec<HostProcess> {
     scan_processes(include_self, true)
 }
 
@@ -96,17 +96,17 @@ fn scan_processes(include_self: bool, ports: bool) -> Vec<HostProcess> {
     out
 }
 
-pub fn start_time(pid: u32) -> Option<u64> {
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
     Some(proc::Proc::open(pid).ok()?.stat().ok()?.start_time)
 }
 
 /// A container runtime's process, before the container's program runs.
-pub fn is_runtime_bootstrap(comm: &str) -> bool {
+pub(crate) fn is_runtime_bootstrap(comm: &str) -> bool {
     comm.starts_with("runc:[")
 }
 
 /// `OTEL_SERVICE_NAME` / `OTEL_SERVICE_NAMESPACE` from the process's environment.
-pub fn otel_env(pid: u32) -> (Option<String>, Option<String>) {
+pub(crate) fn otel_env(pid: u32) -> (Option<String>, Option<String>) {
     let buf = proc::Proc::open(pid)
         .and_then(|p| p.environ_bytes())
         .unwrap_or_default();

@@ -24,10 +24,10 @@ use procfs::process::{FDTarget, MMapPath, Process};
 const PROC: &str = "/proc";
 
 /// An environment larger than this is cut: a hostile one must not cost the agent memory.
-pub const ENVIRON_LIMIT: u64 = 256 * 1024;
+pub(crate) const ENVIRON_LIMIT: u64 = 256 * 1024;
 
 #[derive(Debug, thiserror::Error)]
-pub enum ProcError {
+pub(crate) enum ProcError {
     /// The process is gone (or was never there), or its file cannot be read or parsed.
     #[error("/proc/{pid}: {source}")]
     Process {
@@ -98,14 +98,14 @@ fn add_listening(
 
 /// One process, read through its `/proc/<pid>` directory descriptor.
 #[derive(Debug)]
-pub struct Proc {
+pub(crate) struct Proc {
     inner: Process,
     pid: u32,
 }
 
 impl Proc {
     /// Opens `/proc/<pid>`; fails when no such process exists.
-    pub fn open(pid: u32) -> Result<Proc, ProcError> {
+    pub(crate) fn open(pid: u32) -> Result<Proc, ProcError> {
         let inner = i32::try_from(pid)
             .map_err(|_| procfs::ProcError::NotFound(None))
             .and_then(Process::new)
@@ -114,13 +114,13 @@ impl Proc {
     }
 
     /// This process (`/proc/self`).
-    pub fn myself() -> Result<Proc, ProcError> {
+    pub(crate) fn myself() -> Result<Proc, ProcError> {
         let pid = std::process::id();
         let inner = Process::myself().map_err(|source| ProcError::Process { pid, source })?;
         Ok(Proc { inner, pid })
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.pid
     }
 
@@ -133,12 +133,12 @@ impl Proc {
 
     /// The target of `/proc/<pid>/exe`: the executable's path in the process's own mount
     /// namespace. Kernel threads have none.
-    pub fn exe(&self) -> Result<PathBuf, ProcError> {
+    pub(crate) fn exe(&self) -> Result<PathBuf, ProcError> {
         self.inner.exe().map_err(self.err())
     }
 
     /// The target of `/proc/<pid>/cwd`.
-    pub fn cwd(&self) -> Result<PathBuf, ProcError> {
+    pub(crate) fn cwd(&self) -> Result<PathBuf, ProcError> {
         self.inner.cwd().map_err(self.err())
     }
 
@@ -146,7 +146,7 @@ impl Proc {
     /// it parses all 52 fields through an 8 KiB buffer, and with its `cgroups()` the idle
     /// 250 ms scan (which reads both for every process) cost 1.73-1.97 % of a core against
     /// 1.67-1.77 % by hand (BENCHMARKS.md, issue 16 item 4).
-    pub fn stat(&self) -> Result<Stat, ProcError> {
+    pub(crate) fn stat(&self) -> Result<Stat, ProcError> {
         let text = self.read_small("stat")?;
         parse_stat(text.as_bytes()).ok_or_else(|| ProcError::Parse {
             path: self.path("stat"),
@@ -170,30 +170,31 @@ impl Proc {
     }
 
     /// The effective capability mask (`CapEff` of `/proc/<pid>/status`).
-    pub fn cap_eff(&self) -> Result<u64, ProcError> {
+    pub(crate) fn cap_eff(&self) -> Result<u64, ProcError> {
         Ok(self.inner.status().map_err(self.err())?.capeff)
     }
 
     /// Resident memory in KiB (`VmRSS` of `/proc/<pid>/status`; none for kernel threads).
-    pub fn rss_kib(&self) -> Result<Option<u64>, ProcError> {
+    #[cfg(test)]
+    pub(crate) fn rss_kib(&self) -> Result<Option<u64>, ProcError> {
         Ok(self.inner.status().map_err(self.err())?.vmrss)
     }
 
     /// The text of `/proc/<pid>/cgroup` (`hierarchy:controllers:path` lines). Read whole,
     /// not through procfs's `cgroups()`, which makes strings of every controller of every line
     /// for each process of each scan: see [`Proc::stat`] for the figure.
-    pub fn cgroup(&self) -> Result<String, ProcError> {
+    pub(crate) fn cgroup(&self) -> Result<String, ProcError> {
         self.read_small("cgroup")
     }
 
     /// The inode of the process's network namespace: processes that share it share one TCP
     /// table.
-    pub fn net_namespace(&self) -> Result<u64, ProcError> {
+    pub(crate) fn net_namespace(&self) -> Result<u64, ProcError> {
         self.namespace("ns/net")
     }
 
     /// The inode of the process's mount namespace.
-    pub fn mount_namespace(&self) -> Result<u64, ProcError> {
+    pub(crate) fn mount_namespace(&self) -> Result<u64, ProcError> {
         self.namespace("ns/mnt")
     }
 
@@ -210,7 +211,7 @@ impl Proc {
     }
 
     /// Inodes of the process's sockets (from the targets of `/proc/<pid>/fd/*`).
-    pub fn socket_inodes(&self) -> Result<HashSet<u64>, ProcError> {
+    pub(crate) fn socket_inodes(&self) -> Result<HashSet<u64>, ProcError> {
         let fds = self.inner.fd().map_err(self.err())?;
         // A descriptor closed mid-walk is skipped, not an error.
         Ok(fds
@@ -225,7 +226,7 @@ impl Proc {
     /// LISTEN TCP sockets (IPv4 and IPv6) of the process's network namespace: inode → local
     /// port. `/proc/net/tcp` would be sonde's own namespace; a container's is read through
     /// one of its processes.
-    pub fn listening_sockets(&self) -> HashMap<u64, u16> {
+    pub(crate) fn listening_sockets(&self) -> HashMap<u64, u16> {
         let mut map = HashMap::new();
         for table in [self.inner.tcp(), self.inner.tcp6()] {
             // One table may be absent (IPv6 disabled): the other still counts.
@@ -236,7 +237,7 @@ impl Proc {
 
     /// The raw bytes of `/proc/<pid>/environ` (`KEY=value` separated by NUL), at most
     /// [`ENVIRON_LIMIT`]. procfs's `environ()` reads it whole into a map; this stays bounded.
-    pub fn environ_bytes(&self) -> Result<Vec<u8>, ProcError> {
+    pub(crate) fn environ_bytes(&self) -> Result<Vec<u8>, ProcError> {
         let f = self.inner.open_relative("environ").map_err(self.err())?;
         let mut buf = Vec::new();
         f.take(ENVIRON_LIMIT)
@@ -250,7 +251,7 @@ impl Proc {
 
     /// The files mapped into the process (`/proc/<pid>/maps`), as the process names them,
     /// in address order, each once.
-    pub fn mapped_files(&self) -> Result<Vec<PathBuf>, ProcError> {
+    pub(crate) fn mapped_files(&self) -> Result<Vec<PathBuf>, ProcError> {
         let maps = self.inner.maps().map_err(self.err())?;
         let mut seen = HashSet::new();
         Ok(maps
@@ -266,7 +267,7 @@ impl Proc {
 
 /// Every PID in `/proc`, each opened, in directory order. Processes that exit meanwhile are
 /// left out.
-pub fn all() -> impl Iterator<Item = Proc> {
+pub(crate) fn all() -> impl Iterator<Item = Proc> {
     procfs::process::all_processes()
         .into_iter()
         .flatten()
@@ -278,35 +279,36 @@ pub fn all() -> impl Iterator<Item = Proc> {
 }
 
 /// Whether a process with this PID exists (a zombie counts).
-pub fn exists(pid: u32) -> bool {
+pub(crate) fn exists(pid: u32) -> bool {
     Path::new(PROC).join(pid.to_string()).exists()
 }
 
 /// `/proc/<pid>/exe`, the magic link: opening it opens the process's executable across mount
 /// namespaces (and keeps naming the file the process runs even if its path was replaced).
-pub fn exe_path(pid: u32) -> PathBuf {
+pub(crate) fn exe_path(pid: u32) -> PathBuf {
     Path::new(PROC).join(pid.to_string()).join("exe")
 }
 
 /// `/proc/<pid>/cwd`, the magic link to the process's working directory.
-pub fn cwd_path(pid: u32) -> PathBuf {
+pub(crate) fn cwd_path(pid: u32) -> PathBuf {
     Path::new(PROC).join(pid.to_string()).join("cwd")
 }
 
 /// `path` of the process's own file system, through `/proc/<pid>/root` (a container's
 /// files, from the host).
-pub fn in_root_of(pid: u32, path: &Path) -> PathBuf {
+pub(crate) fn in_root_of(pid: u32, path: &Path) -> PathBuf {
     let root = Path::new(PROC).join(pid.to_string()).join("root");
     root.join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// The effective capabilities of this process.
-pub fn own_cap_eff() -> Option<u64> {
+pub(crate) fn own_cap_eff() -> Option<u64> {
     Proc::myself().ok()?.cap_eff().ok()
 }
 
 /// This process's resident memory in KiB (0 when unknown).
-pub fn own_rss_kib() -> u64 {
+#[cfg(test)]
+pub(crate) fn own_rss_kib() -> u64 {
     Proc::myself()
         .ok()
         .and_then(|p| p.rss_kib().ok().flatten())
@@ -314,7 +316,7 @@ pub fn own_rss_kib() -> u64 {
 }
 
 /// Whether a file system of this type is mounted in this process's mount namespace.
-pub fn own_mounts_have(fs_type: &str) -> bool {
+pub(crate) fn own_mounts_have(fs_type: &str) -> bool {
     // A plain read: procfs's mountinfo parses far more than one column.
     std::fs::read_to_string("/proc/self/mounts")
         .map(|m| {
@@ -325,14 +327,14 @@ pub fn own_mounts_have(fs_type: &str) -> bool {
 }
 
 /// A kernel setting, `/proc/sys/kernel/<name>`, trimmed (e.g. `osrelease`, `hostname`).
-pub fn kernel_setting(name: &str) -> Option<String> {
+pub(crate) fn kernel_setting(name: &str) -> Option<String> {
     std::fs::read_to_string(Path::new("/proc/sys/kernel").join(name))
         .ok()
         .map(|s| s.trim().to_string())
 }
 
 /// The text of `/proc/kallsyms`.
-pub fn kallsyms() -> Result<String, ProcError> {
+pub(crate) fn kallsyms() -> Result<String, ProcError> {
     let path = PathBuf::from("/proc/kallsyms");
     std::fs::read_to_string(&path).map_err(|source| ProcError::Io { path, source })
 }

@@ -17,10 +17,10 @@ use serde::Deserialize;
 use crate::worker::Worker;
 
 /// runc's init before its exec of the container's program.
-pub const RUNC_INIT_COMM: &str = "runc:[2:INIT]";
+pub(crate) const RUNC_INIT_COMM: &str = "runc:[2:INIT]";
 
 #[derive(Debug, thiserror::Error)]
-pub enum RuntimeError {
+pub(crate) enum RuntimeError {
     #[error("cannot watch {path}: {source}")]
     Watch {
         path: PathBuf,
@@ -51,13 +51,13 @@ struct RuncState {
 }
 
 /// A pid file's PID: decimal, with or without a trailing newline (conmon and crun write none).
-pub fn parse_pidfile(text: &str) -> Option<u32> {
+pub(crate) fn parse_pidfile(text: &str) -> Option<u32> {
     text.trim().parse().ok().filter(|&p| p > 0)
 }
 
 /// The init PID in a runtime's state file: crun's `status` (`"pid"`) or runc's `state.json`
 /// (`"init_process_pid"`).
-pub fn pid_from_state(json: &[u8]) -> Option<u32> {
+pub(crate) fn pid_from_state(json: &[u8]) -> Option<u32> {
     if let Ok(s) = serde_json::from_slice::<CrunStatus>(json) {
         if let Some(pid) = s.pid.filter(|&p| p > 0) {
             return Some(pid);
@@ -81,7 +81,7 @@ fn read_small(path: &Path) -> Option<Vec<u8>> {
 
 /// The PID of a created container's init, from the pid file in its bundle (Podman's
 /// `userdata/pidfile`, containerd's `init.pid`) or its runtime's state under `roots`.
-pub fn init_pid(container_id: &str, bundles: &[PathBuf], roots: &[PathBuf]) -> Option<u32> {
+pub(crate) fn init_pid(container_id: &str, bundles: &[PathBuf], roots: &[PathBuf]) -> Option<u32> {
     let from_bundle = bundles.iter().find_map(|b| {
         ["pidfile", "init.pid"].iter().find_map(|f| {
             let text = read_small(&b.join(f))?;
@@ -99,7 +99,7 @@ pub fn init_pid(container_id: &str, bundles: &[PathBuf], roots: &[PathBuf]) -> O
 }
 
 /// [`init_pid`] on this host's well-known places.
-pub fn init_pid_on_host(container_id: &str) -> Option<u32> {
+pub(crate) fn init_pid_on_host(container_id: &str) -> Option<u32> {
     let bundles: Vec<PathBuf> = super::bundle::bundle_candidates(container_id)
         .into_iter()
         .map(super::bundle::on_host)
@@ -111,7 +111,7 @@ pub fn init_pid_on_host(container_id: &str) -> Option<u32> {
 /// Whether a container's init still waits in its runtime, before the exec of `program`
 /// (the path its `/proc/<pid>/exe` will show): runc's renamed init, or any init whose
 /// executable is not the program yet (crun's is crun's own file, or `/memfd:crun`).
-pub fn before_exec(comm: &str, exe: Option<&Path>, program: &Path) -> bool {
+pub(crate) fn before_exec(comm: &str, exe: Option<&Path>, program: &Path) -> bool {
     if comm == RUNC_INIT_COMM {
         return true;
     }
@@ -123,7 +123,7 @@ pub fn before_exec(comm: &str, exe: Option<&Path>, program: &Path) -> bool {
 }
 
 /// [`before_exec`] of a live process.
-pub fn waits_before_exec(pid: u32, program: &Path) -> bool {
+pub(crate) fn waits_before_exec(pid: u32, program: &Path) -> bool {
     // Both from one opened process: a reused PID cannot answer for half of them.
     let process = super::proc::Proc::open(pid).ok();
     let comm = process
@@ -137,7 +137,7 @@ pub fn waits_before_exec(pid: u32, program: &Path) -> bool {
 
 /// Podman's event log, read as it grows: each complete new line once.
 #[derive(Default)]
-pub struct LogTail {
+pub(crate) struct LogTail {
     offset: u64,
     partial: Vec<u8>,
 }
@@ -157,7 +157,7 @@ const TAIL_CHUNK: u64 = 1 << 20;
 
 impl LogTail {
     /// Starts at the end: events written before sonde started are not launches to catch.
-    pub fn at_end(path: &Path) -> Self {
+    pub(crate) fn at_end(path: &Path) -> Self {
         LogTail {
             offset: std::fs::metadata(path).map(|m| m.len()).unwrap_or(0),
             partial: Vec::new(),
@@ -166,7 +166,7 @@ impl LogTail {
 
     /// The ids of containers whose `init` event (created by the runtime, not started yet)
     /// is in `bytes`, the log's next bytes.
-    pub fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
+    pub(crate) fn feed(&mut self, bytes: &[u8]) -> Vec<String> {
         self.offset += bytes.len() as u64;
         self.partial.extend_from_slice(bytes);
         let Some(end) = self.partial.iter().rposition(|&b| b == b'\n') else {
@@ -185,7 +185,7 @@ impl LogTail {
 
     /// Reads what was appended to `path` since the last call; a log that shrank (rotated)
     /// is read from its start.
-    pub fn read_new(&mut self, path: &Path) -> Vec<String> {
+    pub(crate) fn read_new(&mut self, path: &Path) -> Vec<String> {
         let Ok(mut f) = std::fs::File::open(path) else {
             return Vec::new();
         };
@@ -207,12 +207,12 @@ impl LogTail {
 
 /// Follows Podman's event log and calls `on_init` with each created container's id, from
 /// its own thread, within a millisecond of the line being written (inotify); stops on drop.
-pub struct InitWatch {
+pub(crate) struct InitWatch {
     _thread: Worker,
 }
 
 impl InitWatch {
-    pub fn start(
+    pub(crate) fn start(
         log: PathBuf,
         on_init: impl Fn(String) + Send + 'static,
     ) -> Result<Self, RuntimeError> {

@@ -26,7 +26,7 @@ const LABELS: &[&str] = &[labels::OPEN_PORTS, labels::EXE, labels::GO_SOURCE];
 /// Gauges about sonde itself, set from the attacher's state; the counters of notable events
 /// are `internal_events`' (the only way to move them is to emit an event, which also logs).
 #[derive(Default)]
-pub struct Health {
+pub(crate) struct Health {
     instrumented: AtomicU64,
     links: AtomicU64,
     armed_links: AtomicU64,
@@ -34,13 +34,13 @@ pub struct Health {
 }
 
 impl Health {
-    pub fn set_instrumented_processes(&self, n: u64) {
+    pub(crate) fn set_instrumented_processes(&self, n: u64) {
         self.instrumented.store(n, Ordering::Relaxed);
     }
-    pub fn set_uprobe_links(&self, n: u64) {
+    pub(crate) fn set_uprobe_links(&self, n: u64) {
         self.links.store(n, Ordering::Relaxed);
     }
-    pub fn set_armed_uprobe_links(&self, n: u64) {
+    pub(crate) fn set_armed_uprobe_links(&self, n: u64) {
         self.armed_links.store(n, Ordering::Relaxed);
     }
 

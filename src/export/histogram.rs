@@ -2,7 +2,7 @@
 
 /// The trace of a recent request in one bucket: a link from a slow bucket to its trace.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Exemplar {
+pub(crate) struct Exemplar {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub value: f64,
@@ -11,14 +11,14 @@ pub struct Exemplar {
 
 /// The cumulative totals an OTLP delta export already sent.
 #[derive(Debug, Clone)]
-pub struct Mark {
+pub(crate) struct Mark {
     pub counts: Vec<u64>,
     pub sum: f64,
     pub count: u64,
 }
 
 #[derive(Debug, Clone)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Non-cumulative counts per bucket; the last slot is +Inf.
     pub counts: Vec<u64>,
     pub sum: f64,
@@ -33,7 +33,7 @@ pub struct Histogram {
 }
 
 impl Histogram {
-    pub fn new(bounds: &[f64]) -> Self {
+    pub(crate) fn new(bounds: &[f64]) -> Self {
         Histogram {
             counts: vec![0; bounds.len() + 1],
             sum: 0.0,
@@ -50,7 +50,7 @@ impl Histogram {
         bounds.iter().position(|&b| v <= b).unwrap_or(bounds.len())
     }
 
-    pub fn observe(&mut self, bounds: &[f64], v: f64) {
+    pub(crate) fn observe(&mut self, bounds: &[f64], v: f64) {
         self.counts[Self::bucket(bounds, v)] += 1;
         self.sum += v;
         self.count += 1;
@@ -58,7 +58,7 @@ impl Histogram {
         self.max = self.max.max(v);
     }
 
-    pub fn exemplar(&mut self, bounds: &[f64], e: Exemplar) {
+    pub(crate) fn exemplar(&mut self, bounds: &[f64], e: Exemplar) {
         if self.exemplars.is_empty() {
             self.exemplars = vec![None; bounds.len() + 1];
         }
@@ -66,7 +66,7 @@ impl Histogram {
     }
 
     /// Adds another histogram of the same bounds (another process with the same labels).
-    pub fn merge(&mut self, o: &Histogram) {
+    pub(crate) fn merge(&mut self, o: &Histogram) {
         for (a, b) in self.counts.iter_mut().zip(&o.counts) {
             *a += b;
         }

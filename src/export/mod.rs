@@ -14,35 +14,36 @@ mod bench;
 mod dashboards;
 mod health;
 mod histogram;
-pub mod names;
+pub(crate) mod names;
 mod prometheus;
-pub mod store;
+pub(crate) mod store;
 
-use crate::config::{Config, MetricsNaming};
+use crate::config::Config;
 use crate::enrich::EnrichedRequest;
 
-pub mod otlp;
+pub(crate) mod otlp;
 
-pub use health::Health;
-pub use names::{status_name, DURATION_BUCKETS, SIZE_BUCKETS};
+pub(crate) use health::Health;
+pub(crate) use names::status_name;
 use store::Store;
 
 #[derive(Debug, Error)]
-pub enum ExportError {
+pub(crate) enum ExportError {
     #[error("cannot listen on port {port}: {source}")]
     Bind { port: u16, source: std::io::Error },
 }
 
 /// Series of a stopped container (and of an exited process) outlive it this long by default.
+#[cfg(test)]
 const DEFAULT_SERIES_TTL: std::time::Duration = std::time::Duration::from_secs(300);
 
-pub struct Exporter {
+pub(crate) struct Exporter {
     store: Store,
     health: Health,
 }
 
 impl Exporter {
-    pub fn new(config: &Config) -> Self {
+    pub(crate) fn new(config: &Config) -> Self {
         Exporter {
             store: Store::new(
                 config.metrics_naming,
@@ -55,7 +56,12 @@ impl Exporter {
         }
     }
 
-    pub fn with(naming: MetricsNaming, report_target: bool, report_peer: bool) -> Self {
+    #[cfg(test)]
+    pub(crate) fn with(
+        naming: crate::config::MetricsNaming,
+        report_target: bool,
+        report_peer: bool,
+    ) -> Self {
         Exporter {
             store: Store::new(
                 naming,
@@ -68,46 +74,46 @@ impl Exporter {
         }
     }
 
-    pub fn health(&self) -> &Health {
+    pub(crate) fn health(&self) -> &Health {
         &self.health
     }
 
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
-    pub fn record(&self, r: &EnrichedRequest) {
+    pub(crate) fn record(&self, r: &EnrichedRequest) {
         self.health.events.fetch_add(1, Ordering::Relaxed);
         self.store.record(r, otlp::traces::WallClock::now_unix_ns);
     }
 
     /// The trace of a request `record` just counted, as the exemplar of its duration bucket.
-    pub fn exemplar(&self, r: &EnrichedRequest, trace_id: [u8; 16], span_id: [u8; 8]) {
+    pub(crate) fn exemplar(&self, r: &EnrichedRequest, trace_id: [u8; 16], span_id: [u8; 8]) {
         let now = otlp::traces::WallClock::now_unix_ns();
         self.store.exemplar(r, trace_id, span_id, now);
     }
 
     /// The container stopped: its series go at `expires` unless it comes back first.
-    pub fn retire_container(&self, name: &str, expires: Instant) {
+    pub(crate) fn retire_container(&self, name: &str, expires: Instant) {
         self.store.retire_container(name, expires);
     }
 
-    pub fn revive_container(&self, name: &str) {
+    pub(crate) fn revive_container(&self, name: &str) {
         self.store.revive_container(name);
     }
 
     /// Drops the series of containers whose time is up.
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         self.store.sweep(now, store::pid_alive);
     }
 
     /// The Prometheus text format (0.0.4).
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         self.render_as(false)
     }
 
     /// OpenMetrics 1.0: the same samples, with exemplars on the duration buckets.
-    pub fn render_openmetrics(&self) -> String {
+    pub(crate) fn render_openmetrics(&self) -> String {
         self.render_as(true)
     }
 
@@ -123,7 +129,7 @@ impl Exporter {
 }
 
 /// One line per request for `print_traces`.
-pub fn print_trace_line(r: &EnrichedRequest) -> String {
+pub(crate) fn print_trace_line(r: &EnrichedRequest) -> String {
     let q = &r.request;
     if q.kind.is_rpc() {
         let side = if q.kind == crate::collect::RequestKind::RpcClient {
@@ -155,13 +161,17 @@ pub fn print_trace_line(r: &EnrichedRequest) -> String {
 }
 
 /// Binds the scrape port first, so a used port is a clear error instead of a panic.
-pub async fn bind(port: u16) -> Result<tokio::net::TcpListener, ExportError> {
+pub(crate) async fn bind(port: u16) -> Result<tokio::net::TcpListener, ExportError> {
     tokio::net::TcpListener::bind(("0.0.0.0", port))
         .await
         .map_err(|source| ExportError::Bind { port, source })
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, exporter: Arc<Exporter>, path: String) {
+pub(crate) async fn serve(
+    listener: tokio::net::TcpListener,
+    exporter: Arc<Exporter>,
+    path: String,
+) {
     use warp::Filter;
     let segments: Vec<String> = path
         .split('/')

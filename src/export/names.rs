@@ -8,16 +8,16 @@ use crate::collect::RequestKind;
 use crate::config::MetricsNaming;
 use crate::enrich::Identity;
 
-pub const DURATION_BUCKETS: &[f64] = &[
+pub(crate) const DURATION_BUCKETS: &[f64] = &[
     0.0, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
 ];
-pub const SIZE_BUCKETS: &[f64] = &[
+pub(crate) const SIZE_BUCKETS: &[f64] = &[
     0.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0,
 ];
 
 /// One histogram a request feeds. The order is the order families are rendered in.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Instrument {
+pub(crate) enum Instrument {
     ServerDuration,
     ServerRequestSize,
     ServerResponseSize,
@@ -30,7 +30,7 @@ pub enum Instrument {
 
 use Instrument::*;
 
-pub const INSTRUMENTS: [Instrument; 8] = [
+pub(crate) const INSTRUMENTS: [Instrument; 8] = [
     ServerDuration,
     ServerRequestSize,
     ServerResponseSize,
@@ -44,7 +44,7 @@ pub const INSTRUMENTS: [Instrument; 8] = [
 impl Instrument {
     /// The histograms a request of `kind` feeds, in slot order (duration, request body,
     /// response body). Message sizes are not measured for RPC calls.
-    pub fn of(kind: RequestKind) -> &'static [Instrument] {
+    pub(crate) fn of(kind: RequestKind) -> &'static [Instrument] {
         match kind {
             RequestKind::HttpServer => &[ServerDuration, ServerRequestSize, ServerResponseSize],
             RequestKind::HttpClient => &[ClientDuration, ClientRequestSize, ClientResponseSize],
@@ -53,7 +53,7 @@ impl Instrument {
         }
     }
 
-    pub fn kind(self) -> RequestKind {
+    pub(crate) fn kind(self) -> RequestKind {
         match self {
             ServerDuration | ServerRequestSize | ServerResponseSize => RequestKind::HttpServer,
             ClientDuration | ClientRequestSize | ClientResponseSize => RequestKind::HttpClient,
@@ -63,7 +63,7 @@ impl Instrument {
     }
 
     /// Index of this instrument in `Instrument::of(self.kind())`.
-    pub fn slot(self) -> usize {
+    pub(crate) fn slot(self) -> usize {
         match self {
             ServerRequestSize | ClientRequestSize => 1,
             ServerResponseSize | ClientResponseSize => 2,
@@ -71,11 +71,11 @@ impl Instrument {
         }
     }
 
-    pub fn is_duration(self) -> bool {
+    pub(crate) fn is_duration(self) -> bool {
         self.slot() == 0
     }
 
-    pub fn bounds(self) -> &'static [f64] {
+    pub(crate) fn bounds(self) -> &'static [f64] {
         if self.is_duration() {
             DURATION_BUCKETS
         } else {
@@ -83,7 +83,7 @@ impl Instrument {
         }
     }
 
-    pub fn otel_name(self) -> &'static str {
+    pub(crate) fn otel_name(self) -> &'static str {
         match self {
             ServerDuration => "http.server.request.duration",
             ServerRequestSize => "http.server.request.body.size",
@@ -96,7 +96,7 @@ impl Instrument {
         }
     }
 
-    pub fn otel_unit(self) -> &'static str {
+    pub(crate) fn otel_unit(self) -> &'static str {
         if self.is_duration() {
             "s"
         } else {
@@ -105,7 +105,7 @@ impl Instrument {
     }
 
     /// The semantic-convention description: OTLP's, and the HELP of the `semconv` naming.
-    pub fn description(self) -> &'static str {
+    pub(crate) fn description(self) -> &'static str {
         match self {
             ServerDuration => "Duration of HTTP server requests.",
             ServerRequestSize => "Size of HTTP server request bodies.",
@@ -120,7 +120,7 @@ impl Instrument {
 
     /// The Prometheus family name and HELP under `naming`; `None` where that naming has no
     /// such family (Beyla's namings have no response sizes).
-    pub fn prometheus(self, naming: MetricsNaming) -> Option<(&'static str, &'static str)> {
+    pub(crate) fn prometheus(self, naming: MetricsNaming) -> Option<(&'static str, &'static str)> {
         if naming == MetricsNaming::Semconv {
             let name = match self {
                 ServerDuration => "http_server_request_duration_seconds",
@@ -186,7 +186,7 @@ const STATUS_NAMES: [&str; 17] = [
     "UNAUTHENTICATED",
 ];
 
-pub fn status_name(code: u16) -> &'static str {
+pub(crate) fn status_name(code: u16) -> &'static str {
     STATUS_NAMES
         .get(usize::from(code))
         .copied()
@@ -196,7 +196,7 @@ pub fn status_name(code: u16) -> &'static str {
 /// What distinguishes one request series from another within a process: only the fields
 /// the labels are made of, so two requests with the same labels share a series.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RequestKey {
+pub(crate) struct RequestKey {
     pub kind: RequestKind,
     pub method: String,
     pub status: u16,
@@ -215,19 +215,19 @@ pub struct RequestKey {
 }
 
 /// Label set, sorted by name: the order Prometheus clients print.
-pub type Labels = Vec<(&'static str, String)>;
+pub(crate) type Labels = Vec<(&'static str, String)>;
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Value {
+pub(crate) enum Value {
     Str(String),
     Int(i64),
 }
 
 /// OTLP attribute set of one series, sorted by key.
-pub type Attrs = Vec<(&'static str, Value)>;
+pub(crate) type Attrs = Vec<(&'static str, Value)>;
 
 /// The Prometheus labels of a series under `naming`.
-pub fn prometheus_labels(naming: MetricsNaming, id: &Identity, k: &RequestKey) -> Labels {
+pub(crate) fn prometheus_labels(naming: MetricsNaming, id: &Identity, k: &RequestKey) -> Labels {
     if k.overflow {
         return vec![("otel_metric_overflow", "true".into())];
     }
@@ -313,7 +313,7 @@ pub fn prometheus_labels(naming: MetricsNaming, id: &Identity, k: &RequestKey) -
 
 /// The OTLP attributes of a series: always the semantic-convention names; the identity
 /// goes in the resource.
-pub fn otel_attrs(k: &RequestKey) -> Attrs {
+pub(crate) fn otel_attrs(k: &RequestKey) -> Attrs {
     let s = |v: &str| Value::Str(v.to_string());
     if k.overflow {
         return vec![("otel.metric.overflow", s("true"))];

@@ -19,18 +19,18 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-pub use super::histogram::{Exemplar, Histogram, Mark};
+pub(crate) use super::histogram::{Exemplar, Histogram, Mark};
 use super::names::{prometheus_labels, Instrument, Labels, RequestKey};
 use crate::collect::RequestKind;
 use crate::config::MetricsNaming;
 use crate::enrich::{EnrichedRequest, Identity};
 
 /// Series kept before new label sets go to one overflow series per process and kind.
-pub const DEFAULT_MAX_SERIES: usize = 20_000;
+pub(crate) const DEFAULT_MAX_SERIES: usize = 20_000;
 /// How often `sweep` looks for processes that exited (it runs every scan).
 const PROCESS_CHECK_EVERY: Duration = Duration::from_secs(5);
 
-pub struct Series {
+pub(crate) struct Series {
     pub key: RequestKey,
     /// Who the process was when these requests came: a process named late (or left
     /// unnamed after its exit) starts new series; the ones it has keep their labels.
@@ -61,7 +61,7 @@ impl Series {
     }
 }
 
-pub struct Process {
+pub(crate) struct Process {
     pub identity: Arc<Identity>,
     /// Start of the OTLP points: first request (cumulative) or last export (delta), Unix ns.
     pub start_unix_ns: u64,
@@ -71,10 +71,10 @@ pub struct Process {
 }
 
 impl Process {
-    pub fn series(&self) -> impl Iterator<Item = &Series> {
+    pub(crate) fn series(&self) -> impl Iterator<Item = &Series> {
         self.series.values()
     }
-    pub fn series_mut(&mut self) -> impl Iterator<Item = &mut Series> {
+    pub(crate) fn series_mut(&mut self) -> impl Iterator<Item = &mut Series> {
         self.series.values_mut()
     }
 
@@ -179,7 +179,7 @@ impl KeyRef<'_> {
     }
 }
 
-pub struct Inner {
+pub(crate) struct Inner {
     pub processes: HashMap<u32, Process>,
     /// Counts of processes no longer reported over OTLP, by kind and labels.
     pub departed: BTreeMap<(Instrument, Labels), Histogram>,
@@ -190,7 +190,7 @@ pub struct Inner {
     warned_full: bool,
 }
 
-pub struct Store {
+pub(crate) struct Store {
     naming: MetricsNaming,
     report_target: bool,
     report_peer: bool,
@@ -201,7 +201,7 @@ pub struct Store {
 }
 
 impl Store {
-    pub fn new(
+    pub(crate) fn new(
         naming: MetricsNaming,
         report_target: bool,
         report_peer: bool,
@@ -225,11 +225,11 @@ impl Store {
         }
     }
 
-    pub fn naming(&self) -> MetricsNaming {
+    pub(crate) fn naming(&self) -> MetricsNaming {
         self.naming
     }
 
-    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -255,7 +255,7 @@ impl Store {
 
     /// One short lock and a few additions: this runs for every request. `now_unix_ns` is
     /// asked only when the process is new.
-    pub fn record(&self, r: &EnrichedRequest, now_unix_ns: impl FnOnce() -> u64) {
+    pub(crate) fn record(&self, r: &EnrichedRequest, now_unix_ns: impl FnOnce() -> u64) {
         let q = &r.request;
         let values = [
             q.duration_seconds(),
@@ -270,7 +270,13 @@ impl Store {
     }
 
     /// The trace of a request `record` just counted, as the exemplar of its duration bucket.
-    pub fn exemplar(&self, r: &EnrichedRequest, trace_id: [u8; 16], span_id: [u8; 8], at: u64) {
+    pub(crate) fn exemplar(
+        &self,
+        r: &EnrichedRequest,
+        trace_id: [u8; 16],
+        span_id: [u8; 8],
+        at: u64,
+    ) {
         let e = Exemplar {
             trace_id,
             span_id,
@@ -329,17 +335,17 @@ impl Store {
     }
 
     /// The container stopped: its series go at `expires` unless it comes back first.
-    pub fn retire_container(&self, name: &str, expires: Instant) {
+    pub(crate) fn retire_container(&self, name: &str, expires: Instant) {
         self.lock().retiring.insert(name.to_string(), expires);
     }
 
-    pub fn revive_container(&self, name: &str) {
+    pub(crate) fn revive_container(&self, name: &str) {
         self.lock().retiring.remove(name);
     }
 
     /// Drops the series of containers whose time is up, and now and then retires the
     /// processes that exited (`alive` says which PIDs still run).
-    pub fn sweep(&self, now: Instant, alive: impl Fn(u32) -> bool) {
+    pub(crate) fn sweep(&self, now: Instant, alive: impl Fn(u32) -> bool) {
         let mut inner = self.lock();
         let expired: HashSet<String> = {
             let gone: Vec<String> = inner
@@ -387,7 +393,7 @@ impl Store {
     }
 
     /// Processes that exited and were idle for the TTL: their counts move to `departed`.
-    pub fn retire_processes(&self, inner: &mut Inner, alive: impl Fn(u32) -> bool) {
+    pub(crate) fn retire_processes(&self, inner: &mut Inner, alive: impl Fn(u32) -> bool) {
         let ttl = self.idle_ttl;
         let gone: Vec<u32> = inner
             .processes
@@ -424,7 +430,7 @@ fn same(a: &Arc<Identity>, b: &Arc<Identity>) -> bool {
 }
 
 /// Whether a process still runs.
-pub fn pid_alive(pid: u32) -> bool {
+pub(crate) fn pid_alive(pid: u32) -> bool {
     crate::discover::proc::exists(pid)
 }
 

@@ -8,7 +8,7 @@ use super::elf::ElfLayout;
 use super::symbols::FunctionIndex;
 use super::{
     buildinfo, dwarf, fields, grpc, offsets_table, pclntab, ret, sparse, typemeta, FunctionProbe,
-    GoOffsets, GoVersion, InspectError, OffsetsSource, ProbePlan, ProbeRole, Speaks, SymbolSource,
+    GoVersion, InspectError, OffsetsSource, ProbePlan, ProbeRole, Speaks, SymbolSource,
     H2C_HANDLER, MAX_FILE_SIZE, NEWPROC1, ROUND_TRIP, SERVE_HTTP, TLS_SERVER_HANDSHAKE,
 };
 
@@ -17,7 +17,7 @@ const MAX_FUNCTION_SIZE: u64 = 16 << 20;
 
 /// A parsed Go executable: owns the bytes, answers function and RET lookups.
 #[derive(Debug)]
-pub struct GoBinary {
+pub(crate) struct GoBinary {
     pub(super) path: PathBuf,
     pub(super) data: Vec<u8>,
     /// The file, when `data` leaves out its code or DWARF (see [`sparse`]): those bytes are
@@ -40,7 +40,7 @@ pub struct GoBinary {
 
 impl GoBinary {
     /// Reads and validates a Go executable (x86-64 ELF, Go ≥ 1.17, with a function index).
-    pub fn open(path: &Path) -> Result<GoBinary, InspectError> {
+    pub(crate) fn open(path: &Path) -> Result<GoBinary, InspectError> {
         let file = std::fs::File::open(path).map_err(|e| InspectError::io(path, &e))?;
         let size = file
             .metadata()
@@ -61,7 +61,7 @@ impl GoBinary {
     }
 
     /// As [`open`](Self::open), for bytes already in memory.
-    pub fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<GoBinary, InspectError> {
+    pub(crate) fn from_bytes(path: PathBuf, data: Vec<u8>) -> Result<GoBinary, InspectError> {
         let elf = ElfLayout::parse(&data)?;
         let build = match buildinfo::read(&data, &elf)? {
             Some(b) => b,
@@ -89,7 +89,7 @@ impl GoBinary {
 
     /// Offsets of struct fields read from the binary's runtime type descriptors, keyed as
     /// DWARF keys them (see [`typemeta::TypeSection::struct_fields`]).
-    pub fn type_fields(
+    pub(crate) fn type_fields(
         &self,
         wanted: &[(&str, &[&str])],
         renamed: &[(&str, &str)],
@@ -117,41 +117,41 @@ impl GoBinary {
     }
 
     /// False when the module list is unknown (no build-info blob).
-    pub fn has_build_info(&self) -> bool {
+    pub(crate) fn has_build_info(&self) -> bool {
         self.build.from_blob
     }
 
     #[cfg(test)]
-    pub fn path(&self) -> &Path {
+    pub(crate) fn path(&self) -> &Path {
         &self.path
     }
 
     /// Every byte of the file (tests check the inspector's answers against them).
     #[cfg(test)]
-    pub fn data(&self) -> &[u8] {
+    pub(crate) fn data(&self) -> &[u8] {
         self.whole().expect("the file, read again")
     }
 
     #[cfg(test)]
-    pub fn elf(&self) -> &ElfLayout {
+    pub(crate) fn elf(&self) -> &ElfLayout {
         &self.elf
     }
 
-    pub fn go_version(&self) -> GoVersion {
+    pub(crate) fn go_version(&self) -> GoVersion {
         self.build.version
     }
 
     #[cfg(test)]
-    pub fn build_info(&self) -> &buildinfo::BuildInfo {
+    pub(crate) fn build_info(&self) -> &buildinfo::BuildInfo {
         &self.build
     }
 
-    pub fn symbol_source(&self) -> SymbolSource {
+    pub(crate) fn symbol_source(&self) -> SymbolSource {
         self.index.source()
     }
 
     /// A fresh `object` view of the bytes (for DWARF).
-    pub fn object(&self) -> Result<object::File<'_>, InspectError> {
+    pub(crate) fn object(&self) -> Result<object::File<'_>, InspectError> {
         let data = match &self.left_out {
             Some((_, skipped)) if skipped.debug => self.whole()?,
             _ => &self.data,
@@ -176,7 +176,7 @@ impl GoBinary {
 
     /// Entry and end virtual address of a function by its full Go name
     /// (`net/http.serverHandler.ServeHTTP`, `net/http.(*response).WriteHeader`).
-    pub fn find_function(&self, name: &str) -> Option<(u64, u64)> {
+    pub(crate) fn find_function(&self, name: &str) -> Option<(u64, u64)> {
         match self.index.find(&self.data, &self.elf, name) {
             Some((entry, end)) if end > entry => Some((entry, end)),
             // A partial `.symtab` (or one without sizes) does not hide what the runtime's
@@ -190,12 +190,12 @@ impl GoBinary {
     }
 
     /// The file offset uprobes take for a mapped address.
-    pub fn file_offset(&self, vaddr: u64) -> Option<u64> {
+    pub(crate) fn file_offset(&self, vaddr: u64) -> Option<u64> {
         self.elf.vaddr_to_offset(vaddr)
     }
 
     /// Virtual addresses of every RET in `[entry, end)`.
-    pub fn ret_vaddrs(&self, entry: u64, end: u64) -> Result<Vec<u64>, InspectError> {
+    pub(crate) fn ret_vaddrs(&self, entry: u64, end: u64) -> Result<Vec<u64>, InspectError> {
         let len = end
             .checked_sub(entry)
             .filter(|&l| l > 0 && l <= MAX_FUNCTION_SIZE)
@@ -222,7 +222,7 @@ impl GoBinary {
     }
 
     /// Everything needed to probe one function: entry and every RET, as file offsets.
-    pub fn function_probe(
+    pub(crate) fn function_probe(
         &self,
         role: ProbeRole,
         name: &str,
@@ -254,14 +254,18 @@ impl GoBinary {
 
     /// Struct offsets: the runtime type metadata, else DWARF when the binary has it, else the
     /// built-in table.
-    pub fn offsets(&self) -> Result<(OffsetsSource, GoOffsets), InspectError> {
+    #[cfg(test)]
+    pub(crate) fn offsets(&self) -> Result<(OffsetsSource, super::GoOffsets), InspectError> {
         self.offsets_for(fields::Needs::ALL)
             .map(|r| (OffsetsSource::of(&r), r.offsets))
     }
 
     /// The offsets the probes in `needs` read, each from the first source that describes it:
     /// the binary's type metadata, its DWARF, the built-in table (see [`fields`]).
-    pub fn offsets_for(&self, needs: fields::Needs) -> Result<fields::Resolved, InspectError> {
+    pub(crate) fn offsets_for(
+        &self,
+        needs: fields::Needs,
+    ) -> Result<fields::Resolved, InspectError> {
         let path = self.path.display();
         let type_meta = match self.type_fields(dwarf::WANTED, dwarf::RENAMED) {
             Ok(f) => Some(f),
@@ -334,7 +338,7 @@ impl GoBinary {
     /// The probe plan for this binary.
     /// Server and client probes are each taken when the function is linked in; a binary
     /// with neither cannot be instrumented.
-    pub fn plan(&self) -> Result<ProbePlan, InspectError> {
+    pub(crate) fn plan(&self) -> Result<ProbePlan, InspectError> {
         let server = self.function_probe(ProbeRole::HttpServerHandler, SERVE_HTTP);
         let client = self.function_probe(ProbeRole::HttpClientRoundTrip, ROUND_TRIP);
         let grpc = grpc::plan(self);

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 /// How long one binary may take to inspect. A real 100 MB Go binary takes well under a
 /// second here; ten seconds leaves room for a loaded machine.
-pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Only every Nth [`check`] reads the clock: the loops call it per table entry.
 const CLOCK_EVERY: u32 = 1024;
@@ -25,10 +25,10 @@ thread_local! {
 
 /// The inspection ran out of time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Expired;
+pub(crate) struct Expired;
 
 /// Runs `f` with a deadline `timeout` from now (nested calls keep the earlier deadline).
-pub fn with_timeout<T>(timeout: Duration, f: impl FnOnce() -> T) -> T {
+pub(crate) fn with_timeout<T>(timeout: Duration, f: impl FnOnce() -> T) -> T {
     let deadline = Instant::now().checked_add(timeout);
     let previous = DEADLINE.with(|d| d.get());
     let effective = match (previous, deadline) {
@@ -51,7 +51,7 @@ pub fn with_timeout<T>(timeout: Duration, f: impl FnOnce() -> T) -> T {
 }
 
 /// `Err(Expired)` once the current deadline has passed; always `Ok` without one.
-pub fn check() -> Result<(), Expired> {
+pub(crate) fn check() -> Result<(), Expired> {
     let Some(deadline) = DEADLINE.with(|d| d.get()) else {
         return Ok(());
     };
@@ -76,7 +76,7 @@ pub fn check() -> Result<(), Expired> {
 }
 
 /// Whether the current deadline has passed (reads the clock).
-pub fn expired() -> bool {
+pub(crate) fn expired() -> bool {
     EXPIRED.with(|e| e.get())
         || DEADLINE
             .with(|d| d.get())

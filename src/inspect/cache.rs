@@ -14,7 +14,7 @@ use super::{inspect, InspectError, ProbePlan};
 /// same lower-layer inode, so with it one image would be inspected once per container (and
 /// the image's layer file, inspected ahead on the create event, would never match).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FileKey {
+pub(crate) struct FileKey {
     pub ino: u64,
     pub mtime_sec: i64,
     pub mtime_nsec: i64,
@@ -23,7 +23,7 @@ pub struct FileKey {
 
 impl FileKey {
     /// Follows symlinks, so `/proc/<pid>/exe` names the executable itself.
-    pub fn of(path: &Path) -> Result<FileKey, InspectError> {
+    pub(crate) fn of(path: &Path) -> Result<FileKey, InspectError> {
         let m = std::fs::metadata(path).map_err(|e| InspectError::io(path, &e))?;
         Ok(FileKey {
             ino: m.ino(),
@@ -35,11 +35,11 @@ impl FileKey {
 }
 
 /// A shared inspection result (cheap to clone).
-pub type CachedPlan = Result<Arc<ProbePlan>, InspectError>;
+pub(crate) type CachedPlan = Result<Arc<ProbePlan>, InspectError>;
 
 /// Bounded map from [`FileKey`] to the inspection result.
 #[derive(Debug)]
-pub struct PlanCache {
+pub(crate) struct PlanCache {
     inner: Mutex<Inner>,
     /// Signalled when an inspection ends.
     inspected: Condvar,
@@ -69,7 +69,7 @@ impl Drop for InFlight<'_> {
 }
 
 /// Distinct binaries remembered; far more than a host runs.
-pub const DEFAULT_CAPACITY: usize = 256;
+pub(crate) const DEFAULT_CAPACITY: usize = 256;
 
 impl Default for PlanCache {
     fn default() -> Self {
@@ -78,11 +78,11 @@ impl Default for PlanCache {
 }
 
 impl PlanCache {
-    pub fn new() -> PlanCache {
+    pub(crate) fn new() -> PlanCache {
         PlanCache::with_capacity(DEFAULT_CAPACITY)
     }
 
-    pub fn with_capacity(capacity: usize) -> PlanCache {
+    pub(crate) fn with_capacity(capacity: usize) -> PlanCache {
         PlanCache {
             inner: Mutex::new(Inner::default()),
             inspected: Condvar::new(),
@@ -100,7 +100,10 @@ impl PlanCache {
     ///
     /// A cached plan's `path` is the path of the first inspection: attach by the caller's
     /// own path (`/proc/<pid>/exe`), not by `plan.path`.
-    pub fn get_or_inspect(&self, path: &Path) -> Result<(FileKey, CachedPlan, bool), InspectError> {
+    pub(crate) fn get_or_inspect(
+        &self,
+        path: &Path,
+    ) -> Result<(FileKey, CachedPlan, bool), InspectError> {
         let key = FileKey::of(path)?;
         {
             let mut inner = self.lock();
@@ -143,17 +146,18 @@ impl PlanCache {
     /// The plan for the file at `path` (e.g. `/proc/<pid>/exe`), inspecting it on a miss.
     /// A cached failure comes back as the same error every time; use
     /// [`get_or_inspect`](Self::get_or_inspect) to know whether it is new.
-    pub fn get(&self, path: &Path) -> Result<Arc<ProbePlan>, InspectError> {
+    pub(crate) fn get(&self, path: &Path) -> Result<Arc<ProbePlan>, InspectError> {
         self.get_or_inspect(path).and_then(|(_, plan, _)| plan)
     }
 
     /// A cached result by file identity, without inspecting.
-    pub fn lookup(&self, key: &FileKey) -> Option<CachedPlan> {
+    #[cfg(test)]
+    pub(crate) fn lookup(&self, key: &FileKey) -> Option<CachedPlan> {
         let inner = self.lock();
         inner.map.get(key).map(|(_, p)| p.clone())
     }
 
-    pub fn insert(&self, key: FileKey, plan: CachedPlan) {
+    pub(crate) fn insert(&self, key: FileKey, plan: CachedPlan) {
         let mut inner = self.lock();
         if inner.map.len() >= self.capacity && !inner.map.contains_key(&key) {
             let oldest = inner
@@ -171,12 +175,7 @@ impl PlanCache {
     }
 
     #[cfg(test)]
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.inner
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -186,7 +185,7 @@ impl PlanCache {
 
     #[cfg(test)]
     /// Re-check right before attaching: offsets of a replaced binary crash the target.
-    pub fn is_current(path: &Path, key: &FileKey) -> bool {
+    pub(crate) fn is_current(path: &Path, key: &FileKey) -> bool {
         FileKey::of(path).ok().as_ref() == Some(key)
     }
 }

@@ -62,15 +62,16 @@ pub(super) const RENAMED: &[(&str, &str)] = &[
 const MAX_ENTRIES: usize = 20_000_000;
 /// A bound on one section's decompressed size: a few KB of zlib can claim gigabytes. Go's
 /// own `.debug_info` is ~10 MB for a large binary.
-pub const MAX_SECTION_SIZE: u64 = 256 << 20;
+pub(crate) const MAX_SECTION_SIZE: u64 = 256 << 20;
 
 /// Struct field offsets from the binary's DWARF; `None` when it has no DWARF.
-pub fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
+#[cfg(test)]
+pub(crate) fn offsets(file: &object::File) -> Result<Option<GoOffsets>, DwarfError> {
     fields(file)?.map(|f| go_offsets(&f)).transpose()
 }
 
 /// The net/http fields the binary's DWARF describes (any subset); `None` when it has no DWARF.
-pub fn fields(file: &object::File) -> Result<Option<FieldOffsets>, DwarfError> {
+pub(crate) fn fields(file: &object::File) -> Result<Option<FieldOffsets>, DwarfError> {
     let Some(sections) = load_sections(file)? else {
         return Ok(None);
     };
@@ -138,12 +139,12 @@ pub(super) fn go_offsets(found: &FieldOffsets) -> Result<GoOffsets, DwarfError> 
 }
 
 /// Field offsets by (struct, field).
-pub type FieldOffsets = HashMap<(String, String), u32>;
+pub(crate) type FieldOffsets = HashMap<(String, String), u32>;
 
 /// Offsets of the given struct fields, by (struct, field), for the structs the binary's
 /// DWARF describes; `None` when it has no DWARF. Fields it does not have are left out, so
 /// callers can tell layouts of different library versions apart.
-pub fn struct_fields(
+pub(crate) fn struct_fields(
     file: &object::File,
     wanted: &[(&str, &[&str])],
 ) -> Result<Option<FieldOffsets>, DwarfError> {

@@ -218,18 +218,18 @@ impl ElfLayout {
 }
 
 /// `data[off..off+len]`, or `None` if any part falls outside.
-pub fn file_slice(data: &[u8], off: u64, len: u64) -> Option<&[u8]> {
+pub(crate) fn file_slice(data: &[u8], off: u64, len: u64) -> Option<&[u8]> {
     let start = usize::try_from(off).ok()?;
     let end = start.checked_add(usize::try_from(len).ok()?)?;
     data.get(start..end)
 }
 
-pub fn read_u32(data: &[u8], off: usize) -> Option<u32> {
+pub(crate) fn read_u32(data: &[u8], off: usize) -> Option<u32> {
     let b = data.get(off..off.checked_add(4)?)?;
     Some(u32::from_le_bytes(b.try_into().ok()?))
 }
 
-pub fn read_u64(data: &[u8], off: usize) -> Option<u64> {
+pub(crate) fn read_u64(data: &[u8], off: usize) -> Option<u64> {
     let b = data.get(off..off.checked_add(8)?)?;
     Some(u64::from_le_bytes(b.try_into().ok()?))
 }

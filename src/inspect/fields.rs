@@ -13,7 +13,7 @@ use super::GoOffsets;
 
 /// Which probes read a field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Group {
+pub(crate) enum Group {
     /// Read by the server and the client programs alike.
     Request,
     /// `net/http.response`: the HTTP/1 server's writer.
@@ -26,7 +26,7 @@ pub enum Group {
 
 /// One field: struct (import path + name, as DWARF names it), field, group, and where its
 /// offset lives in [`GoOffsets`].
-pub struct Field {
+pub(crate) struct Field {
     pub strukt: &'static str,
     pub name: &'static str,
     pub group: Group,
@@ -35,7 +35,7 @@ pub struct Field {
 
 impl Field {
     /// `http.Request.Method`: the package's last element, as Go code spells it.
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         let short = self.strukt.rsplit('/').next().unwrap_or(self.strukt);
         format!("{short}.{}", self.name)
     }
@@ -45,7 +45,7 @@ impl Field {
     }
 
     /// This field's offset in `o`.
-    pub fn value(&self, o: &GoOffsets) -> u32 {
+    pub(crate) fn value(&self, o: &GoOffsets) -> u32 {
         let mut copy = *o;
         *(self.slot)(&mut copy)
     }
@@ -59,7 +59,7 @@ const H2_STATE: &str = "net/http.http2responseWriterState";
 const CLIENT_RESPONSE: &str = "net/http.Response";
 
 /// Every field the HTTP programs read, in the order `sonde inspect` prints them.
-pub const FIELDS: &[Field] = &[
+pub(crate) const FIELDS: &[Field] = &[
     Field {
         strukt: REQUEST,
         name: "Method",
@@ -160,13 +160,14 @@ pub const FIELDS: &[Field] = &[
 
 /// Which probes the plan has, so which groups must be known.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Needs {
+pub(crate) struct Needs {
     pub server: bool,
     pub client: bool,
 }
 
 impl Needs {
-    pub const ALL: Needs = Needs {
+    #[cfg(test)]
+    pub(crate) const ALL: Needs = Needs {
         server: true,
         client: true,
     };
@@ -196,19 +197,19 @@ impl fmt::Display for FieldSource {
 
 /// The offsets, and for each entry of [`FIELDS`] its source.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resolved {
+pub(crate) struct Resolved {
     pub offsets: GoOffsets,
     pub sources: Vec<FieldSource>,
 }
 
 /// A needed field no source describes.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Missing(pub String);
+pub(crate) struct Missing(pub String);
 
 /// Resolves every needed field, first from `type_meta`, then from `dwarf()`, then from
 /// `table()`; the later sources are only consulted when an earlier one left a needed field
 /// out (a DWARF walk costs tens of milliseconds).
-pub fn resolve(
+pub(crate) fn resolve(
     needs: Needs,
     type_meta: Option<&FieldOffsets>,
     mut dwarf: impl FnMut() -> Option<FieldOffsets>,
@@ -259,7 +260,7 @@ pub fn resolve(
 
 impl Resolved {
     /// One source when every needed field came from it.
-    pub fn single_source(&self) -> Option<&FieldSource> {
+    pub(crate) fn single_source(&self) -> Option<&FieldSource> {
         let mut used = self
             .sources
             .iter()

@@ -9,16 +9,16 @@ use super::{
 };
 
 /// One server call: entry (the stream) and every RET (the end).
-pub const HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
+pub(crate) const HANDLE_STREAM: &str = "google.golang.org/grpc.(*Server).handleStream";
 /// The status a server call ends with; entry only, on the handleStream goroutine.
-pub const WRITE_STATUS: &str =
+pub(crate) const WRITE_STATUS: &str =
     "google.golang.org/grpc/internal/transport.(*http2Server).WriteStatus";
 /// One unary client call: entry and every RET (the returned error is the status).
-pub const INVOKE: &str = "google.golang.org/grpc.(*ClientConn).Invoke";
+pub(crate) const INVOKE: &str = "google.golang.org/grpc.(*ClientConn).Invoke";
 /// One streaming client call starts: entry and every RET (the stream, or the error).
-pub const NEW_STREAM: &str = "google.golang.org/grpc.(*ClientConn).NewStream";
+pub(crate) const NEW_STREAM: &str = "google.golang.org/grpc.(*ClientConn).NewStream";
 /// A client stream ends, on any goroutine; entry only.
-pub const STREAM_FINISH: &str = "google.golang.org/grpc.(*clientStream).finish";
+pub(crate) const STREAM_FINISH: &str = "google.golang.org/grpc.(*clientStream).finish";
 
 const MODULE: &str = "google.golang.org/grpc";
 /// grpc-go's user agent, `"grpc-go/" + Version`, is a constant in every binary's rodata:
@@ -56,7 +56,7 @@ pub struct GrpcPlan {
 
 /// grpc-go's version: from the module list, else from the user-agent constant. `None`: the
 /// binary has no grpc-go.
-pub fn version(modinfo: &str, data: &[u8]) -> Option<String> {
+pub(crate) fn version(modinfo: &str, data: &[u8]) -> Option<String> {
     let from_modules = modinfo.lines().find_map(|l| {
         let mut f = l.split('\t');
         match (f.next(), f.next(), f.next()) {
@@ -135,13 +135,13 @@ fn entry_probe(bin: &GoBinary, role: ProbeRole, name: &str) -> Result<FunctionPr
 /// The gRPC part of a probe plan, or `None` (logged once per binary, since plans are
 /// cached) when the binary has no grpc-go or sonde cannot instrument the one it has.
 /// Whether any grpc-go function sonde probes is linked in (its layout may still be unknown).
-pub fn linked(bin: &GoBinary) -> bool {
+pub(crate) fn linked(bin: &GoBinary) -> bool {
     [HANDLE_STREAM, INVOKE, NEW_STREAM]
         .iter()
         .any(|f| bin.find_function(f).is_some())
 }
 
-pub fn plan(bin: &GoBinary) -> Option<(GrpcPlan, Vec<FunctionProbe>)> {
+pub(crate) fn plan(bin: &GoBinary) -> Option<(GrpcPlan, Vec<FunctionProbe>)> {
     let path = bin.path.display().to_string();
     let mut probes = Vec::new();
     // Each side is probed when all of its functions are linked in.
@@ -237,7 +237,7 @@ pub fn plan(bin: &GoBinary) -> Option<(GrpcPlan, Vec<FunctionProbe>)> {
 }
 
 /// Human-readable offsets, for `sonde inspect` (and scripts/gen-grpc-offsets.sh).
-pub fn render_offsets(o: &GrpcOffsets) -> Vec<(&'static str, u32)> {
+pub(crate) fn render_offsets(o: &GrpcOffsets) -> Vec<(&'static str, u32)> {
     vec![
         ("transport.Stream.method", o.stream_method),
         ("transport.Stream.status", o.stream_status),

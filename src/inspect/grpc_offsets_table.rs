@@ -131,7 +131,7 @@ const ROWS: &[(&str, &str, GrpcOffsets)] = &[
 ];
 
 /// The row for grpc-go `grpc` built by Go `go`; its name says both versions.
-pub fn lookup(grpc: &str, go: GoVersion) -> Option<(String, GrpcOffsets)> {
+pub(crate) fn lookup(grpc: &str, go: GoVersion) -> Option<(String, GrpcOffsets)> {
     let minor = |v: &str| GoVersion::parse(&format!("go{v}")).map(|v| (v.major, v.minor));
     let want = minor(grpc)?;
     ROWS.iter()

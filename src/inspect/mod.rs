@@ -10,64 +10,64 @@
 //! entry points, under a time budget ([`budget`]), and the names of the probed functions.
 
 mod binary;
-pub mod budget;
-pub mod buildinfo;
-pub mod cache;
-pub mod dwarf;
-pub mod elf;
+pub(crate) mod budget;
+pub(crate) mod buildinfo;
+pub(crate) mod cache;
+pub(crate) mod dwarf;
+pub(crate) mod elf;
 mod error;
-pub mod fields;
-pub mod grpc;
-pub mod grpc_offsets_table;
-pub mod offsets_table;
-pub mod pclntab;
+pub(crate) mod fields;
+pub(crate) mod grpc;
+pub(crate) mod grpc_offsets_table;
+pub(crate) mod offsets_table;
+pub(crate) mod pclntab;
 mod plan;
 mod render;
-pub mod ret;
-pub mod source;
-pub mod sparse;
-pub mod symbols;
-pub mod typemeta;
+pub(crate) mod ret;
+pub(crate) mod source;
+pub(crate) mod sparse;
+pub(crate) mod symbols;
+pub(crate) mod typemeta;
 mod version;
 
 use std::path::{Path, PathBuf};
 
-pub use self::binary::GoBinary;
+pub(crate) use self::binary::GoBinary;
 #[allow(unused_imports)]
-pub use self::cache::{CachedPlan, FileKey, PlanCache};
-pub use self::error::InspectError;
-pub use self::plan::{
+pub(crate) use self::cache::{CachedPlan, FileKey, PlanCache};
+pub(crate) use self::error::InspectError;
+pub(crate) use self::plan::{
     FunctionProbe, GoOffsets, GrpcOffsets, OffsetsSource, ProbePlan, ProbeRole, Speaks,
     SymbolSource,
 };
-pub use self::render::render;
-pub use self::version::GoVersion;
+pub(crate) use self::render::render;
+pub(crate) use self::version::GoVersion;
 
 /// Files larger than this are refused rather than read into memory (the largest Go
 /// programs in common use, e.g. kubelet, are ~100 MB).
-pub const MAX_FILE_SIZE: u64 = 512 << 20;
+pub(crate) const MAX_FILE_SIZE: u64 = 512 << 20;
 
 /// The function every plan probes: one call per server request.
 pub const SERVE_HTTP: &str = "net/http.serverHandler.ServeHTTP";
 /// The exported wrapper, not `roundTrip` itself: the same call with one RET instead of ~16,
 /// and every uprobe costs a kernel grace period (~130 ms here) to detach.
-pub const ROUND_TRIP: &str = "net/http.(*Transport).RoundTrip";
+pub(crate) const ROUND_TRIP: &str = "net/http.(*Transport).RoundTrip";
 /// Where every goroutine is made: probed only when traces are exported.
-pub const NEWPROC1: &str = "runtime.newproc1";
+pub(crate) const NEWPROC1: &str = "runtime.newproc1";
 /// Reachable only through `tls.Server` (what `ServeTLS`, `tls.Listen` and `tls.NewListener`
 /// use): linked in exactly when the program can serve TLS.
-pub const TLS_SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
+pub(crate) const TLS_SERVER_HANDSHAKE: &str = "crypto/tls.(*Conn).serverHandshake";
 /// x/net's h2c wrapper (plaintext HTTP/2).
-pub const H2C_HANDLER: &str = "golang.org/x/net/http2/h2c.h2cHandler.ServeHTTP";
+pub(crate) const H2C_HANDLER: &str = "golang.org/x/net/http2/h2c.h2cHandler.ServeHTTP";
 
 /// Turns an executable into a probe plan, or says why it cannot be instrumented, within
 /// [`budget::DEFAULT_TIMEOUT`].
-pub fn inspect(path: &Path) -> Result<ProbePlan, InspectError> {
+pub(crate) fn inspect(path: &Path) -> Result<ProbePlan, InspectError> {
     inspect_within(path, budget::DEFAULT_TIMEOUT)
 }
 
 /// As [`inspect`], with a chosen time budget.
-pub fn inspect_within(
+pub(crate) fn inspect_within(
     path: &Path,
     timeout: std::time::Duration,
 ) -> Result<ProbePlan, InspectError> {

@@ -178,7 +178,7 @@ const ROWS: &[(&str, GoOffsets)] = &[
 ];
 
 /// The row for `v`: the same major.minor, preferring the greatest patch not above `v`.
-pub fn lookup(v: GoVersion) -> Option<(String, GoOffsets)> {
+pub(crate) fn lookup(v: GoVersion) -> Option<(String, GoOffsets)> {
     let same_minor = || {
         ROWS.iter().filter_map(move |(name, offsets)| {
             GoVersion::parse(&format!("go{name}"))

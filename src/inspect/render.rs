@@ -14,7 +14,7 @@ fn yes_no(b: bool) -> &'static str {
 }
 
 /// Human-readable plan, for `sonde inspect`.
-pub fn render(plan: &ProbePlan) -> String {
+pub(crate) fn render(plan: &ProbePlan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "path:       {}", plan.path.display());
     let _ = writeln!(s, "go version: {}", plan.go_version);

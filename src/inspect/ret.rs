@@ -5,7 +5,7 @@
 use iced_x86::{Decoder, DecoderOptions, Mnemonic};
 
 /// Addresses of every RET instruction in `code`, which starts at `vaddr`.
-pub fn ret_sites(code: &[u8], vaddr: u64) -> Vec<u64> {
+pub(crate) fn ret_sites(code: &[u8], vaddr: u64) -> Vec<u64> {
     let mut decoder = Decoder::with_ip(64, code, vaddr, DecoderOptions::NONE);
     let mut rets = Vec::new();
     // The decoder always consumes at least one byte, so this ends after `code.len()` steps.

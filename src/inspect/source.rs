@@ -9,7 +9,7 @@ use crate::inspect::{ProbePlan, ProbeRole};
 /// full: plaintext HTTP/1.x. Anything the binary could serve that the tracer cannot follow
 /// (TLS, gRPC, h2c), or client calls whose trace context only uprobes carry, keeps uprobes:
 /// a wrong guess towards uprobes costs CPU, one towards syscalls loses requests.
-pub fn choose(
+pub(crate) fn choose(
     setting: GoSource,
     plan: &ProbePlan,
     traces: bool,

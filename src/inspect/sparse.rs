@@ -10,7 +10,7 @@ use std::fs::File;
 use std::os::unix::fs::FileExt as _;
 
 /// The file's bytes, with the sections in [`Skipped`] left as zeros.
-pub struct Sparse {
+pub(crate) struct Sparse {
     pub data: Vec<u8>,
     /// `None`: the whole file was read (not a 64-bit little-endian ELF with section headers).
     pub skipped: Option<Skipped>,
@@ -18,7 +18,7 @@ pub struct Sparse {
 
 /// What [`read`] left out, so that readers of those bytes go to the file.
 #[derive(Debug, Clone, Default)]
-pub struct Skipped {
+pub(crate) struct Skipped {
     /// File ranges `[start, end)` of the left-out executable sections.
     pub code: Vec<(u64, u64)>,
     /// Whether any `.debug_*`/`.zdebug_*` section was left out.
@@ -27,7 +27,7 @@ pub struct Skipped {
 
 impl Skipped {
     /// Whether `[offset, offset + len)` touches a left-out code range.
-    pub fn covers_code(&self, offset: u64, len: u64) -> bool {
+    pub(crate) fn covers_code(&self, offset: u64, len: u64) -> bool {
         let end = offset.saturating_add(len);
         self.code.iter().any(|&(s, e)| offset < e && s < end)
     }
@@ -38,7 +38,7 @@ const SHF_EXECINSTR: u64 = 0x4;
 
 /// Reads `size` bytes of `file`, leaving out executable and debug sections when the section
 /// headers say where they are; anything unusual falls back to reading the whole file.
-pub fn read(file: &File, size: u64) -> std::io::Result<Sparse> {
+pub(crate) fn read(file: &File, size: u64) -> std::io::Result<Sparse> {
     let mut data = vec![0u8; size as usize];
     match sections(file, &data) {
         Some(plan) => {

@@ -7,7 +7,7 @@ use super::{InspectError, SymbolSource};
 
 /// A way to look functions up by their full Go name (`net/http.serverHandler.ServeHTTP`).
 #[derive(Debug, Clone)]
-pub enum FunctionIndex {
+pub(crate) enum FunctionIndex {
     /// Uses [`ElfLayout::functions`].
     Symtab,
     Pclntab(Pclntab),
@@ -15,14 +15,14 @@ pub enum FunctionIndex {
 
 impl FunctionIndex {
     /// `.symtab` if it lists any function, otherwise the pclntab.
-    pub fn build(data: &[u8], elf: &ElfLayout) -> Result<FunctionIndex, InspectError> {
+    pub(crate) fn build(data: &[u8], elf: &ElfLayout) -> Result<FunctionIndex, InspectError> {
         if !elf.functions.is_empty() {
             return Ok(FunctionIndex::Symtab);
         }
         Pclntab::find(data, elf).map(FunctionIndex::Pclntab)
     }
 
-    pub fn source(&self) -> SymbolSource {
+    pub(crate) fn source(&self) -> SymbolSource {
         match self {
             FunctionIndex::Symtab => SymbolSource::Symtab,
             FunctionIndex::Pclntab(_) => SymbolSource::Pclntab,
@@ -31,7 +31,7 @@ impl FunctionIndex {
 
     /// Entry and end address. From `.symtab` the end is entry + symbol size; from the
     /// pclntab it is the next function's entry (padding included).
-    pub fn find(&self, data: &[u8], elf: &ElfLayout, name: &str) -> Option<(u64, u64)> {
+    pub(crate) fn find(&self, data: &[u8], elf: &ElfLayout, name: &str) -> Option<(u64, u64)> {
         match self {
             FunctionIndex::Symtab => {
                 let &(addr, size) = elf.functions.get(name)?;

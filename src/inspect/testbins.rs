@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-pub const DIR: &str = "/tmp/sonde-test-bins";
+pub(crate) const DIR: &str = "/tmp/sonde-test-bins";
 const SOURCE: &str = r#"package main
 
 import (
@@ -39,7 +39,7 @@ const GO_BIN: &[&str] = &[
 ];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Variant {
+pub(crate) enum Variant {
     /// CGO_ENABLED=0, with `.symtab` and DWARF.
     Static,
     /// CGO_ENABLED=0 `-ldflags=-s -w`.
@@ -74,7 +74,7 @@ impl Variant {
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 /// (version label such as `1.19.8`, path of the `go` command) for every installed toolchain.
-pub fn toolchains() -> Vec<(String, PathBuf)> {
+pub(crate) fn toolchains() -> Vec<(String, PathBuf)> {
     let mut out = Vec::new();
     let debian = Path::new("/usr/bin/go");
     match Command::new(debian).args(["env", "GOVERSION"]).output() {
@@ -98,7 +98,7 @@ pub fn toolchains() -> Vec<(String, PathBuf)> {
 }
 
 /// The binary for one toolchain and variant, building it on first use.
-pub fn get(label: &str, go: &Path, variant: Variant) -> Option<PathBuf> {
+pub(crate) fn get(label: &str, go: &Path, variant: Variant) -> Option<PathBuf> {
     let out = PathBuf::from(format!("{DIR}/{label}-{}", variant.name()));
     let _guard = BUILD_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     if out.exists() {

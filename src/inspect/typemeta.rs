@@ -25,7 +25,7 @@ use super::pclntab::Generation;
 use super::GoVersion;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TypeMetaError {
+pub(crate) enum TypeMetaError {
     #[error("runtime.moduledata not found")]
     NoModuledata,
     #[error("no plausible type section in runtime.moduledata")]
@@ -74,7 +74,7 @@ enum FieldEncoding {
 
 /// The type descriptors of one binary.
 #[derive(Debug)]
-pub struct TypeSection {
+pub(crate) struct TypeSection {
     start: u64,
     end: u64,
     encoding: FieldEncoding,
@@ -83,7 +83,7 @@ pub struct TypeSection {
 impl TypeSection {
     /// Reads `types`/`etypes` out of the moduledata at `md`. `version` is the Go version when
     /// known (from the build info or the runtime's version string).
-    pub fn locate(
+    pub(crate) fn locate(
         data: &[u8],
         elf: &ElfLayout,
         md: u64,
@@ -137,7 +137,7 @@ impl TypeSection {
     /// [`dwarf::struct_fields`](super::dwarf::struct_fields) keys them. `renamed` maps a
     /// type's new home to the name callers use (Go 1.27's HTTP/2 move). Structs or fields
     /// the binary does not describe are left out.
-    pub fn struct_fields(
+    pub(crate) fn struct_fields(
         &self,
         data: &[u8],
         elf: &ElfLayout,
@@ -316,7 +316,7 @@ impl TypeSection {
 /// The Go version the runtime was built with (`runtime.buildVersion`), for binaries without
 /// build info: a Go string header in the data segments that points at text shaped like
 /// `go1.N[.P]`. `None` when no such string is found.
-pub fn runtime_version(data: &[u8], elf: &ElfLayout) -> Option<(String, GoVersion)> {
+pub(crate) fn runtime_version(data: &[u8], elf: &ElfLayout) -> Option<(String, GoVersion)> {
     // Candidate strings first (few), then the one string header pointing at one of them.
     let mut candidates: HashMap<u64, usize> = HashMap::new();
     for seg in elf.segments.iter().filter(|s| !s.is_executable()) {

@@ -11,7 +11,7 @@ use super::limit::Limiter;
 
 /// A counted family. Its Prometheus name, HELP and labels live in `export::health`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Counter {
+pub(crate) enum Counter {
     /// `sonde_attach_errors_total`
     AttachErrors,
     /// `sonde_events_lost_total`
@@ -99,7 +99,7 @@ pub(super) fn forget(kind: &'static str, key: &str) {
 }
 
 /// One series' value (`""` for a family without labels).
-pub fn read(counter: Counter, label: &str) -> u64 {
+pub(crate) fn read(counter: Counter, label: &str) -> u64 {
     with(|s| {
         s.counts
             .lock()
@@ -111,7 +111,7 @@ pub fn read(counter: Counter, label: &str) -> u64 {
 }
 
 /// Every series of a family counted so far, by label value.
-pub fn read_by_label(counter: Counter) -> BTreeMap<&'static str, u64> {
+pub(crate) fn read_by_label(counter: Counter) -> BTreeMap<&'static str, u64> {
     with(|s| {
         s.counts
             .lock()

@@ -8,14 +8,14 @@ use super::counters::{add, forget, Counter};
 use super::{limited, InternalEvent};
 
 /// A process measured from now on.
-pub struct Attached<'a> {
+pub(crate) struct Attached<'a> {
     pub pid: u32,
     pub exe: &'a Path,
     pub service: &'a str,
     pub via: AttachedVia<'a>,
 }
 
-pub enum AttachedVia<'a> {
+pub(crate) enum AttachedVia<'a> {
     /// Its own uprobes, or its armed file's. `why`: `go_source`'s choice, `" (…)"` or empty.
     Uprobes {
         go_version: &'a dyn Display,
@@ -69,7 +69,7 @@ impl InternalEvent for Attached<'_> {
 }
 
 /// A selected process whose binary cannot be instrumented.
-pub struct BinarySkipped<'a> {
+pub(crate) struct BinarySkipped<'a> {
     pub pid: u32,
     pub exe: &'a Path,
     /// `InspectError::reason`: the `reason` label.
@@ -101,7 +101,7 @@ impl InternalEvent for BinarySkipped<'_> {
 }
 
 /// A file `executable_name` selects (or a container's program) that is not armed as a whole.
-pub struct NotArmed<'a> {
+pub(crate) struct NotArmed<'a> {
     pub file: &'a Path,
     pub why: &'a str,
     /// The skip reason, when the file cannot be instrumented at all (counted as a skipped
@@ -128,13 +128,13 @@ impl InternalEvent for NotArmed<'_> {
 }
 
 /// A selected process sonde failed to measure.
-pub struct AttachFailed<'a> {
+pub(crate) struct AttachFailed<'a> {
     pub pid: u32,
     pub error: &'a dyn Display,
     pub via: FailedVia,
 }
 
-pub enum FailedVia {
+pub(crate) enum FailedVia {
     /// Uprobes (or an armed file's enrolment), at once.
     Uprobes,
     /// Uprobes, given up after this many attempts.
@@ -172,7 +172,7 @@ impl InternalEvent for AttachFailed<'_> {
 }
 
 /// Records the kernel dropped because a ring buffer was full.
-pub struct EventsLost {
+pub(crate) struct EventsLost {
     /// Which ring: `"uprobes"` or `"syscalls"`.
     pub source: &'static str,
     pub n: u64,
@@ -194,7 +194,7 @@ impl InternalEvent for EventsLost {
 }
 
 /// A container label sonde cannot parse.
-pub struct LabelInvalid<'a> {
+pub(crate) struct LabelInvalid<'a> {
     pub container: &'a str,
     pub label: &'static str,
     pub value: &'a str,
@@ -231,7 +231,7 @@ impl InternalEvent for LabelInvalid<'_> {
 }
 
 /// One OTLP export attempt failed.
-pub struct OtlpExportFailed<'a> {
+pub(crate) struct OtlpExportFailed<'a> {
     /// `"metrics"` or `"traces"`.
     pub signal: &'static str,
     pub endpoint: &'a str,
@@ -239,7 +239,7 @@ pub struct OtlpExportFailed<'a> {
     pub kind: OtlpFailure,
 }
 
-pub enum OtlpFailure {
+pub(crate) enum OtlpFailure {
     /// Credentials refused (401/403): data dropped until the endpoint accepts them.
     Refused,
     /// Down or slow: retried with back-off.
@@ -281,7 +281,7 @@ impl InternalEvent for OtlpExportFailed<'_> {
 }
 
 /// OTLP exports work again after failures: the next failure is logged at once.
-pub struct OtlpExportRecovered<'a> {
+pub(crate) struct OtlpExportRecovered<'a> {
     pub signal: &'static str,
     pub endpoint: &'a str,
 }
@@ -301,7 +301,7 @@ impl InternalEvent for OtlpExportRecovered<'_> {
 }
 
 /// OTLP data given up on: metric export requests, or spans.
-pub struct OtlpDropped {
+pub(crate) struct OtlpDropped {
     pub signal: &'static str,
     pub n: u64,
 }
@@ -326,7 +326,7 @@ impl InternalEvent for OtlpDropped {
 }
 
 /// A container engine's event stream ended or failed: sonde reconnects.
-pub struct EngineReconnect<'a> {
+pub(crate) struct EngineReconnect<'a> {
     pub socket: &'a str,
     /// `None`: the stream ended cleanly.
     pub error: Option<&'a dyn Display>,

@@ -14,19 +14,19 @@ mod counters;
 mod events;
 mod limit;
 
-pub use counters::{read, read_by_label, Counter};
-pub use events::*;
+pub(crate) use counters::{read, read_by_label, Counter};
+pub(crate) use events::*;
 
 #[cfg(test)]
 pub(crate) use counters::scoped;
 
 /// Something notable that happened to sonde: logged and counted by one call.
-pub trait InternalEvent: Sized {
+pub(crate) trait InternalEvent: Sized {
     fn emit(self);
 }
 
 /// Emits an event (`emit(AttachFailed { … })` reads like Vector's `emit!`).
-pub fn emit(event: impl InternalEvent) {
+pub(crate) fn emit(event: impl InternalEvent) {
     event.emit();
 }
 

@@ -7,7 +7,7 @@ use crate::discover::{otel_env, HostProcess};
 
 /// Who served a request, as users name it.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub service_name: String,
     pub service_namespace: String,
     /// Set for container targets only.
@@ -31,13 +31,13 @@ impl Selector {
     /// Host process: configured name > the process's OTEL_SERVICE_NAME > executable name.
     /// Container: `sonde.service.name` label > OTEL_SERVICE_NAME > compose service > container
     /// name; namespace: label > compose project.
-    pub fn identity(&self, p: &HostProcess) -> Identity {
+    pub(crate) fn identity(&self, p: &HostProcess) -> Identity {
         self.identity_with_env(p, otel_env(p.pid))
     }
 
     /// As [`identity`](Self::identity), with the OTEL_SERVICE_NAME / _NAMESPACE the process
     /// will have (before its exec, /proc shows the runtime's environment, not its own).
-    pub fn identity_with_env(
+    pub(crate) fn identity_with_env(
         &self,
         p: &HostProcess,
         (env_name, env_namespace): (Option<String>, Option<String>),

@@ -9,17 +9,17 @@ use crate::config::PortSet;
 use crate::discover::docker::ContainerInfo;
 use crate::discover::HostProcess;
 
-pub const ENABLE: &str = "sonde.enable";
-pub const OPEN_PORTS: &str = "sonde.open_ports";
-pub const EXE: &str = "sonde.exe";
-pub const SERVICE_NAME: &str = "sonde.service.name";
-pub const SERVICE_NAMESPACE: &str = "sonde.service.namespace";
-pub const GO_SOURCE: &str = "sonde.go_source";
-pub const COMPOSE_SERVICE: &str = "com.docker.compose.service";
-pub const COMPOSE_PROJECT: &str = "com.docker.compose.project";
+pub(crate) const ENABLE: &str = "sonde.enable";
+pub(crate) const OPEN_PORTS: &str = "sonde.open_ports";
+pub(crate) const EXE: &str = "sonde.exe";
+pub(crate) const SERVICE_NAME: &str = "sonde.service.name";
+pub(crate) const SERVICE_NAMESPACE: &str = "sonde.service.namespace";
+pub(crate) const GO_SOURCE: &str = "sonde.go_source";
+pub(crate) const COMPOSE_SERVICE: &str = "com.docker.compose.service";
+pub(crate) const COMPOSE_PROJECT: &str = "com.docker.compose.project";
 /// podman-compose sets the Docker ones too; older versions only these.
-pub const PODMAN_COMPOSE_SERVICE: &str = "io.podman.compose.service";
-pub const PODMAN_COMPOSE_PROJECT: &str = "io.podman.compose.project";
+pub(crate) const PODMAN_COMPOSE_SERVICE: &str = "io.podman.compose.service";
+pub(crate) const PODMAN_COMPOSE_PROJECT: &str = "io.podman.compose.project";
 
 /// Parsed narrowing labels by container id, with the registration they were parsed from: a
 /// container registered again (an engine event replacing what a launch learned) is parsed
@@ -29,7 +29,7 @@ pub(super) type RuleCache =
 
 /// What a narrowing label allows.
 #[derive(Debug, Clone)]
-pub enum Narrow<T> {
+pub(crate) enum Narrow<T> {
     /// No such label: every process of the container.
     Any,
     /// Only the processes this value matches.
@@ -40,7 +40,7 @@ pub enum Narrow<T> {
 
 /// A container's `sonde.open_ports`, `sonde.exe` and `sonde.go_source` labels as rules.
 #[derive(Debug, Clone)]
-pub struct LabelRules {
+pub(crate) struct LabelRules {
     pub open_ports: Narrow<PortSet>,
     pub exe: Narrow<regex::Regex>,
     /// `None`: no label, or an invalid one (reported once): the `go_source` setting.
@@ -50,7 +50,7 @@ pub struct LabelRules {
 impl LabelRules {
     /// Parses the labels, warning about each invalid one (once: see `Selector::label_rules`);
     /// `go_source`: the setting an invalid `sonde.go_source` label falls back to.
-    pub fn parse(c: &ContainerInfo, go_source: crate::config::GoSource) -> LabelRules {
+    pub(crate) fn parse(c: &ContainerInfo, go_source: crate::config::GoSource) -> LabelRules {
         fn narrow<T>(
             c: &ContainerInfo,
             label: &'static str,
@@ -109,7 +109,10 @@ impl LabelRules {
 impl Selector {
     /// The container's narrowing labels as rules, parsed when this registration of it is
     /// first seen. Entries of containers no longer registered are dropped then too.
-    pub fn label_rules(&self, c: &std::sync::Arc<ContainerInfo>) -> std::sync::Arc<LabelRules> {
+    pub(crate) fn label_rules(
+        &self,
+        c: &std::sync::Arc<ContainerInfo>,
+    ) -> std::sync::Arc<LabelRules> {
         let mut cache = self.label_rules.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((info, rules)) = cache.get(&c.id) {
             if std::sync::Arc::ptr_eq(info, c) {

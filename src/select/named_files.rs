@@ -19,7 +19,7 @@ impl Selector {
     /// run: the file of a literal pattern (`^/opt/app/bin/cli$`), or the files of the
     /// directory its literal start names (`^/opt/app/bin/.*`) that match it. Canonical
     /// paths (what `/proc/<pid>/exe` will show), regular executable files only.
-    pub fn named_files(&self) -> Vec<std::path::PathBuf> {
+    pub(crate) fn named_files(&self) -> Vec<std::path::PathBuf> {
         let Some(re) = &self.exe else {
             return Vec::new();
         };
@@ -52,7 +52,7 @@ impl Selector {
     /// The files of `dirs` (sonde's `PATH`) a name-only pattern (`report$`) matches: commands
     /// are run from there, so they can be armed before their first run. At most
     /// [`MAX_PATH_FILES`], in `PATH` order: a pattern matching more is too broad to arm ahead.
-    pub fn files_on_path(
+    pub(crate) fn files_on_path(
         &self,
         re: &regex::Regex,
         dirs: &[std::path::PathBuf],
@@ -90,7 +90,7 @@ const MAX_PATH_FILES: usize = 32;
 const MAX_PATH_ENTRIES: usize = 16384;
 
 /// The directories of sonde's own `PATH` (the system's default when unset).
-pub fn search_path() -> Vec<std::path::PathBuf> {
+pub(crate) fn search_path() -> Vec<std::path::PathBuf> {
     let path = std::env::var_os("PATH")
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into());
     std::env::split_paths(&path)
@@ -138,7 +138,7 @@ fn push_runnable_match(
 /// The literal path each alternative of a regex starts with, when it starts with `/`, and
 /// whether that is the whole match (`$` right after it). Escaped punctuation is literal; a
 /// character a quantifier makes optional is not part of it.
-pub fn literal_path_prefixes(pattern: &str) -> Vec<(String, bool)> {
+pub(crate) fn literal_path_prefixes(pattern: &str) -> Vec<(String, bool)> {
     // Top-level alternatives only when there is no group or class to split inside.
     let alternatives: Vec<&str> = if pattern.contains(['(', '[']) {
         vec![pattern]

@@ -1,6 +1,8 @@
 //! The selector's rules, labels, identities, named files and tracker, checked on made-up
 //! processes and containers.
 
+use super::labels::Narrow;
+use super::named_files::literal_path_prefixes;
 use super::*;
 use std::path::PathBuf;
 

@@ -20,7 +20,7 @@ fn same_exe(now: &std::path::Path, before: &std::path::Path) -> bool {
 
 /// What changed since the previous scan.
 #[derive(Debug, Default)]
-pub struct Changes {
+pub(crate) struct Changes {
     pub added: Vec<(HostProcess, Identity)>,
     pub removed: Vec<u32>,
 }
@@ -29,7 +29,7 @@ pub struct Changes {
 const EXEC_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Remembers the selected processes between scans.
-pub struct Tracker {
+pub(crate) struct Tracker {
     selector: Selector,
     /// Selected PIDs with their start time (a reused PID has another) and executable (an
     /// exec replaces it: a container's init is the runtime's until it execs the app).
@@ -40,7 +40,7 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(selector: Selector) -> Self {
+    pub(crate) fn new(selector: Selector) -> Self {
         Tracker {
             selector,
             selected: HashMap::new(),
@@ -48,27 +48,27 @@ impl Tracker {
         }
     }
 
-    pub fn selector(&self) -> &Selector {
+    pub(crate) fn selector(&self) -> &Selector {
         &self.selector
     }
 
     /// A process instrumented ahead of its exec of `exe` (a container's init waiting in
     /// runc): it counts as selected, and stays so until it runs `exe` or, if it never
     /// does (an entrypoint that runs something else), for [`EXEC_DEADLINE`].
-    pub fn adopt(&mut self, pid: u32, start_time: u64, exe: std::path::PathBuf) {
+    pub(crate) fn adopt(&mut self, pid: u32, start_time: u64, exe: std::path::PathBuf) {
         self.selected.insert(pid, (start_time, exe));
         self.pending_exec.insert(pid, std::time::Instant::now());
     }
 
-    pub fn is_selected(&self, pid: u32) -> bool {
+    pub(crate) fn is_selected(&self, pid: u32) -> bool {
         self.selected.contains_key(&pid)
     }
 
-    pub fn needs_listen_ports(&self) -> bool {
+    pub(crate) fn needs_listen_ports(&self) -> bool {
         self.selector.needs_listen_ports()
     }
 
-    pub fn update(&mut self, scan: Vec<HostProcess>) -> Changes {
+    pub(crate) fn update(&mut self, scan: Vec<HostProcess>) -> Changes {
         let mut changes = Changes::default();
         let alive: HashMap<u32, (u64, &std::path::Path)> = scan
             .iter()
@@ -112,12 +112,4 @@ impl Tracker {
         }
         changes
     }
-}
-
-pub use crate::discover::runtime::RUNC_INIT_COMM;
-
-pub fn still_in_runtime(pid: u32) -> bool {
-    crate::discover::proc::Proc::open(pid)
-        .and_then(|p| p.stat())
-        .is_ok_and(|s| s.comm == RUNC_INIT_COMM)
 }

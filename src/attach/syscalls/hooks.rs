@@ -75,7 +75,7 @@ pub(super) const KPROBES: &[(&str, &str)] = &[
 ];
 
 /// The kernel functions kprobe mode needs.
-pub fn kprobe_functions() -> Vec<&'static str> {
+pub(crate) fn kprobe_functions() -> Vec<&'static str> {
     let mut f: Vec<&str> = KPROBES.iter().map(|&(f, _)| f).collect();
     f.dedup();
     f
@@ -83,13 +83,13 @@ pub fn kprobe_functions() -> Vec<&'static str> {
 
 /// The source the syscall programs run from, once chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
+pub(crate) enum Mode {
     Kprobes,
     Tracepoints,
 }
 
 impl Mode {
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Kprobes => "kprobes",
             Mode::Tracepoints => "tracepoints",
@@ -172,7 +172,7 @@ impl Hooks {
     }
 
     /// Loads the chosen source's programs; see [`Hooks::load_source`].
-    pub(super) fn load<T>(&self, core: &mut Core<T>) -> Result<(), SyscallTraceError> {
+    pub(super) fn load(&self, core: &mut Core) -> Result<(), SyscallTraceError> {
         Self::load_source(core, self.mode)
     }
 
@@ -180,7 +180,7 @@ impl Hooks {
     /// first non-Go process, if a tracepoint is missing; not by attaching them all and
     /// detaching them: detaching takes ~1-2 s here (see `detach`), and a first traced
     /// process would wait for it.
-    fn load_source<T>(core: &mut Core<T>, mode: Mode) -> Result<(), SyscallTraceError> {
+    fn load_source(core: &mut Core, mode: Mode) -> Result<(), SyscallTraceError> {
         match mode {
             Mode::Tracepoints => core.load::<TracePoint>(source_programs(mode))?,
             Mode::Kprobes => core.load::<KProbe>(source_programs(mode))?,
@@ -223,7 +223,7 @@ impl Hooks {
     /// Attaches every kprobe and detaches them again: `sonde check` proves kprobes work
     /// (ones that fail to attach, with `auto`, turn into tracepoints). Tracepoints are not
     /// tried: their existence was checked at load, and closing them takes ~2 s here.
-    pub(super) fn try_attach<T>(&mut self, core: &mut Core<T>) -> Result<(), SyscallTraceError> {
+    pub(super) fn try_attach(&mut self, core: &mut Core) -> Result<(), SyscallTraceError> {
         if self.attached() || self.mode == Mode::Tracepoints {
             return Ok(());
         }
@@ -235,7 +235,7 @@ impl Hooks {
         Ok(())
     }
 
-    pub(super) fn attach<T>(&mut self, core: &mut Core<T>) -> Result<(), SyscallTraceError> {
+    pub(super) fn attach(&mut self, core: &mut Core) -> Result<(), SyscallTraceError> {
         if self.attached() {
             return Ok(());
         }
@@ -257,7 +257,7 @@ impl Hooks {
     }
 
     /// Attaches the current mode's hooks; all or nothing.
-    fn attach_links<T>(&mut self, core: &mut Core<T>) -> Result<(), SyscallTraceError> {
+    fn attach_links(&mut self, core: &mut Core) -> Result<(), SyscallTraceError> {
         let table = match self.mode {
             Mode::Kprobes => KPROBES,
             Mode::Tracepoints => TRACEPOINTS,
@@ -313,7 +313,7 @@ impl Hooks {
     /// Closing a syscall hook's link waits for an RCU grace period (~75 ms each for a
     /// tracepoint here, ~2 s for all of them one after the other): they are closed at once,
     /// each on its own thread, off the caller's (discovery must not stall).
-    pub(super) fn detach<T>(&mut self, core: &mut Core<T>) {
+    pub(super) fn detach(&mut self, core: &mut Core) {
         let mut links = Vec::with_capacity(self.links.len());
         for link in std::mem::take(&mut self.links) {
             let taken = match link {

@@ -111,8 +111,8 @@ pub(super) fn ssl_offsets(file: &Path) -> Vec<(&'static str, u64)> {
 }
 
 /// Entry probes on each function the file has, one return probe each; all or nothing.
-pub(super) fn attach<T>(
-    core: &mut Core<T>,
+pub(super) fn attach(
+    core: &mut Core,
     file: &Path,
     offsets: &[(&'static str, u64)],
     scope: UProbeScope,

@@ -1,6 +1,8 @@
 //! The watch's pure parts: reconnect back-off, sockets, per-engine resync, and the mapping of
 //! events, inspect answers and Podman's log.
 
+use super::info::overlay_layers;
+use super::podman_log::container_from_event_log;
 use super::*;
 
 #[test]

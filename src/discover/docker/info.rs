@@ -16,12 +16,12 @@ pub struct ContainerInfo {
 }
 
 /// Containers by id, from create to destroy, shared with the discovery thread.
-pub type Containers = Arc<RwLock<HashMap<String, Arc<ContainerInfo>>>>;
+pub(crate) type Containers = Arc<RwLock<HashMap<String, Arc<ContainerInfo>>>>;
 
 /// Where a created container's program can be read before the container runs: its image
 /// layers (the overlay is mounted only at start) and how the runtime will look it up.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProgramHint {
+pub(crate) struct ProgramHint {
     pub container: Arc<ContainerInfo>,
     /// Upper layer first, then the lower layers in order.
     pub layers: Vec<std::path::PathBuf>,
@@ -43,7 +43,7 @@ const NON_LABEL_ATTRIBUTES: &[&str] = &[
 
 /// A container as its create event describes it: labels are the attributes other than the
 /// event's own (a label named like one of those cannot be told apart; inspect fixes it).
-pub fn info_from_event(id: &str, attributes: &HashMap<String, String>) -> ContainerInfo {
+pub(crate) fn info_from_event(id: &str, attributes: &HashMap<String, String>) -> ContainerInfo {
     ContainerInfo {
         id: id.to_string(),
         name: attributes.get("name").cloned().unwrap_or_default(),
@@ -57,7 +57,7 @@ pub fn info_from_event(id: &str, attributes: &HashMap<String, String>) -> Contai
 }
 
 /// The overlay2 layers of a container, upper first.
-pub fn overlay_layers(graph_driver: &HashMap<String, String>) -> Vec<std::path::PathBuf> {
+pub(crate) fn overlay_layers(graph_driver: &HashMap<String, String>) -> Vec<std::path::PathBuf> {
     let mut layers = Vec::new();
     if let Some(upper) = graph_driver.get("UpperDir") {
         layers.push(upper.into());

@@ -8,7 +8,7 @@ use super::ContainerInfo;
 /// Podman's event log (rootful, `events_logger = "file"`): the CLI appends each event here
 /// before it goes on, while the API service relays it only later — ~200 ms measured here, after
 /// the container's program has started.
-pub const PODMAN_EVENTS_LOG: &str = "/run/libpod/events/events.log";
+pub(crate) const PODMAN_EVENTS_LOG: &str = "/run/libpod/events/events.log";
 /// How much of the end of the log is read: a starting container's create event is recent.
 const EVENTS_TAIL_BYTES: u64 = 256 << 10;
 
@@ -30,7 +30,7 @@ struct PodmanEvent {
 
 /// A container as the newest event of Podman's log that names it describes it (labels are
 /// its attributes), for a container starting before the API service relayed its creation.
-pub fn container_from_event_log(log: &[u8], id: &str) -> Option<ContainerInfo> {
+pub(crate) fn container_from_event_log(log: &[u8], id: &str) -> Option<ContainerInfo> {
     log.split(|&b| b == b'\n').rev().find_map(|line| {
         // Cheap filter first: most lines are other containers'.
         if line.windows(id.len()).all(|w| w != id.as_bytes()) {
@@ -47,7 +47,7 @@ pub fn container_from_event_log(log: &[u8], id: &str) -> Option<ContainerInfo> {
 }
 
 /// [`container_from_event_log`] on the end of Podman's log file.
-pub fn podman_container_from_log(id: &str) -> Option<ContainerInfo> {
+pub(crate) fn podman_container_from_log(id: &str) -> Option<ContainerInfo> {
     use std::io::{Read, Seek, SeekFrom};
     let mut f = std::fs::File::open(crate::discover::bundle::on_host(PODMAN_EVENTS_LOG)).ok()?;
     let len = f.metadata().ok()?.len();

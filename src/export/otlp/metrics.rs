@@ -90,7 +90,7 @@ fn add(a: &mut HistogramDataPoint, b: &HistogramDataPoint) {
 
 /// The export request for now, one resource per process (`resource` names it); in delta
 /// mode this also starts the next interval. `None` when there is nothing to send.
-pub fn collect(
+pub(crate) fn collect(
     store: &Store,
     temporality: Temporality,
     now_unix_ns: u64,

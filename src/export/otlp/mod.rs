@@ -6,11 +6,11 @@
 //! own tasks with bounded queues, so a slow or dead endpoint costs data, never memory or
 //! collection time.
 
-pub mod metrics;
-pub mod queue;
-pub mod resource;
-pub mod traces;
-pub mod transport;
+pub(crate) mod metrics;
+pub(crate) mod queue;
+pub(crate) mod resource;
+pub(crate) mod traces;
+pub(crate) mod transport;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -22,8 +22,8 @@ use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span};
 
 // The settings live with the rest of the configuration (which must not import export/);
 // `config` keeps naming them here for the submodules.
-pub use crate::config::otlp as config;
-pub use config::{OtlpConfig, Signal};
+pub(crate) use crate::config::otlp as config;
+pub(crate) use config::Signal;
 use queue::{BatchQueue, Retry};
 use traces::{IdGenerator, SpanIds, WallClock};
 use transport::{Payload, Transport};
@@ -33,7 +33,7 @@ use crate::export::Exporter;
 use crate::internal_events::{emit, OtlpDropped};
 
 #[derive(Debug, thiserror::Error)]
-pub enum OtlpError {
+pub(crate) enum OtlpError {
     #[error("OTLP {signal} exporter for {endpoint}: {source}")]
     Transport {
         signal: &'static str,
@@ -68,7 +68,7 @@ struct SpanBuffer {
     full: tokio::sync::Notify,
 }
 
-pub struct Otlp {
+pub(crate) struct Otlp {
     /// OTLP metrics are on: read from the exporter's store.
     metrics: bool,
     temporality: config::Temporality,
@@ -85,7 +85,7 @@ pub struct Otlp {
 
 impl Otlp {
     /// Starts the export tasks on the current tokio runtime.
-    pub fn start(
+    pub(crate) fn start(
         config: &crate::config::Config,
         exporter: Arc<Exporter>,
     ) -> Result<Arc<Otlp>, OtlpError> {
@@ -182,7 +182,7 @@ impl Otlp {
     }
 
     /// Called for every request, on the collection path: never blocks on the network.
-    pub fn record(&self, r: &EnrichedRequest) {
+    pub(crate) fn record(&self, r: &EnrichedRequest) {
         // The span's ids first: a sampled span is the exemplar of its request's bucket, in
         // OTLP and in the Prometheus exposition (the request is already counted there).
         let ids = self

@@ -14,14 +14,14 @@ use crate::internal_events::{
 };
 
 /// Export requests waiting to be sent, oldest first. Full → the oldest is dropped.
-pub struct BatchQueue {
+pub(crate) struct BatchQueue {
     items: Mutex<VecDeque<Payload>>,
     capacity: usize,
     ready: Notify,
 }
 
 impl BatchQueue {
-    pub fn new(capacity: usize) -> Arc<Self> {
+    pub(crate) fn new(capacity: usize) -> Arc<Self> {
         Arc::new(BatchQueue {
             items: Mutex::new(VecDeque::with_capacity(capacity)),
             capacity: capacity.max(1),
@@ -30,7 +30,7 @@ impl BatchQueue {
     }
 
     /// Never blocks; returns how many older batches were dropped to make room.
-    pub fn push(&self, p: Payload) -> usize {
+    pub(crate) fn push(&self, p: Payload) -> usize {
         let mut items = self.items.lock().unwrap_or_else(|e| e.into_inner());
         let mut dropped = 0;
         while items.len() >= self.capacity {
@@ -69,7 +69,7 @@ impl BatchQueue {
 
 /// How the sender retries a failing batch.
 #[derive(Debug, Clone, Copy)]
-pub struct Retry {
+pub(crate) struct Retry {
     pub first: Duration,
     pub max: Duration,
     pub attempts: u32,
@@ -88,7 +88,7 @@ impl Retry {
 }
 
 /// Sends every batch of `queue` to `transport`, for ever.
-pub async fn run_sender(
+pub(crate) async fn run_sender(
     signal: Signal,
     shown_endpoint: String,
     transport: Transport,

@@ -5,7 +5,7 @@ use opentelemetry_proto::tonic::resource::v1::Resource;
 
 use crate::enrich::Identity;
 
-pub fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
+pub(crate) fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue {
@@ -15,7 +15,7 @@ pub fn kv_str(key: &str, v: impl Into<String>) -> KeyValue {
     }
 }
 
-pub fn kv_int(key: &str, v: i64) -> KeyValue {
+pub(crate) fn kv_int(key: &str, v: i64) -> KeyValue {
     KeyValue {
         key: key.to_string(),
         value: Some(AnyValue {
@@ -25,12 +25,12 @@ pub fn kv_int(key: &str, v: i64) -> KeyValue {
     }
 }
 
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     crate::discover::proc::kernel_setting("hostname").unwrap_or_default()
 }
 
 /// The scope every metric and span is reported under.
-pub fn scope() -> InstrumentationScope {
+pub(crate) fn scope() -> InstrumentationScope {
     InstrumentationScope {
         name: "sonde".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -40,7 +40,12 @@ pub fn scope() -> InstrumentationScope {
 
 /// Resource attributes for the process `pid` serving as `identity`; `container_id` for a
 /// container target (read from its cgroup by the caller).
-pub fn resource(identity: &Identity, pid: u32, host: &str, container_id: Option<&str>) -> Resource {
+pub(crate) fn resource(
+    identity: &Identity,
+    pid: u32,
+    host: &str,
+    container_id: Option<&str>,
+) -> Resource {
     let mut attrs = vec![
         kv_str("service.name", identity.service_name.clone()),
         // One resource per process: two replicas of a service are two instances.

@@ -10,7 +10,7 @@ use crate::enrich::EnrichedRequest;
 /// Turns CLOCK_MONOTONIC (what the kernel stamps events with) into Unix time, by the offset
 /// between the two clocks measured once at start.
 #[derive(Debug, Clone, Copy)]
-pub struct WallClock {
+pub(crate) struct WallClock {
     offset_ns: i128,
 }
 
@@ -25,7 +25,7 @@ fn clock_ns(id: libc::clockid_t) -> i128 {
 }
 
 impl WallClock {
-    pub fn measure() -> Self {
+    pub(crate) fn measure() -> Self {
         let mono = clock_ns(libc::CLOCK_MONOTONIC);
         let real = clock_ns(libc::CLOCK_REALTIME);
         WallClock {
@@ -33,18 +33,18 @@ impl WallClock {
         }
     }
 
-    pub fn unix_ns(&self, monotonic_ns: u64) -> u64 {
+    pub(crate) fn unix_ns(&self, monotonic_ns: u64) -> u64 {
         (monotonic_ns as i128 + self.offset_ns).max(0) as u64
     }
 
-    pub fn now_unix_ns() -> u64 {
+    pub(crate) fn now_unix_ns() -> u64 {
         clock_ns(libc::CLOCK_REALTIME).max(0) as u64
     }
 }
 
 /// Trace and span ids of one request, and its parent span when it has one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SpanIds {
+pub(crate) struct SpanIds {
     pub trace_id: [u8; 16],
     pub span_id: [u8; 8],
     pub parent_span_id: Option<[u8; 8]>,
@@ -52,12 +52,12 @@ pub struct SpanIds {
 }
 
 /// Ids for requests the kernel gave none: splitmix64 seeded from the OS.
-pub struct IdGenerator {
+pub(crate) struct IdGenerator {
     state: std::sync::atomic::AtomicU64,
 }
 
 impl IdGenerator {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let mut seed = [0u8; 8];
         // SAFETY: writing at most 8 bytes into an 8-byte buffer.
         let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), 8, 0) };
@@ -82,7 +82,7 @@ impl IdGenerator {
         z ^ (z >> 31)
     }
 
-    pub fn root(&self) -> SpanIds {
+    pub(crate) fn root(&self) -> SpanIds {
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&self.next().to_be_bytes());
         trace_id[8..].copy_from_slice(&self.next().to_be_bytes());
@@ -103,7 +103,7 @@ impl Default for IdGenerator {
 
 /// W3C/OTel TraceIdRatioBased: the decision depends on the trace id only, so every span of
 /// a trace is kept or dropped together.
-pub fn sampled(trace_id: &[u8; 16], ratio: f64) -> bool {
+pub(crate) fn sampled(trace_id: &[u8; 16], ratio: f64) -> bool {
     if ratio >= 1.0 {
         return true;
     }
@@ -116,7 +116,7 @@ pub fn sampled(trace_id: &[u8; 16], ratio: f64) -> bool {
     (x as f64) < ratio * (1u64 << 63) as f64
 }
 
-pub fn span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
+pub(crate) fn span(r: &EnrichedRequest, ids: &SpanIds, clock: &WallClock) -> Span {
     let q = &r.request;
     if matches!(q.kind, RequestKind::RpcServer | RequestKind::RpcClient) {
         return rpc_span(r, ids, clock);

@@ -17,14 +17,14 @@ use super::config::{Protocol, SignalConfig};
 
 /// What one export request carries.
 #[derive(Debug, Clone)]
-pub enum Payload {
+pub(crate) enum Payload {
     Metrics(ExportMetricsServiceRequest),
     Traces(ExportTraceServiceRequest),
 }
 
 /// Why an export failed. Messages never hold header values.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     /// 401/403 or gRPC UNAUTHENTICATED/PERMISSION_DENIED: retrying will not help.
     #[error("rejected the credentials ({0})")]
     Unauthorized(String),
@@ -48,7 +48,7 @@ enum Inner {
     },
 }
 
-pub struct Transport {
+pub(crate) struct Transport {
     inner: Inner,
     headers: Vec<(String, String)>,
     timeout: std::time::Duration,
@@ -59,7 +59,7 @@ const MAX_RESPONSE: usize = 64 * 1024;
 
 impl Transport {
     /// Must run inside the tokio runtime (gRPC channels connect lazily in it).
-    pub fn new(c: &SignalConfig) -> Result<Transport, SendError> {
+    pub(crate) fn new(c: &SignalConfig) -> Result<Transport, SendError> {
         let setup = |e: &dyn std::fmt::Display| SendError::Setup(e.to_string());
         let inner = match c.protocol {
             Protocol::HttpProtobuf => {
@@ -99,7 +99,7 @@ impl Transport {
         })
     }
 
-    pub async fn send(&self, payload: &Payload) -> Result<(), SendError> {
+    pub(crate) async fn send(&self, payload: &Payload) -> Result<(), SendError> {
         match &self.inner {
             Inner::Http { client, uri } => {
                 let body = match payload {
@@ -178,7 +178,7 @@ fn chain(e: &dyn std::error::Error) -> String {
     s
 }
 
-pub fn classify_http(status: hyper::StatusCode) -> Result<(), SendError> {
+pub(crate) fn classify_http(status: hyper::StatusCode) -> Result<(), SendError> {
     let code = status.as_u16();
     match code {
         200..=299 => Ok(()),
@@ -189,7 +189,7 @@ pub fn classify_http(status: hyper::StatusCode) -> Result<(), SendError> {
     }
 }
 
-pub fn classify_grpc(s: &tonic::Status) -> SendError {
+pub(crate) fn classify_grpc(s: &tonic::Status) -> SendError {
     use tonic::Code;
     let what = format!("gRPC {:?}: {}", s.code(), s.message());
     match s.code() {
