@@ -176,11 +176,11 @@ impl SyscallTracer {
                     links = l;
                     ssl = Some(file);
                 }
-                Err(e) => tracing::warn!(
-                    "pid {pid}: OpenSSL probes in {} failed, HTTPS not measured: {}",
-                    file.display(),
-                    SyscallTraceError::from(e)
-                ),
+                Err(e) => crate::internal_events::emit(crate::internal_events::AttachFailed {
+                    pid,
+                    error: &SyscallTraceError::from(e),
+                    via: crate::internal_events::FailedVia::OpenSsl(&file),
+                }),
             }
             break;
         }

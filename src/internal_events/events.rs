@@ -131,15 +131,18 @@ impl InternalEvent for NotArmed<'_> {
 pub(crate) struct AttachFailed<'a> {
     pub pid: u32,
     pub error: &'a dyn Display,
-    pub via: FailedVia,
+    pub via: FailedVia<'a>,
 }
 
-pub(crate) enum FailedVia {
+pub(crate) enum FailedVia<'a> {
     /// Uprobes (or an armed file's enrolment), at once.
     Uprobes,
     /// Uprobes, given up after this many attempts.
     UprobesAfter(u32),
     Syscalls,
+    /// The OpenSSL probes in this file (the process is still traced through syscalls, its
+    /// HTTPS is not).
+    OpenSsl(&'a std::path::Path),
 }
 
 impl InternalEvent for AttachFailed<'_> {
@@ -165,6 +168,15 @@ impl InternalEvent for AttachFailed<'_> {
                 &key,
                 pid,
                 "cannot trace pid {pid} through syscalls: {e}"
+            ),
+            FailedVia::OpenSsl(file) => limited!(
+                warn,
+                KIND,
+                &key,
+                pid,
+                file = %file.display(),
+                "pid {pid}: OpenSSL probes in {} failed, HTTPS not measured: {e}",
+                file.display()
             ),
         }
         add(Counter::AttachErrors, "", 1);

@@ -170,6 +170,10 @@ fn each_event_logs_once_and_counts() {
             FailedVia::Syscalls,
             "cannot trace pid 7 through syscalls: EPERM",
         ),
+        (
+            FailedVia::OpenSsl(std::path::Path::new("/usr/lib/libssl.so.3")),
+            "pid 7: OpenSSL probes in /usr/lib/libssl.so.3 failed, HTTPS not measured: EPERM",
+        ),
     ] {
         logs_once_and_counts(
             || {
