@@ -1,6 +1,6 @@
 //! A named thread that runs until its owner goes: told to stop and joined when dropped. The
-//! watches that poll a descriptor or drain a ring on their own thread (container launches,
-//! executions, Podman's event log) are each one.
+//! discovery loop and the watches that poll a descriptor or drain a ring on their own thread
+//! (container launches, executions, Podman's event log) are each one.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -4,7 +4,6 @@
 //! detaches those that exited.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -59,7 +58,6 @@ pub(super) struct Discovery {
     pub(super) plans: Arc<PlanCache>,
     pub(super) identities: Arc<RwLock<Identities>>,
     pub(super) exporter: Arc<Exporter>,
-    pub(super) stop: Arc<AtomicBool>,
     /// Docker events, container launches and the syscall tracer's arrival: scan now.
     pub(super) woken: Receiver<()>,
     pub(super) enrolled: Receiver<HostProcess>,
@@ -70,11 +68,11 @@ pub(super) struct Discovery {
 }
 
 impl Discovery {
-    /// Scans until the agent stops, then detaches everything.
-    pub(super) fn run(mut self) {
+    /// Scans until the agent stops (`stop`), then detaches everything.
+    pub(super) fn run(mut self, stop: crate::worker::Stop) {
         let mut pending = Pending::default();
         let mut arm_failures = ArmFailures::default();
-        while !self.stop.load(Ordering::Relaxed) {
+        while !stop.requested() {
             let started = Instant::now();
             self.scan(&mut pending, &mut arm_failures);
             // Sleep until the next scan, or until Docker reports a change.

@@ -17,7 +17,6 @@ mod pending;
 mod shutdown;
 mod syscall_tracer;
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
@@ -208,7 +207,6 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     };
 
     let identities = Arc::new(RwLock::new(Identities::default()));
-    let stop = Arc::new(AtomicBool::new(false));
     let plans = Arc::new(PlanCache::new());
     // Processes the kernel enrolled at an armed file's probe, named at once by the collector
     // and handed to discovery, which owns their filter entries.
@@ -265,15 +263,12 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
             plans,
             identities: identities.clone(),
             exporter: exporter.clone(),
-            stop: stop.clone(),
             woken,
             enrolled,
             seen,
             series_ttl: config.container_series_ttl,
         };
-        std::thread::Builder::new()
-            .name("sonde-discovery".into())
-            .spawn(move || discovery.run())?
+        crate::worker::Worker::spawn("sonde-discovery", move |stop| discovery.run(stop))?
     };
 
     let mut signals = Signals::new()?;
@@ -293,7 +288,7 @@ async fn run_async(config: Config) -> Result<(), AgentError> {
     .run(&mut signals)
     .await;
     tracing::info!("stopping: detaching every probe");
-    stop.store(true, Ordering::Relaxed);
-    let _ = discovery.join();
+    // Stops the scans and waits for discovery to detach everything.
+    drop(discovery);
     Ok(())
 }
