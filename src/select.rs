@@ -209,10 +209,7 @@ impl Selector {
             listen_ports: Vec::new(),
             container_id: None,
         };
-        let source = match c.labels.get(labels::GO_SOURCE) {
-            Some(v) => crate::config::GoSource::parse(v).unwrap_or(self.go_source),
-            None => self.go_source,
-        };
+        let source = self.label_rules(c).go_source.unwrap_or(self.go_source);
         !c.labels.contains_key(labels::OPEN_PORTS)
             && source == crate::config::GoSource::Uprobes
             && self.container_selects(c, &probe)

@@ -487,3 +487,28 @@ fn tracker_adds_once_and_removes_exited_and_reused_pids() {
     assert_eq!(c.removed.len(), 2);
     assert_eq!(c.added.len(), 1);
 }
+
+/// A created container's image is armed only when uprobes would measure its program: the
+/// `sonde.go_source` label decides, and an invalid one falls back to the setting.
+#[test]
+fn arming_an_image_follows_the_go_source_label() {
+    let arms = |labels: &[(&str, &str)]| {
+        let s = with_container(DockerSelect::Labelled, labels);
+        let c = s.container_of(&container_proc(1, &[], "c1")).unwrap();
+        s.arms_image(&c, std::path::Path::new("/app"))
+    };
+    assert!(arms(&[("sonde.enable", "true")]));
+    assert!(!arms(&[
+        ("sonde.enable", "true"),
+        ("sonde.go_source", "syscalls")
+    ]));
+    assert!(arms(&[
+        ("sonde.enable", "true"),
+        ("sonde.go_source", "ebpf")
+    ]));
+    assert!(!arms(&[
+        ("sonde.enable", "true"),
+        ("sonde.open_ports", "8080")
+    ]));
+    assert!(!arms(&[]));
+}
